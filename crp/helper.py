@@ -1,0 +1,76 @@
+"""Small utilities around models and relevances: layer lookup, output shapes, normalizations."""
+from typing import Dict, Iterable, List, Sequence, Type
+
+import torch
+
+from crp.conditions import check_layer_names
+
+__all__ = ["get_layer_names", "get_output_shapes", "abs_norm", "max_norm"]
+
+
+def get_layer_names(model: torch.nn.Module, types: Sequence[Type[torch.nn.Module]]) -> List[str]:
+    """Return the names of all sub-modules of ``model`` that are instances of one of ``types``, in model order.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The model to search.
+    types : sequence of type
+        Module classes, e.g. ``[torch.nn.Conv2d, torch.nn.Linear]``.
+
+    Returns
+    -------
+    list of str
+        Names as in ``model.named_modules()``.
+    """
+    types = tuple(types)
+    bad = [t for t in types if not (isinstance(t, type) and issubclass(t, torch.nn.Module))]
+    if bad:
+        raise TypeError(f"types must be torch.nn.Module subclasses, got {bad}; e.g. pass [torch.nn.Conv2d].")
+    return [name for name, module in model.named_modules() if isinstance(module, types)]
+
+
+def get_output_shapes(
+    model: torch.nn.Module, single_sample: torch.Tensor, record_layers: Iterable[str]
+) -> Dict[str, torch.Size]:
+    """Return the output shape (without batch axis) of each layer in ``record_layers`` for one forward pass.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The model.
+    single_sample : torch.Tensor
+        A batch (usually of one sample) the model accepts.
+    record_layers : iterable of str
+        Layer names.
+
+    Returns
+    -------
+    dict
+        ``{layer_name: torch.Size}``; layers the forward pass does not reach are missing.
+    """
+    names = list(record_layers)
+    modules = check_layer_names(model, names, "record_layers")
+    shapes: Dict[str, torch.Size] = {}
+    handles = []
+    try:
+        for name in names:
+            def hook(module, inputs, output, name=name):
+                shapes[name] = output.shape[1:]
+            handles.append(modules[name].register_forward_hook(hook))
+        with torch.no_grad():
+            model(single_sample)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return shapes
+
+
+def abs_norm(rel: torch.Tensor, stabilize: float = 1e-10) -> torch.Tensor:
+    """Divide ``rel`` by the sum of its absolute values (plus ``stabilize``)."""
+    return rel / (rel.abs().sum() + stabilize)
+
+
+def max_norm(rel: torch.Tensor, stabilize: float = 1e-10) -> torch.Tensor:
+    """Divide ``rel`` by its maximum (plus ``stabilize``)."""
+    return rel / (rel.max() + stabilize)
