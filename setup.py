@@ -32,7 +32,6 @@ setup(
     entry_points={"console_scripts": ["crp=crp.__main__:main"]},
     classifiers=[
         "Programming Language :: Python :: 3",
-        "License :: OSI Approved :: BSD License",
         "Topic :: Scientific/Engineering :: Artificial Intelligence",
     ],
 )

@@ -363,3 +363,21 @@ def test_parallel_layers_in_one_condition_are_refused(branch_model):
 def test_small_cnn_fixture_is_deterministic():
     assert torch.equal(small_cnn()[0].weight, small_cnn()[0].weight)
     assert isinstance(TwoLayerLinear().hidden, nn.Linear)
+
+
+class _AbsHeatmap(CondAttribution):
+    """Overrides both extension points: absolute heatmaps, relevance started at 1 for the targets."""
+
+    def heatmap_modifier(self, data, on_device=None):
+        return data.grad.detach().abs().sum(1)
+
+    def relevance_init(self, prediction, target_list, init_rel):
+        return super().relevance_init(prediction, target_list, 1)
+
+
+def test_overridable_extension_points(linear_model):
+    attribution = _AbsHeatmap(linear_model)
+    result = attribution(_x(), [{"hidden": [2], "y": [0]}])
+    assert torch.allclose(result.heatmap, torch.tensor([3.5], dtype=torch.float64))  # |W2[0,2] * W1[2]| summed
+    chunks = list(attribution.generate(_x(), [{"hidden": [j], "y": [0]} for j in range(3)], verbose=False))
+    assert torch.allclose(chunks[0].heatmap, torch.tensor([6.0, 1.5, 3.5], dtype=torch.float64))
