@@ -245,8 +245,9 @@ class CondAttribution:
         request = self._prepare(data, conditions, record_layer, mask_map, start_layer, init_rel)
         self._reset_data_grad(data)
         layer_sets = {frozenset(self._layers_of(c)) for c in request.conditions}
-        fast = exclude_parallel and len(layer_sets) == 1 and next(iter(layer_sets)) and \
-            not isinstance(init_rel, torch.Tensor)
+        if exclude_parallel and len(layer_sets) > 1:
+            return self._generate_calls(data, request, composite, int(batch_size), on_device, verbose)
+        fast = exclude_parallel and next(iter(layer_sets)) and not isinstance(init_rel, torch.Tensor)
         runner = self._generate_split if fast else self._generate_shared
         return runner(data, request, composite, int(batch_size), on_device, exclude_parallel, verbose)
 
@@ -465,6 +466,13 @@ class CondAttribution:
         activations, relevances = _collect(recording, request.record_layers, on_device)
         return attrResult(heatmap, activations, relevances, _move(prediction, on_device))
 
+    def _generate_calls(self, data, request, composite, batch_size, on_device, verbose):
+        """Conditions with different layer sets need their own relay each: one full call per batch."""
+        conditions = request.conditions
+        for start in tqdm(range(0, len(conditions), batch_size), disable=not verbose, desc="CRP"):
+            yield self(data, conditions[start:start + batch_size], composite, request.record_layers,
+                       request.mask_map, request.start_layer, request.init_rel, on_device, exclude_parallel=True)
+
     def _generate_shared(self, data, request, composite, batch_size, on_device, exclude_parallel, verbose):
         """One forward pass of ``batch_size`` copies of the sample; one backward pass per batch of conditions."""
         conditions = request.conditions
@@ -481,11 +489,11 @@ class CondAttribution:
                 targets = _pad(request.targets(rows, self.MODEL_OUTPUT_NAME), width)
                 self._check_targets(prediction, targets)
                 root, grad = output, self.relevance_init(prediction, targets, request.init_rel)
+                recording.relevances.clear()
+                x.grad = None
                 if exclude_parallel:
                     chain = self._chain(recording, self._layers_of(rows[0]), request.start_layer)
                     root, grad = self._relay(root, grad, chain, recording)
-                recording.relevances.clear()
-                x.grad = None
                 torch.autograd.backward(root, grad, inputs=[x], retain_graph=start + width < len(conditions))
                 activations, relevances = _collect(recording, request.record_layers, on_device, len(rows))
                 heatmap = self.heatmap_modifier(x, on_device)[:len(rows)]
