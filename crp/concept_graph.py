@@ -57,6 +57,12 @@ class AttributionGraph:
         The concept type of every layer that may appear in the graph, e.g. ``{name: ChannelConcept() for name
         in layer_names}``.
 
+    Notes
+    -----
+    The shares equal those of zennit-crp 0.6. Unlike it, ``nodes`` lists every concept once, and a concept
+    reached from several parents is decomposed once (zennit-crp repeats the concept, its decomposition and
+    its edges); lower layers are listed in forward order.
+
     Examples
     --------
     >>> graph = trace_model_graph(model, sample, layer_names)

@@ -108,7 +108,7 @@ def plot_attribution_graph(
 
 def collect_reference_images(
     fv: Any, result: "attrGraphResult", composite: Any = None, mode: str = "relevance",
-    r_range: Tuple[int, int] = (0, 1), rf: bool = True, **kwargs: Any,
+    r_range: Tuple[int, int] = (0, 1), rf: bool = False, **kwargs: Any,
 ) -> Dict[Node, Any]:
     """Fetch the reference images of every node of an attribution graph from a FeatureVisualization.
 
@@ -120,7 +120,8 @@ def collect_reference_images(
     result : attrGraphResult
         The graph whose nodes need images.
     composite, mode, r_range, rf, **kwargs
-        Passed to ``get_max_reference`` (one call per layer).
+        Passed to ``get_max_reference`` (one call per layer); ``r_range=(0, 1)`` fetches the top reference and
+        ``rf=True`` crops it to the receptive field of the most relevant neuron.
 
     Returns
     -------

@@ -131,7 +131,7 @@ def test_collect_reference_images_asks_once_per_layer():
     assert images == {node: [f"{node[0]}-{node[1]}"] for node in RESULT.nodes}
     assert [(ids, layer) for ids, layer, _ in fv.calls] == [
         ([3], "fc"), ([1, 4], "conv2"), ([0], "skip"), ([2, 5], "conv1")]
-    assert fv.calls[0][2] == dict(mode="relevance", r_range=(0, 2), composite="comp", rf=True, plot_fn=None)
+    assert fv.calls[0][2] == dict(mode="relevance", r_range=(0, 2), composite="comp", rf=False, plot_fn=None)
 
 
 def test_bad_input(tmp_path):
