@@ -23,7 +23,7 @@ from crp.concepts import ChannelConcept
 from crp.conditions import Condition, broadcast_rows, canonical_conditions, check_layer_names
 from crp.hooks import MaskHook
 
-__all__ = ["CondAttribution", "attrResult"]
+__all__ = ["CondAttribution", "attrResult", "AttributionGraph", "attrGraphResult"]
 
 attrResult = namedtuple("AttributionResults", "heatmap, activations, relevances, prediction")
 attrResult.__doc__ = """Result of a conditional attribution.
@@ -639,3 +639,8 @@ def _concat_rows(parts: List[attrResult], rows: np.ndarray) -> attrResult:
         {name: join([p.relevances[name] for p in parts]) for name in names},
         join([p.prediction for p in parts]),
     )
+
+
+# AttributionGraph builds on CondAttribution; it lives in its own module and is re-exported here, where
+# zennit-crp users import it from.
+from crp.concept_graph import AttributionGraph, attrGraphResult  # noqa: E402
