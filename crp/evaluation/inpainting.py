@@ -1,0 +1,149 @@
+"""Fill masked pixels from their unmasked neighbourhood.
+
+:func:`harmonic_inpaint` solves Laplace's equation inside the holes with the known pixels as boundary values
+(a harmonic, or diffusion, fill): every filled pixel is the mean of its four neighbours, so linear gradients
+are reproduced exactly and holes get smooth fills. It is solved for a whole batch at once in torch (on any
+device) by Jacobi iterations, started from the solution on a coarser grid (a pyramid), which brings the
+large-scale part of the fill in a few iterations per level. :func:`telea_inpaint` wraps OpenCV's Telea method
+(Telea, "An image inpainting technique based on the fast marching method", J. Graphics Tools 9, 2004) for
+those who have ``opencv-python-headless`` installed.
+"""
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["harmonic_inpaint", "telea_inpaint"]
+
+_CROSS = torch.tensor([[0.0, 1.0, 0.0], [1.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
+
+
+def harmonic_inpaint(
+    images: torch.Tensor, masks: torch.Tensor, iterations: int = 40, fallback: float = 0.0, min_size: int = 4
+) -> torch.Tensor:
+    """Replace the masked pixels of each image by the harmonic fill of its unmasked pixels.
+
+    Parameters
+    ----------
+    images : torch.Tensor
+        Images of shape ``(B, C, H, W)``.
+    masks : torch.Tensor
+        Boolean masks of shape ``(B, 1, H, W)`` or ``(B, C, H, W)``, True where a pixel is to be filled.
+    iterations : int, default 40
+        Jacobi iterations per pyramid level (the coarsest level gets four times as many).
+    fallback : float, default 0.0
+        The value of pixels in an image (channel) that has no unmasked pixel at all.
+    min_size : int, default 4
+        The pyramid stops when the shorter side falls below ``2 * min_size``.
+
+    Returns
+    -------
+    torch.Tensor
+        A new tensor: the unmasked pixels of ``images`` and the fill in the masked ones.
+    """
+    known = (~masks.bool()).expand_as(images).to(images.dtype)
+    filled = _solve(images * known, known, iterations, fallback, min_size)
+    empty = known.sum((2, 3), keepdim=True) == 0  # nothing to fill from: the system is singular
+    filled = torch.where(empty, torch.full_like(filled, fallback), filled)
+    return torch.where(known > 0, images, filled)
+
+
+def _solve(values: torch.Tensor, known: torch.Tensor, iterations: int, fallback: float, min_size: int) -> torch.Tensor:
+    """Harmonic fill of one pyramid level, initialised from the next coarser level."""
+    height, width = values.shape[-2:]
+    if min(height, width) >= 2 * min_size:
+        coarse_values, coarse_known = _restrict(values, known)
+        coarse = _solve(coarse_values, coarse_known, iterations, fallback, min_size)
+        start = F.interpolate(coarse, size=(height, width), mode="bilinear", align_corners=False)
+    else:
+        start, iterations = _known_mean(values, known, fallback), 4 * iterations
+    return _conjugate_gradient(values, known, start, iterations)
+
+
+def _restrict(values: torch.Tensor, known: torch.Tensor) -> tuple:
+    """Halve the resolution: a coarse pixel is the mean of its known children, known if any child is."""
+    weight = F.avg_pool2d(known, 2, ceil_mode=True)
+    total = F.avg_pool2d(values * known, 2, ceil_mode=True)
+    coarse_known = (weight > 0).to(values.dtype)
+    return total / weight.clamp_min(1e-12) * coarse_known, coarse_known
+
+
+def _known_mean(values: torch.Tensor, known: torch.Tensor, fallback: float) -> torch.Tensor:
+    """Per image and channel, the mean of the known pixels (``fallback`` where none is known)."""
+    count = known.sum((2, 3), keepdim=True)
+    mean = values.sum((2, 3), keepdim=True) / count.clamp_min(1.0)
+    return torch.where(count > 0, mean, torch.full_like(mean, fallback)).expand_as(values)
+
+
+def _neighbour_sum(current: torch.Tensor) -> torch.Tensor:
+    """Sum of the four neighbours of every pixel that lie inside the image."""
+    total = torch.zeros_like(current)
+    total[..., 1:, :] += current[..., :-1, :]
+    total[..., :-1, :] += current[..., 1:, :]
+    total[..., :, 1:] += current[..., :, :-1]
+    total[..., :, :-1] += current[..., :, 1:]
+    return total
+
+
+def _conjugate_gradient(values, known, start, iterations):
+    """Conjugate-gradient solve of 'every unknown pixel is the mean of its neighbours inside the image'.
+
+    The unknown pixels ``u`` solve ``count * u - neighbour_sum(u) = 0`` with the known pixels fixed; the
+    matrix restricted to the unknown pixels is symmetric positive (semi-)definite, so CG applies, one step size
+    per image and channel.
+    """
+    count = _neighbour_sum(torch.ones_like(values[:1, :1]))
+    hole = 1.0 - known
+    current = known * values + hole * start
+    residual = hole * (_neighbour_sum(current) - count * current)
+    direction = residual
+    norm = (residual * residual).sum((2, 3), keepdim=True)
+    for _ in range(iterations):
+        applied = hole * (count * direction - _neighbour_sum(direction))
+        curvature = (direction * applied).sum((2, 3), keepdim=True)
+        step = norm / curvature.clamp_min(1e-30)
+        current = current + step * direction
+        residual = residual - step * applied
+        new_norm = (residual * residual).sum((2, 3), keepdim=True)
+        direction = residual + new_norm / norm.clamp_min(1e-30) * direction
+        norm = new_norm
+    return current
+
+
+def telea_inpaint(images: torch.Tensor, masks: torch.Tensor, radius: float = 3.0) -> torch.Tensor:
+    """Replace the masked pixels with OpenCV's Telea inpainting, one image and channel at a time.
+
+    Parameters
+    ----------
+    images : torch.Tensor
+        Images of shape ``(B, C, H, W)``; each channel is inpainted in float32.
+    masks : torch.Tensor
+        Boolean masks of shape ``(B, 1, H, W)``, True where a pixel is to be filled.
+    radius : float, default 3.0
+        The radius of the neighbourhood that fills a pixel.
+
+    Returns
+    -------
+    torch.Tensor
+        A new tensor on the images' device and in their dtype.
+
+    Raises
+    ------
+    ImportError
+        If OpenCV (``opencv-python-headless``) is not installed.
+    """
+    try:
+        import cv2
+    except ImportError as error:
+        raise ImportError(
+            "the 'telea' perturbation needs OpenCV: `pip install opencv-python-headless`, "
+            "or use the torch perturbation 'inpainting'."
+        ) from error
+    arrays = images.detach().to("cpu", torch.float32).numpy()
+    holes = masks.detach().to("cpu").bool().expand_as(images).numpy().astype("uint8")
+    out = arrays.copy()
+    for index in range(arrays.shape[0]):
+        for channel in range(arrays.shape[1]):
+            hole = holes[index, channel]
+            if hole.any():
+                out[index, channel] = cv2.inpaint(arrays[index, channel], hole, radius, cv2.INPAINT_TELEA)
+    return torch.from_numpy(out).to(images.device, images.dtype)
