@@ -106,7 +106,7 @@ def test_activation_measure_by_hand(setup):
 def test_batch_size_does_not_change_concept_curves(setup):
     attribution, x, composite = setup
     curves = [
-        ConceptFaithfulness("conv", perturbation="random", order="random", steps=5, batch_size=size)(
+        ConceptFaithfulness("conv", perturbation="random", order="random", steps=3, batch_size=size)(
             attribution, x, 0, [0, 1], composite).scores
         for size in (1, 4, 100)
     ]

@@ -52,9 +52,10 @@ def test_inpainting_reproduces_a_linear_gradient_inside_holes():
     masks[0, 0, 5:19, 3:26] = True  # a wide hole, not aligned to the pyramid
     masks[1, 0, 2:21, 11:17] = True  # a tall one
     masks[1, 0, 8, 2] = True  # and a single pixel
-    filled = harmonic_inpaint(images, masks)
-    torch.testing.assert_close(filled, images, atol=1e-3, rtol=0)
-    assert (filled - images).abs().max() < 1e-3
+    filled = harmonic_inpaint(images, masks)  # default budget: a few fine iterations, values span about 2
+    torch.testing.assert_close(filled, images, atol=5e-3, rtol=0)
+    converged = harmonic_inpaint(images, masks, iterations=60, tolerance=1e-9)
+    torch.testing.assert_close(converged, images, atol=1e-4, rtol=0)
     # the known pixels are copied, not recomputed
     assert torch.equal(filled[~masks.expand_as(images)], images[~masks.expand_as(images)])
 
@@ -65,8 +66,19 @@ def test_inpainting_matches_the_exact_discrete_solution(shape, share):
     image = generator.random(shape)
     hole = generator.random(shape) < share
     expected = discrete_harmonic(image, hole)
-    filled = harmonic_inpaint(torch.tensor(image)[None, None], torch.tensor(hole)[None, None], iterations=60)
+    filled = harmonic_inpaint(torch.tensor(image)[None, None], torch.tensor(hole)[None, None], 60, tolerance=1e-12)
     np.testing.assert_allclose(filled[0, 0].numpy(), expected, atol=1e-8)
+
+
+def test_inpainting_one_image_does_not_depend_on_the_batch():
+    images = linear_images() + 0.3 * torch.rand(2, 3, 24, 30, generator=torch.Generator().manual_seed(0))
+    masks = torch.zeros(2, 1, 24, 30, dtype=torch.bool)
+    masks[0, 0, 10:12, 10:12] = True  # converges in a few iterations
+    masks[1, 0, 2:22, 2:28] = True  # needs all of them
+    together = harmonic_inpaint(images, masks)
+    for index in range(2):
+        alone = harmonic_inpaint(images[index:index + 1], masks[index:index + 1])
+        torch.testing.assert_close(together[index:index + 1], alone, atol=1e-6, rtol=1e-6)
 
 
 def test_inpainting_a_fully_removed_image_uses_the_fallback():

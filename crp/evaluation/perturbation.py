@@ -15,6 +15,7 @@ from typing import Callable, ClassVar, Dict, Optional, Type, TypeVar, Union
 
 import torch
 
+from ._checks import check_positive_int
 from .inpainting import harmonic_inpaint, telea_inpaint
 
 __all__ = [
@@ -141,18 +142,25 @@ class Inpainting(Perturbation):
 
     Parameters
     ----------
-    iterations : int, default 30
-        Conjugate-gradient iterations per pyramid level; see :func:`~crp.evaluation.inpainting.harmonic_inpaint`.
+    iterations : int, default 8
+        The most conjugate-gradient iterations on the full resolution (twice as many per coarser level).
+    tolerance : float, default 1e-6
+        Relative residual at which a channel's fill stops iterating.
     fallback : float, default 0.0
         Value used when every pixel of an input has been removed.
+
+    See Also
+    --------
+    crp.evaluation.inpainting.harmonic_inpaint : the method.
     """
 
-    def __init__(self, iterations: int = 30, fallback: float = 0.0) -> None:
-        self.iterations = iterations
-        self.fallback = fallback
+    def __init__(self, iterations: int = 8, tolerance: float = 1e-6, fallback: float = 0.0) -> None:
+        self.iterations = check_positive_int(iterations, "iterations")
+        self.tolerance = float(tolerance)
+        self.fallback = float(fallback)
 
     def perturb(self, inputs: torch.Tensor, masks: torch.Tensor, state: Optional[torch.Tensor]) -> torch.Tensor:
-        return harmonic_inpaint(inputs, masks, iterations=self.iterations, fallback=self.fallback)
+        return harmonic_inpaint(inputs, masks, self.iterations, self.tolerance, self.fallback)
 
 
 @register_perturbation("telea")
