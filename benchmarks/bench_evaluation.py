@@ -2,10 +2,10 @@
 
 All implementations run in this process on the same model (a small seeded CNN), the same images, heatmaps and
 targets, and the same number of perturbation steps (and so the same number of forward passes per image). Each
-measurement is repeated and the best time kept; the table gives seconds per image and the ratio
-``their time / our time`` (above 1: crp.evaluation is faster). Quantus and lrp-pf-auc are optional: a row is
-skipped when its package does not import. They pull other versions of several packages, so give them their own
-environment and run this script with its python, e.g.::
+measurement is repeated, the implementations of a case in turns, and the best time kept; the table gives
+milliseconds per image and the ratio ``their time / our time`` (above 1: crp.evaluation is faster). Quantus and
+lrp-pf-auc are optional: a row is skipped when its package does not import. They pull other versions of several
+packages, so give them their own environment and run this script with its python, e.g.::
 
     python3 -m venv /tmp/venv-evalcmp
     /tmp/venv-evalcmp/bin/pip install torch torchvision quantus lrp-pf-auc
@@ -199,16 +199,27 @@ def main(argv: Optional[List[str]] = None) -> None:
     print("ms/image: total time per image; overhead: the same less the model's forward passes; ratios: theirs / crp")
     print(f"{'case':<15} {'implementation':<23} {'steps':>5} {'ms/image':>9} {'ratio':>6} {'overhead':>9} {'ratio':>6}")
     for case, rows in cases(args, model, x, heat, targets).items():
+        runners = [runner for _, _, _, runner in rows if runner is not None]
+        times = iter(round_robin(runners, args.repeats))
         reference = None
         for name, steps, forwards, runner in rows:
             if runner is None:
                 print(f"{case:<15} {name:<23} {steps:>5} {'(not installed)':>16}")
                 continue
-            total = best_time(runner, args.repeats) / args.n
+            total = next(times) / args.n
             overhead = total - forwards * forward
             reference = reference or (total, overhead)
             print(f"{case:<15} {name:<23} {steps:>5} {1000 * total:>9.2f} {total / reference[0]:>5.1f}x "
                   f"{1000 * overhead:>9.2f} {overhead / reference[1]:>5.1f}x")
+
+
+def round_robin(runners: List[Callable[[], object]], repeats: int) -> List[float]:
+    """Best time of each runner, timed in turns so that changes in the machine's load hit all alike."""
+    best = [float("inf")] * len(runners)
+    for _ in range(repeats):
+        for index, runner in enumerate(runners):
+            best[index] = min(best[index], best_time(runner, 1))
+    return best
 
 
 if __name__ == "__main__":

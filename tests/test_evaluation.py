@@ -350,3 +350,11 @@ def test_relative_scores():
         pixels_per_step=np.array([4]), targets=np.zeros(2), samples=np.arange(2), order="morf",
         perturbation="constant", region_size=(1, 1), score="logit")
     np.testing.assert_array_equal(result.relative_scores(), [[1.0, 0.5], [np.nan, np.nan]])
+
+
+def test_progress_bar_only_when_verbose(capsys):
+    x, attributions = tiny_data()
+    PixelFlipping(perturbation="constant", steps=2)(TinyNet(), x, attributions, 0)
+    assert capsys.readouterr().err == ""
+    PixelFlipping(perturbation="constant", steps=2, verbose=True)(TinyNet(), x, attributions, 0)
+    assert "morf flipping" in capsys.readouterr().err

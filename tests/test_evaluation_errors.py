@@ -6,7 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from crp.evaluation import PixelFlipping, area_under_curve, get_perturbation, region_counts, telea_inpaint
+from crp.evaluation import (
+    Inpainting,
+    PixelFlipping,
+    area_under_curve,
+    get_perturbation,
+    quadratic_per_step,
+    region_counts,
+    telea_inpaint,
+)
 
 
 class Linear(torch.nn.Module):
@@ -172,3 +180,12 @@ def test_telea_without_opencv(monkeypatch):
         telea_inpaint(X, torch.zeros(4, 1, 8, 8, dtype=torch.bool))
     with pytest.raises(ImportError, match="needs OpenCV"):
         run(perturbation=get_perturbation("telea"))
+
+
+def test_bad_perturbation_and_schedule_helpers():
+    with pytest.raises(ValueError, match=r"`iterations` must be an integer >= 1, got 0"):
+        Inpainting(iterations=0)
+    with pytest.raises(ValueError, match=r"`n_regions` must be an integer >= 1, got 0"):
+        quadratic_per_step(0)
+    with pytest.raises(ValueError, match=r"`inputs` of shape \(4, 2, 8, 8\) contains NaN or infinite values"):
+        run(inputs=X.clone().fill_(float("inf")))

@@ -115,6 +115,8 @@ def test_telea_fills_smoothly_and_keeps_known_pixels():
     keep = ~masks.expand_as(images)
     assert torch.equal(filled[keep], images[keep])
     assert (filled - images).abs().max() < 0.1  # Telea extrapolates locally, it is not exact on gradients
+    everything = get_perturbation("telea").perturb(images, torch.ones(2, 1, 24, 30, dtype=torch.bool), None)
+    assert everything.eq(0).all()
 
 
 def test_mean_and_constant_fills_by_hand():

@@ -73,6 +73,7 @@ class ConceptFaithfulness(PerturbationMetric):
         self.concept = _default_concept() if concept is None else concept
 
     def settings(self) -> Dict[str, Any]:
+        """The constructor arguments of this metric (see :meth:`PerturbationMetric.settings`)."""
         extra = {"layer": self.layer, "measure": self.measure, "concept": self.concept, "abs_norm": self.abs_norm}
         return {**super().settings(), **extra}
 
@@ -280,13 +281,14 @@ def top_concepts(
     """
     metric = ConceptFaithfulness(layer, concept=concept)
     inputs = check_inputs(inputs)
+    channels, _ = _layer_width(attribution.model, layer, inputs[:1])
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= channels:
+        raise ValueError(f"`k` must be an integer in [1, {channels}] for layer {layer!r}, got {k!r}.")
     _, checked = metric._rows(attribution, inputs, targets, 0)
     data = inputs.clone().requires_grad_(True)
     with torch.enable_grad():
         result = attribution(data, [{"y": [int(t)]} for t in checked], composite, record_layer=[layer])
     values = metric.concept.attribute(result.relevances[layer].detach(), layer_name=layer, abs_norm=True)
-    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= values.shape[1]:
-        raise ValueError(f"`k` must be an integer in [1, {values.shape[1]}] for layer {layer!r}, got {k!r}.")
     return values.topk(k, dim=1).indices.cpu().numpy()
 
 

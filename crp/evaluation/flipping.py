@@ -79,6 +79,7 @@ class PixelFlipping(PerturbationMetric):
         self._score_spec = score
 
     def settings(self) -> Dict[str, Any]:
+        """The constructor arguments of this metric (see :meth:`PerturbationMetric.settings`)."""
         return {**super().settings(), "score": self._score_spec}
 
     def __call__(

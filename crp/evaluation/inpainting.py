@@ -128,10 +128,13 @@ def _conjugate_gradient(values, known, start, iterations, tolerance=1e-6, check_
 def telea_inpaint(images: torch.Tensor, masks: torch.Tensor, radius: float = 3.0) -> torch.Tensor:
     """Replace the masked pixels with OpenCV's Telea inpainting, one image and channel at a time.
 
+    Each channel is scaled to its own range and inpainted as a 16-bit image (OpenCV 5.0's float path of Telea
+    returns noise); the unmasked pixels are copied from ``images`` unchanged.
+
     Parameters
     ----------
     images : torch.Tensor
-        Images of shape ``(B, C, H, W)``; each channel is inpainted in float32.
+        Images of shape ``(B, C, H, W)``.
     masks : torch.Tensor
         Boolean masks of shape ``(B, 1, H, W)``, True where a pixel is to be filled.
     radius : float, default 3.0
@@ -154,12 +157,23 @@ def telea_inpaint(images: torch.Tensor, masks: torch.Tensor, radius: float = 3.0
             "the 'telea' perturbation needs OpenCV: `pip install opencv-python-headless`, "
             "or use the torch perturbation 'inpainting'."
         ) from error
-    arrays = images.detach().to("cpu", torch.float32).numpy()
-    holes = masks.detach().to("cpu").bool().expand_as(images).numpy().astype("uint8")
+    arrays = images.detach().to("cpu", torch.float64).numpy()
+    holes = masks.detach().to("cpu").bool().expand_as(images).numpy()
     out = arrays.copy()
     for index in range(arrays.shape[0]):
         for channel in range(arrays.shape[1]):
             hole = holes[index, channel]
             if hole.any():
-                out[index, channel] = cv2.inpaint(arrays[index, channel], hole, radius, cv2.INPAINT_TELEA)
+                out[index, channel][hole] = _telea_channel(cv2, arrays[index, channel], hole, radius)[hole]
     return torch.from_numpy(out).to(images.device, images.dtype)
+
+
+def _telea_channel(cv2, channel, hole, radius: float):
+    """Telea inpainting of one channel through a 16-bit image scaled to the range of its known pixels."""
+    if hole.all():
+        return channel * 0.0  # nothing to fill from
+    low, high = channel[~hole].min(), channel[~hole].max()
+    span = high - low if high > low else 1.0
+    scaled = ((channel - low) / span * 65535.0).clip(0.0, 65535.0).round().astype("uint16")
+    filled = cv2.inpaint(scaled, hole.astype("uint8"), radius, cv2.INPAINT_TELEA)
+    return filled.astype("float64") / 65535.0 * span + low
