@@ -180,12 +180,19 @@ def parse(argv: Optional[List[str]]) -> argparse.Namespace:
                         help="a small CNN, or a linear model whose forward pass costs almost nothing")
     parser.add_argument("--n", type=int, default=16, help="images")
     parser.add_argument("--size", type=int, default=32, help="image side")
-    parser.add_argument("--steps", type=int, default=48, help="steps of the pixel-flipping cases")
+    parser.add_argument("--steps", type=int, default=48,
+                        help="steps of the pixel-flipping cases; Quantus needs 3 * size**2 / steps to divide size**2")
     parser.add_argument("--region", type=int, default=4, help="region side of the region cases")
-    parser.add_argument("--batch-size", type=int, default=256, help="crp.evaluation's perturbed inputs per forward")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="crp.evaluation's perturbed inputs per forward (default: its automatic choice)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    features = 3 * args.size ** 2 // args.steps
+    if 3 * args.size ** 2 % args.steps or args.size ** 2 % features:
+        parser.error(f"--steps {args.steps}: Quantus needs 3 * size**2 / steps to be an integer dividing size**2 "
+                     f"({args.size ** 2}); try 3 * a power of 2, e.g. 48 or 96.")
+    return args
 
 
 def main(argv: Optional[List[str]] = None) -> None:

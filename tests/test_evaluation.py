@@ -358,3 +358,11 @@ def test_progress_bar_only_when_verbose(capsys):
     assert capsys.readouterr().err == ""
     PixelFlipping(perturbation="constant", steps=2, verbose=True)(TinyNet(), x, attributions, 0)
     assert "morf flipping" in capsys.readouterr().err
+
+
+def test_automatic_batch_size_bounds_the_input_values_per_batch():
+    metric = PixelFlipping()
+    assert metric.batch_for(torch.zeros(2, 3, 32, 32)) == 2**16 // (3 * 32 * 32)
+    assert metric.batch_for(torch.zeros(2, 3, 512, 512)) == 1
+    assert metric.batch_for(torch.zeros(2, 1, 8, 8)) == 1024
+    assert PixelFlipping(batch_size=7).batch_for(torch.zeros(2, 3, 32, 32)) == 7

@@ -24,6 +24,9 @@ __all__ = ["PerturbationMetric"]
 
 M = TypeVar("M", bound="PerturbationMetric")
 
+#: Input values per automatic batch on the CPU and on other devices, and the largest automatic batch.
+AUTO_BUDGET_CPU, AUTO_BUDGET_GPU, AUTO_MAX_BATCH = 2**16, 2**24, 1024
+
 
 class PerturbationMetric:
     """Settings of a perturbation experiment: what replaces removed pixels, in which order, how many per step.
@@ -44,8 +47,10 @@ class PerturbationMetric:
     per_step : int or sequence of int, optional
         Instead of ``steps``: regions per step, constant or one number per step
         (e.g. :func:`~crp.evaluation.schedule.quadratic_per_step`).
-    batch_size : int, default 256
-        The number of perturbed inputs per forward pass; bounds the memory.
+    batch_size : int, optional
+        The number of perturbed inputs per forward pass; bounds the memory. By default (None) about
+        ``2**16`` input values per batch on the CPU (where larger batches run slower per input once they leave
+        the cache) and ``2**24`` on a GPU, at most 1024 inputs.
     seed : int, default 0
         Seed of the generator behind the random order and the random perturbation.
     verbose : bool, default False
@@ -64,7 +69,7 @@ class PerturbationMetric:
         region_size: RegionSize = 1,
         steps: Optional[int] = None,
         per_step: Optional[PerStep] = None,
-        batch_size: int = 256,
+        batch_size: Optional[int] = None,
         seed: int = 0,
         verbose: bool = False,
     ) -> None:
@@ -74,7 +79,7 @@ class PerturbationMetric:
         self.region_size = check_region_size(region_size)
         check_schedule(steps, per_step)
         self.steps, self.per_step = steps, per_step
-        self.batch_size = check_positive_int(batch_size, "batch_size")
+        self.batch_size = None if batch_size is None else check_positive_int(batch_size, "batch_size")
         if isinstance(seed, bool) or not isinstance(seed, Integral):
             raise ValueError(f"`seed` must be an integer, got {seed!r}.")
         self.seed = int(seed)
@@ -111,6 +116,24 @@ class PerturbationMetric:
         settings = ", ".join(f"{key}={value!r}" for key, value in self.settings().items() if key != "order")
         return f"{type(self).__name__}(order={self.order_name!r}, {settings})"
 
+    def batch_for(self, inputs: torch.Tensor) -> int:
+        """The number of perturbed inputs per batch for these inputs (``batch_size``, or the automatic choice).
+
+        Parameters
+        ----------
+        inputs : torch.Tensor
+            Inputs of shape ``(N, C, H, W)``.
+
+        Returns
+        -------
+        int
+            The batch size.
+        """
+        if self.batch_size is not None:
+            return self.batch_size
+        budget = AUTO_BUDGET_GPU if inputs.device.type != "cpu" else AUTO_BUDGET_CPU
+        return max(1, min(AUTO_MAX_BATCH, budget // inputs[0].numel()))
+
     def perturbed_images(self, inputs: torch.Tensor, attributions: Any, steps: Sequence[int]) -> torch.Tensor:
         """The perturbed inputs at chosen steps, e.g. for :func:`~crp.evaluation.plot.plot_perturbed_strip`.
 
@@ -141,7 +164,7 @@ class PerturbationMetric:
         plan.counts = plan.counts[torch.as_tensor(chosen, device=inputs.device)]
         images = torch.empty(len(inputs), len(chosen), *inputs.shape[1:], dtype=inputs.dtype, device=inputs.device)
         with torch.no_grad():
-            for rows, step_index, batch in perturbed_batches(plan, self.batch_size, self.verbose, "images"):
+            for rows, step_index, batch in perturbed_batches(plan, self.batch_for(inputs), self.verbose, "images"):
                 images[rows, step_index] = batch
         return images
 

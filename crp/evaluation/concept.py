@@ -45,8 +45,9 @@ class ConceptFaithfulness(PerturbationMetric):
         the layer's relevance instead of an absolute value).
     perturbation, order, region_size, steps, per_step, seed, verbose
         As for :class:`~crp.evaluation.flipping.PixelFlipping`.
-    batch_size : int, default 64
-        Perturbed inputs per attribution (or forward) pass.
+    batch_size : int, optional
+        Perturbed inputs per attribution (or forward) pass; automatic by default, as for
+        :class:`~crp.evaluation.flipping.PixelFlipping`.
     """
 
     def __init__(
@@ -60,7 +61,7 @@ class ConceptFaithfulness(PerturbationMetric):
         region_size: Union[int, Tuple[int, int]] = 1,
         steps: Optional[int] = None,
         per_step: Optional[PerStep] = None,
-        batch_size: int = 64,
+        batch_size: Optional[int] = None,
         seed: int = 0,
         verbose: bool = False,
     ) -> None:
@@ -123,7 +124,7 @@ class ConceptFaithfulness(PerturbationMetric):
         plan, counts = self._plan(inputs, flat_heatmaps, sources)
         row_ids, row_targets = ids.reshape(-1).to(inputs.device), targets.repeat_interleave(ids.shape[1])
         with self._scorer(attribution, composite, row_ids, row_targets.to(inputs.device)) as scorer:
-            curves = score_curves(plan, scorer, self.batch_size, self.verbose, f"{self.order_name} concept")
+            curves = score_curves(plan, scorer, self.batch_for(inputs), self.verbose, f"{self.order_name} concept")
         return self._result(curves, counts, row_targets, sources, self.measure, shape=inputs.shape[-2:],
                             concepts=row_ids.cpu().numpy(), layer=self.layer)
 
@@ -147,9 +148,9 @@ class ConceptFaithfulness(PerturbationMetric):
         ids, targets = self._rows(attribution, inputs, targets, concept_ids)
         n, k = ids.shape
         sources = torch.arange(n).repeat_interleave(k)
-        maps = []
-        for start in range(0, n * k, self.batch_size):
-            rows = torch.arange(start, min(start + self.batch_size, n * k))
+        maps, batch_size = [], self.batch_for(inputs)
+        for start in range(0, n * k, batch_size):
+            rows = torch.arange(start, min(start + batch_size, n * k))
             conditions = [{self.layer: [int(ids.reshape(-1)[r])], "y": [int(targets[sources[r]])]} for r in rows]
             data = inputs[sources[rows].to(inputs.device)].clone().requires_grad_(True)
             with torch.enable_grad():
@@ -165,8 +166,8 @@ class ConceptFaithfulness(PerturbationMetric):
         checked = check_targets(targets, len(inputs), outputs.shape[1] if outputs.dim() == 2 else None)
         if checked is None:
             with torch.no_grad():
-                checked = torch.cat([model(inputs[s:s + self.batch_size]).argmax(1).cpu()
-                                     for s in range(0, len(inputs), self.batch_size)])
+                size = self.batch_for(inputs)
+                checked = torch.cat([model(inputs[s:s + size]).argmax(1).cpu() for s in range(0, len(inputs), size)])
         return ids, checked
 
     def _check_heatmaps(self, heatmaps: Any, inputs: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:

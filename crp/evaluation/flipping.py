@@ -54,8 +54,9 @@ class PixelFlipping(PerturbationMetric):
         Instead of ``steps``: regions removed per step, constant or a schedule.
     score : str or callable, default "logit"
         "logit", "probability", "log_probability", or ``score(outputs, targets) -> (B,)``.
-    batch_size : int, default 256
-        Perturbed inputs per forward pass.
+    batch_size : int, optional
+        Perturbed inputs per forward pass; by default about ``2**16`` input values per batch on the CPU,
+        ``2**24`` on a GPU (see :meth:`~crp.evaluation.base.PerturbationMetric.batch_for`).
     seed : int, default 0
         Seed for the random order and the random perturbation.
     verbose : bool, default False
@@ -70,7 +71,7 @@ class PixelFlipping(PerturbationMetric):
         steps: Optional[int] = None,
         per_step: Optional[PerStep] = None,
         score: Union[str, Score] = "logit",
-        batch_size: int = 256,
+        batch_size: Optional[int] = None,
         seed: int = 0,
         verbose: bool = False,
     ) -> None:
@@ -121,13 +122,14 @@ class PixelFlipping(PerturbationMetric):
         def scorer(batch: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
             return self.score(model(batch), device_targets[rows])
 
-        curves = score_curves(plan, scorer, self.batch_size, self.verbose, f"{self.order_name} flipping")
+        curves = score_curves(plan, scorer, self.batch_for(inputs), self.verbose, f"{self.order_name} flipping")
         return self._result(curves, counts, targets, plan.sources, self.score_name, shape=inputs.shape[-2:])
 
     def _targets(self, model: torch.nn.Module, inputs: torch.Tensor, targets: TargetsLike) -> torch.Tensor:
         """The checked targets, or the predicted classes if none are given."""
+        batch_size = self.batch_for(inputs)
         with torch.no_grad():
-            outputs = model(inputs[: self.batch_size])
+            outputs = model(inputs[:batch_size])
         is_named = isinstance(self._score_spec, str)
         if is_named and (not isinstance(outputs, torch.Tensor) or outputs.dim() != 2):
             shape = tuple(outputs.shape) if isinstance(outputs, torch.Tensor) else type(outputs).__name__
@@ -135,8 +137,8 @@ class PixelFlipping(PerturbationMetric):
         if targets is not None:
             n_classes = outputs.shape[1] if is_named else None
             return check_targets(targets, len(inputs), n_classes)
-        return torch.cat([self._predict(model, inputs[start:start + self.batch_size])
-                          for start in range(0, len(inputs), self.batch_size)]).cpu()
+        return torch.cat([self._predict(model, inputs[start:start + batch_size])
+                          for start in range(0, len(inputs), batch_size)]).cpu()
 
     @staticmethod
     def _predict(model: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
