@@ -9,6 +9,7 @@ heatmap and tracks the concept's relevance or activation at its layer. Plots liv
 :mod:`crp.evaluation.plot` (matplotlib is imported only there, when a plot is drawn).
 """
 
+from .base import PerturbationMetric
 from .concept import ConceptFaithfulness, concept_faithfulness, top_concepts
 from .flipping import PixelFlipping, RegionPerturbation, compare_orders
 from .inpainting import harmonic_inpaint, telea_inpaint
@@ -30,6 +31,7 @@ from .schedule import quadratic_per_step, region_counts
 from .scores import SCORES
 
 __all__ = [
+    "PerturbationMetric",
     "PixelFlipping",
     "RegionPerturbation",
     "compare_orders",
