@@ -7,6 +7,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 ZENNIT10 := .zennit10
 PYTEST_ARGS ?=
+PY39 ?= python3.9
 
 .PHONY: install test lint pytest test-zennit10 demo bench clean
 
@@ -23,6 +24,8 @@ install: $(VENV)/.installed
 
 lint: install
 	$(BIN)/ruff check crp tests benchmarks
+	@# the package supports Python >= 3.9: byte-compile it with 3.9 where that interpreter runs
+	@if $(PY39) -c "" >/dev/null 2>&1; then $(PY39) -m compileall -q crp && echo "python3.9 compiles crp"; fi
 
 pytest: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -26,13 +26,12 @@ setup(
         "tqdm",
     ],
     extras_require={
-        "test": ["pytest", "ruff", "nbclient", "nbformat", "ipykernel"],
+        "test": ["pytest", "ruff", "nbclient", "nbformat", "ipykernel", "opencv-python-headless"],
         "inpainting": ["opencv-python-headless"],
     },
     entry_points={"console_scripts": ["crp=crp.__main__:main"]},
     classifiers=[
         "Programming Language :: Python :: 3",
-        "License :: OSI Approved :: BSD License",
         "Topic :: Scientific/Engineering :: Artificial Intelligence",
     ],
 )

@@ -363,3 +363,39 @@ def test_parallel_layers_in_one_condition_are_refused(branch_model):
 def test_small_cnn_fixture_is_deterministic():
     assert torch.equal(small_cnn()[0].weight, small_cnn()[0].weight)
     assert isinstance(TwoLayerLinear().hidden, nn.Linear)
+
+
+class _AbsHeatmap(CondAttribution):
+    """Overrides both extension points: absolute heatmaps, relevance started at 1 for the targets."""
+
+    def heatmap_modifier(self, data, on_device=None):
+        return data.grad.detach().abs().sum(1)
+
+    def relevance_init(self, prediction, target_list, init_rel):
+        return super().relevance_init(prediction, target_list, 1)
+
+
+def test_overridable_extension_points(linear_model):
+    attribution = _AbsHeatmap(linear_model)
+    result = attribution(_x(), [{"hidden": [2], "y": [0]}])
+    assert torch.allclose(result.heatmap, torch.tensor([3.5], dtype=torch.float64))  # |W2[0,2] * W1[2]| summed
+    chunks = list(attribution.generate(_x(), [{"hidden": [j], "y": [0]} for j in range(3)], verbose=False))
+    assert torch.allclose(chunks[0].heatmap, torch.tensor([6.0, 1.5, 3.5], dtype=torch.float64))
+
+
+@pytest.mark.parametrize("exclude_parallel", [True, False])
+@pytest.mark.parametrize("conditions", [
+    [{"main": [c], "y": [t]} for c, t in [(0, 1), (1, 1), (0, 0)]],
+    [{"main": [0], "y": [1]}, {"side": [1], "y": [1]}, {"main": [1], "y": [0]}],
+])
+def test_generate_with_a_parallel_branch(branch_model, exclude_parallel, conditions):
+    # the part that bypasses "main" through "side" is added before the (non-linear) heatmap modifier
+    attribution = _AbsHeatmap(branch_model)
+    x = torch.tensor([[1.0, 2.0]], dtype=torch.float64)
+    chunks = list(attribution.generate(x.clone().requires_grad_(), conditions, record_layer=["main", "side"],
+                                       batch_size=2, exclude_parallel=exclude_parallel, verbose=False))
+    whole = attribution(x.clone().requires_grad_(), conditions, record_layer=["main", "side"],
+                        exclude_parallel=exclude_parallel)
+    assert torch.allclose(torch.cat([c.heatmap for c in chunks]), whole.heatmap)
+    for name in ["main", "side"]:
+        assert torch.allclose(torch.cat([c.relevances[name] for c in chunks]), whole.relevances[name])
