@@ -25,9 +25,9 @@ from zennit.composites import EpsilonPlusFlat
 from crp.attribution import CondAttribution
 from crp.concepts import ChannelConcept
 from crp.data import ARTIFACT_BOX, ShapesDataset
-from crp.helper import get_layer_names
+from crp.helper import get_layer_names, write_atomic
 from crp.image import imgify
-from crp.models import ShapesNet, TrainInfo, TrainSettings, torch_threads, train_default_model, write_atomic
+from crp.models import ShapesNet, TrainInfo, TrainSettings, torch_threads, train_default_model
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

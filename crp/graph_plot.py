@@ -8,11 +8,12 @@ only when drawing.
 """
 import numbers
 import os
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
+
+from crp.helper import write_atomic
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.axes import Axes
@@ -299,11 +300,4 @@ def _check_dpi(dpi: Any) -> None:
 
 
 def _save_atomic(fig: "Figure", path: Path, dpi: int) -> None:
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=path.suffix)
-    os.close(handle)
-    try:
-        fig.savefig(temp, format=path.suffix[1:].lower(), dpi=dpi, bbox_inches="tight")
-        os.replace(temp, path)
-    finally:
-        if os.path.exists(temp):
-            os.remove(temp)
+    write_atomic(path, lambda temp: fig.savefig(temp, format=path.suffix[1:].lower(), dpi=dpi, bbox_inches="tight"))

@@ -1,11 +1,14 @@
 """Small utilities around models and relevances: layer lookup, output shapes, normalizations."""
-from typing import Dict, Iterable, List, Sequence, Type
+import os
+import secrets
+from pathlib import Path
+from typing import Callable, Dict, Iterable, List, Sequence, Type, Union
 
 import torch
 
 from crp.conditions import check_layer_names
 
-__all__ = ["get_layer_names", "get_output_shapes", "abs_norm", "max_norm"]
+__all__ = ["get_layer_names", "get_output_shapes", "abs_norm", "max_norm", "write_atomic"]
 
 
 def get_layer_names(model: torch.nn.Module, types: Sequence[Type[torch.nn.Module]]) -> List[str]:
@@ -74,3 +77,27 @@ def abs_norm(rel: torch.Tensor, stabilize: float = 1e-10) -> torch.Tensor:
 def max_norm(rel: torch.Tensor, stabilize: float = 1e-10) -> torch.Tensor:
     """Divide ``rel`` by its maximum (plus ``stabilize``)."""
     return rel / (rel.max() + stabilize)
+
+
+def write_atomic(path: Union[str, os.PathLike], save: Callable[[Path], None]) -> None:
+    """Write a file atomically: ``save(temporary)`` writes a hidden file beside ``path``, which then replaces it.
+
+    Readers see the old file or the complete new one, never a partial one; the temporary file is removed if
+    ``save`` fails. The folder is created if needed, and the file gets the permissions of a normal ``open``.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The file to write.
+    save : callable
+        Called with the temporary path; must create the file there.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+    try:
+        save(temporary)
+        os.replace(temporary, path)
+    finally:
+        if temporary.exists():
+            temporary.unlink()

@@ -12,11 +12,10 @@ import json
 import logging
 import numbers
 import os
-import secrets
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Callable, Dict, Iterator, Optional, Tuple, Union
+from typing import Dict, Iterator, Optional, Tuple, Union
 
 import torch
 from torch import nn
@@ -24,10 +23,11 @@ from tqdm.auto import tqdm
 
 from crp import __version__
 from crp.data import CLASS_NAMES, DATA_VERSION, ShapesDataset
+from crp.helper import write_atomic
 
 __all__ = [
     "ShapesNet", "TrainSettings", "TrainInfo", "train_default_model", "evaluate_shortcut", "default_cache_dir",
-    "cache_path", "default_threads", "torch_threads", "write_atomic", "MODEL_VERSION",
+    "cache_path", "default_threads", "torch_threads", "MODEL_VERSION",
 ]
 
 logger = logging.getLogger(__name__)
@@ -275,30 +275,6 @@ def evaluate_shortcut(model: nn.Module, test: ShapesDataset, batch_size: int = 5
         "shortcut_rate_with_artifact": mean(to_artifact, marked & other),
         "shortcut_rate_without_artifact": mean(to_artifact, ~marked & other),
     }
-
-
-def write_atomic(path: PathLike, save: Callable[[Path], None]) -> None:
-    """Write a file atomically: ``save(temporary)`` writes a hidden file beside ``path``, which then replaces it.
-
-    Readers see the old file or the complete new one, never a partial one; the temporary file is removed if
-    ``save`` fails. The folder is created if needed, and the file gets the permissions of a normal ``open``.
-
-    Parameters
-    ----------
-    path : str or os.PathLike
-        The file to write.
-    save : callable
-        Called with the temporary path; must create the file there.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
-    try:
-        save(temporary)
-        os.replace(temporary, path)
-    finally:
-        if temporary.exists():
-            temporary.unlink()
 
 
 def _save(model: nn.Module, settings: TrainSettings, path: Path, train_seconds: float) -> None:

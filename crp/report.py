@@ -8,11 +8,12 @@ import base64
 import html
 import io
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, List, Optional, Sequence, Union
 
 from PIL import Image
+
+from crp.helper import write_atomic
 
 __all__ = ["Report"]
 
@@ -121,15 +122,8 @@ class Report:
     def write(self, path: Union[str, os.PathLike]) -> Path:
         """Write the report atomically (temporary file, then rename) and return its path."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(handle, "w", encoding="utf-8") as file:
-                file.write(self.to_html())
-            os.replace(temporary, path)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
+        document = self.to_html()
+        write_atomic(path, lambda temporary: temporary.write_text(document, encoding="utf-8"))
         return path
 
 

@@ -7,6 +7,7 @@ import torch
 
 import crp.models as models
 from crp.data import ARTIFACT_BOX, ShapesDataset
+from crp.helper import write_atomic
 from crp.models import (
     ShapesNet,
     TrainSettings,
@@ -15,7 +16,6 @@ from crp.models import (
     evaluate_shortcut,
     torch_threads,
     train_default_model,
-    write_atomic,
 )
 
 TINY = TrainSettings(epochs=1, n_train=64, n_test=40, batch_size=32)
