@@ -1,14 +1,15 @@
-"""Command-line interface: ``python -m crp demo`` (also installed as the ``crp`` command).
+"""Command-line interface: ``python -m crp demo`` and ``python -m crp analyze`` (also installed as ``crp``).
 
 Only this module prints. User errors end in one line on stderr that names the fix and a non-zero exit code,
-without a traceback: 2 for bad arguments, 1 for a file-system error, 130 when interrupted.
+without a traceback: 2 for bad arguments, 1 for a file-system error, 130 when interrupted (Ctrl-C), after
+saying how to continue.
 """
 import argparse
 import logging
 import sys
 from typing import List, NoReturn, Optional, Sequence
 
-__all__ = ["main", "build_parser", "format_summary"]
+__all__ = ["main", "build_parser", "format_summary", "PROG"]
 
 PROG = "python -m crp"
 
@@ -22,28 +23,33 @@ class _Parser(argparse.ArgumentParser):
         raise _UsageError(f"{message} (see `{self.prog} --help`)")
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive whole number, got {text!r}")
-    return value
+def _whole_number(low: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = low - 1
+        if value < low:
+            what = "a positive whole number" if low == 1 else f"a whole number >= {low}"
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}")
+        return value
+    parse.__name__ = "whole number"
+    return parse
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """Return the argument parser of ``python -m crp`` with its sub-commands."""
-    parser = _Parser(prog=PROG, description="Concept Relevance Propagation (CRP) for PyTorch.")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+_positive_int = _whole_number(1)
+
+
+def _add_demo(commands) -> None:
     demo = commands.add_parser(
         "demo", help="train a small CNN on toy shapes with a planted shortcut and explain it with CRP",
         description="Train (or load from the cache) a small CNN on toy shapes whose training images of 'cross' "
-                    "carry a magenta corner mark, explain test images with CRP, find the channel that carries "
-                    "the mark, and write PNG files and summary.json to --out.",
+                    "carry a magenta corner mark, find the channel that responds to the mark, explain test images "
+                    "with CRP (heatmaps, concepts, reference samples, attribution graph, pixel flipping) and write "
+                    "report.html, PNG files and summary.json to --out.",
     )
     demo.add_argument("--out", default="demo_output", metavar="DIR",
-                      help="output folder: new, empty, or from an earlier demo run (default: %(default)s)")
+                      help="output folder: new, empty, or from an earlier run (default: %(default)s)")
     demo.add_argument("--samples", type=_positive_int, default=4, metavar="N",
                       help="number of test images to explain (default: %(default)s)")
     demo.add_argument("--layer", default="features.6", metavar="NAME",
@@ -53,57 +59,153 @@ def build_parser() -> argparse.ArgumentParser:
                       help="number of most relevant channels shown per image (default: %(default)s)")
     demo.add_argument("--no-progress", action="store_true", help="show no progress bars and no log messages")
     demo.add_argument("--quick", action="store_true",
-                      help="smoke test: train a tiny model for one epoch (seconds); its results mean nothing")
+                      help="smoke test: train a tiny model for one epoch and compute less (seconds); its results "
+                           "mean nothing")
     demo.add_argument("--cache-dir", default=None, metavar="DIR",
                       help="model cache folder (default: $CRP_CACHE or ~/.cache/crp)")
     demo.add_argument("--retrain", action="store_true", help="train the model again even if it is cached")
+    demo.add_argument("--fresh", action="store_true",
+                      help="recompute the reference samples even if --out holds them for the same model")
+    demo.add_argument("--threads", type=_positive_int, default=None, metavar="N",
+                      help="torch CPU threads (default: one less than the cores, at most 4)")
+
+
+def _add_analyze(commands) -> None:
+    analyze = commands.add_parser(
+        "analyze", help="write a concept report of your own model and images",
+        description="Explain your model with CRP: for a few images, the heatmap and the most relevant concepts of "
+                    "--layers with their conditional heatmaps and reference samples (Relevance and Activation "
+                    "Maximization over the data), the attribution graph of the top concept, and pixel-flipping "
+                    "curves; written to --out as report.html, PNG files and summary.json. Example: "
+                    f"{PROG} analyze --model resnet18 --weights model.pt --num-classes 10 --data images/",
+    )
+    model = analyze.add_argument_group("model")
+    model.add_argument("--model", required=True, metavar="NAME",
+                       help="a torchvision architecture (e.g. resnet18, vgg16_bn) or module:callable returning a "
+                            "torch.nn.Module (called with num_classes=N if --num-classes is given)")
+    model.add_argument("--weights", metavar="FILE",
+                       help="state_dict saved with torch.save(model.state_dict(), FILE), read with "
+                            "torch.load(weights_only=True); without it the weights are random")
+    model.add_argument("--num-classes", type=_positive_int, metavar="N",
+                       help="number of outputs of the model (default: the architecture's)")
+    model.add_argument("--list-layers", action="store_true",
+                       help="print the model's conv and linear layers and exit")
+    data = analyze.add_argument_group("data")
+    data.add_argument("--data", metavar="DIR",
+                      help="image folder DIR/<class>/<image>.png (torchvision ImageFolder) or module:callable "
+                           "returning a dataset of (image tensor (C, H, W), class) items")
+    data.add_argument("--image-size", type=_positive_int, default=224, metavar="N",
+                      help="folder images are resized and centre-cropped to N x N (default: %(default)s)")
+    data.add_argument("--mean", type=float, nargs="+", metavar="M",
+                      help="per-channel mean the model's inputs are normalized with (default for folders: "
+                           "ImageNet's 0.485 0.456 0.406; for a callable dataset: no normalization)")
+    data.add_argument("--std", type=float, nargs="+", metavar="S",
+                      help="per-channel standard deviation, with --mean (default for folders: ImageNet's)")
+    data.add_argument("--no-normalize", action="store_true", help="feed the images to the model as they are")
+    method = analyze.add_argument_group("explanation")
+    method.add_argument("--layers", nargs="+", metavar="NAME",
+                        help="layers whose channels are the concepts (default: the last conv layer)")
+    method.add_argument("--composite", default="epsilon_plus_flat", metavar="NAME",
+                        help="zennit composite (zennit.composites.COMPOSITES): epsilon_plus_flat, epsilon_plus, "
+                             "epsilon_gamma_box, epsilon_alpha2_beta1(_flat), ... (default: %(default)s)")
+    method.add_argument("--canonizer", default="auto", metavar="NAME",
+                        help="auto (ResNetCanonizer for ResNets, SequentialMergeBatchNorm for other models with "
+                             "batch norm, none otherwise), none, merge-batchnorm, resnet or vgg (default: auto)")
+    method.add_argument("--samples", type=_positive_int, default=4, metavar="N",
+                        help="images explained, spread over the data (default: %(default)s)")
+    method.add_argument("--top", type=_positive_int, default=4, metavar="K",
+                        help="most relevant concepts shown per image and layer (default: %(default)s)")
+    method.add_argument("--references", type=_positive_int, default=6, metavar="N",
+                        help="reference samples shown per concept (default: %(default)s)")
+    method.add_argument("--fv-samples", type=_whole_number(0), default=1000, metavar="N",
+                        help="images searched for reference samples, spread over the data; 0 for all "
+                             "(default: %(default)s)")
+    method.add_argument("--flip-samples", type=_whole_number(0), default=16, metavar="N",
+                        help="images of the pixel-flipping curves; 0 to skip them (default: %(default)s)")
+    method.add_argument("--flip-steps", type=_positive_int, default=32, metavar="N",
+                        help="steps of the pixel-flipping curves (default: %(default)s)")
+    run = analyze.add_argument_group("run")
+    run.add_argument("--out", default="crp_report", metavar="DIR",
+                     help="output folder: new, empty, or from an earlier run (default: %(default)s)")
+    run.add_argument("--device", default="cpu", metavar="DEVICE", help="cpu, cuda or cuda:N (default: cpu)")
+    run.add_argument("--batch-size", type=_positive_int, default=32, metavar="N",
+                     help="images per forward/backward pass (default: %(default)s)")
+    run.add_argument("--workers", type=_whole_number(0), default=0, metavar="N",
+                     help="DataLoader worker processes (default: %(default)s)")
+    run.add_argument("--checkpoint", type=_positive_int, default=10, metavar="N",
+                     help="save the reference-sample search every N batches, so Ctrl-C loses little "
+                          "(default: %(default)s)")
+    run.add_argument("--fresh", action="store_true",
+                     help="start the reference-sample search over even if --out holds one for the same model, data "
+                          "and settings (by default it is reused or continued)")
+    run.add_argument("--threads", type=_positive_int, default=None, metavar="N",
+                     help="torch CPU threads (default: one less than the cores, at most 4)")
+    run.add_argument("--no-progress", action="store_true", help="show no progress bars and no log messages")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the argument parser of ``python -m crp`` with its sub-commands."""
+    parser = _Parser(prog=PROG, description="Concept Relevance Propagation (CRP) for PyTorch.")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    _add_demo(commands)
+    _add_analyze(commands)
     return parser
 
 
-def _percent(value: float) -> str:
-    return f"{100 * value:.1f}%"
-
-
 def format_summary(result) -> str:
-    """Return the one-screen text summary of a :class:`crp.demo.DemoResult` (lines of at most about 100 chars)."""
-    info, art, out = result.info, result.artifact, result.out_dir
-    name = repr(art.class_name)
-    source = f"loaded from {info.cache_file}" if info.from_cache else \
-        f"trained in {info.train_seconds:.0f} s, cached in {info.cache_file}"
-    following = ", ".join(f"#{c} {_percent(p)}" for c, p in art.ranking[1:])
-    lines = [
-        f"crp demo: wrote {len(result.files)} files to {out} in {result.seconds:.0f} s",
-        f"model     ShapesNet, {source}",
-        f"accuracy  {_percent(info.validation_accuracy)} on held-out images drawn like the training images",
-        f"          {_percent(info.test_accuracy)} on the test split, where the mark is on any shape: "
-        f"{_percent(info.accuracy_without_artifact)} without the mark, {_percent(info.accuracy_with_artifact)} with it",
-        f"shortcut  {_percent(info.shortcut_rate_with_artifact)} of the other shapes with the mark are called {name} "
-        f"({_percent(info.shortcut_rate_without_artifact)} without it);",
-        f"          the mark moves their {name} output from {art.logit_without_artifact:.2f} to "
-        f"{art.logit_with_artifact:.2f}",
-        f"heatmaps  {_percent(art.heatmap_on_patch)} of the positive relevance for {name} lies on the mark "
-        f"({_percent(art.patch_area)} of the pixels)",
-        f"artifact  {art.layer} #{art.channel} carries {_percent(art.patch_part)} of the {name} relevance on the mark "
-        f"(next: {following});",
-        f"          its share of all {name} relevance: {_percent(art.share_with_artifact)} with the mark, "
-        f"{_percent(art.share_without_artifact)} without",
-        f"samples   top channels of {result.layer} by share of relevance",
-    ]
-    for rank, sample in enumerate(result.samples, start=1):
-        mark = "+mark" if sample.has_artifact else "     "
-        tops = ", ".join(f"#{c} {_percent(s)}" for c, s in zip(sample.concepts, sample.shares))
-        lines.append(f"  {rank:2d} test #{sample.index:<4d} {sample.label:8s} {mark} -> {sample.prediction:8s} {tops}")
-    lines.append(f"figures   {out}/sample_*/overview.png, {out}/artifact_channel.png")
-    return "\n".join(lines)
+    """The one-screen summary of a demo result (:func:`crp.demo.format_summary`)."""
+    from crp.demo import format_summary as summary
+
+    return summary(result)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# running the commands
 
 
 def _run_demo(args: argparse.Namespace) -> int:
+    from crp.demo import format_summary as summary
     from crp.demo import run_demo
 
     result = run_demo(args.out, samples=args.samples, layer=args.layer, top_k=args.top, quick=args.quick,
-                      cache_dir=args.cache_dir, progress=not args.no_progress, force_train=args.retrain)
-    print(format_summary(result))
+                      cache_dir=args.cache_dir, progress=not args.no_progress, force_train=args.retrain,
+                      threads=args.threads, fresh=args.fresh)
+    print(summary(result))
     return 0
+
+
+def _analyze_options(args: argparse.Namespace):
+    from crp.analyze import AnalyzeOptions
+
+    return AnalyzeOptions(
+        model=args.model, data=args.data, weights=args.weights, num_classes=args.num_classes,
+        image_size=args.image_size, mean=args.mean, std=args.std, normalize=not args.no_normalize,
+        layers=args.layers, composite=args.composite, canonizer=args.canonizer, device=args.device,
+        batch_size=args.batch_size, workers=args.workers, samples=args.samples, top_k=args.top,
+        fv_samples=args.fv_samples or None, references=args.references, flip_samples=args.flip_samples,
+        flip_steps=args.flip_steps, out=args.out, fresh=args.fresh, progress=not args.no_progress,
+        checkpoint=args.checkpoint,
+    )
+
+
+def _run_analyze(args: argparse.Namespace) -> int:
+    from crp.analyze import AnalyzeError, format_analysis_summary, layer_table, load_model, run_analysis
+    from crp.models import torch_threads
+
+    if args.list_layers:
+        print(layer_table(load_model(args.model, args.num_classes)[0]))
+        return 0
+    if args.data is None:
+        raise AnalyzeError("--data is required: an image folder DIR/<class>/<image>.png or module:callable.")
+    with torch_threads(args.threads):
+        result = run_analysis(_analyze_options(args))
+    print(format_analysis_summary(result))
+    return 0
+
+
+def _no_checkpoint_messages(record: logging.LogRecord) -> bool:
+    """Keep the FeatureVisualization's per-checkpoint messages out of the terminal (its progress bar shows it)."""
+    return record.name != "crp.visualization" or record.levelno >= logging.WARNING
 
 
 def _log_to_stderr(enabled: bool) -> Optional[logging.Handler]:
@@ -111,6 +213,7 @@ def _log_to_stderr(enabled: bool) -> Optional[logging.Handler]:
         return None
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(message)s"))
+    handler.addFilter(_no_checkpoint_messages)
     logger = logging.getLogger("crp")
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
@@ -135,7 +238,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         args = parser.parse_args(args_list)
         if args.command is None:
-            raise _UsageError(f"choose a command: demo (see `{PROG} --help`)")
+            raise _UsageError(f"choose a command: demo or analyze (see `{PROG} --help`)")
     except _UsageError as error:
         print(f"{PROG}: error: {error}", file=sys.stderr)
         return 2
@@ -144,25 +247,62 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return _run_command(args)
 
 
-def _run_command(args: argparse.Namespace) -> int:
-    from crp.demo import DemoError
+def one_line(error: BaseException) -> str:
+    """The message of a user error in one line.
 
+    An error raised in a DataLoader worker comes back with the worker's traceback in its message; its last
+    line holds the original message after the exception's name.
+    """
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    if not lines:
+        return type(error).__name__
+    if len(lines) == 1:
+        return lines[0]
+    last = lines[-1]
+    name = type(error).__name__
+    return last.split(f"{name}: ", 1)[1] if f"{name}: " in last else last
+
+
+def _run_command(args: argparse.Namespace) -> int:
+    from crp.output import UserError
+
+    command = f"{PROG} {args.command}"
     handler = _log_to_stderr(not args.no_progress)
     previous_level = logging.getLogger("crp").level
     try:
-        return _run_demo(args)
-    except DemoError as error:
-        print(f"{PROG} demo: error: {error}", file=sys.stderr)
+        return _run_demo(args) if args.command == "demo" else _run_analyze(args)
+    except UserError as error:
+        print(f"{command}: error: {one_line(error)}", file=sys.stderr)
         return 2
     except OSError as error:
         where = f" {error.filename!r}" if error.filename else ""
-        print(f"{PROG} demo: error: {error.strerror or error}{where}; check the path and its permissions, or "
-              f"choose another --out or --cache-dir", file=sys.stderr)
+        print(f"{command}: error: {error.strerror or one_line(error)}{where}; check the path and its permissions, "
+              f"or choose another --out{' or --cache-dir' if args.command == 'demo' else ''}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print(f"{PROG} demo: interrupted", file=sys.stderr)
+        print(f"{command}: {_interrupted(args.out)}", file=sys.stderr)
         return 130
+    except Exception as error:  # the store of an interrupted run may be corrupt: that is the user's to fix
+        if type(error).__name__ != "CorruptStoreError":
+            raise
+        print(f"{command}: error: {one_line(error)}; run again with --fresh to start the reference-sample search "
+              f"over", file=sys.stderr)
+        return 2
     finally:
         if handler is not None:
             logging.getLogger("crp").removeHandler(handler)
             logging.getLogger("crp").setLevel(previous_level)
+
+
+def _interrupted(out: str) -> str:
+    """What an interrupted run left, and how to continue."""
+    from pathlib import Path
+
+    from crp.concept_report import FV_FOLDER, fv_state
+
+    done = fv_state(out)
+    folder = Path(out) / FV_FOLDER
+    if done is None:
+        return "interrupted before any result was saved; run the same command again to start over."
+    return (f"interrupted; the reference-sample search is saved in {folder} ({done} samples done); run the same "
+            f"command again to continue from there (--fresh starts over).")

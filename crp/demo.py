@@ -1,12 +1,21 @@
 """The end-to-end demo behind ``python -m crp demo``: find a Clever-Hans shortcut with CRP.
 
 :func:`run_demo` trains (or loads) :class:`crp.models.ShapesNet` on :class:`crp.data.ShapesDataset`, whose
-training split pairs a magenta corner mark with the class "cross". For a few test images it computes the
-LRP heatmap of the predicted class (zennit's ``EpsilonPlusFlat``), the top-k channels of one layer by
-relevance and their conditional heatmaps (CRP, Achtibat et al., Nature Machine Intelligence 2023), and it
-looks for the channel that carries the artifact: the one whose conditional heatmap for "cross" puts the most
-relevance on the mark. Everything is written as PNG files and a ``summary.json`` into one folder, which the
-demo marks as its own with a manifest; it never deletes a file it did not write.
+training split pairs a magenta corner mark with the class "cross", and writes a concept report (CRP, Achtibat
+et al., Nature Machine Intelligence 2023) into one folder:
+
+- the channel of the chosen layer that responds to the mark: the one whose activation rises most when the
+  mark is painted on test images of the other classes, how much of the "cross" relevance it carries, and its
+  reference samples (Activation and Relevance Maximization, per-class statistics);
+- for a few test images, the LRP heatmap of the prediction (zennit's ``EpsilonPlusFlat``), the most relevant
+  channels with their conditional heatmaps and reference samples;
+- the attribution graph of the first image's most relevant channel;
+- pixel-flipping curves of the heatmaps (most relevant first, least relevant first, random);
+- ``report.html`` (self-contained), the PNG files and ``summary.json``.
+
+The folder is marked as the demo's own by a manifest; the demo never deletes a file it did not write. The
+FeatureVisualization results stay in ``fv/`` and are reused by the next run with the same model (an
+interrupted run continues there).
 """
 import json
 import logging
@@ -14,33 +23,53 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
-from PIL import Image
 from tqdm.auto import tqdm
 from zennit.composites import EpsilonPlusFlat
 
 from crp.attribution import CondAttribution
+from crp.concept_report import (
+    FV_FOLDER,
+    ConceptAnalysis,
+    FlippingSummary,
+    SampleExplanation,
+    WrittenSample,
+    add_flipping_section,
+    add_graph_section,
+    add_references_section,
+    add_sample_section,
+    figure_saver,
+    fingerprint,
+    flipping_figure,
+    heatmap_image,
+    input_image,
+    png_saver,
+    references_mosaic,
+    resumable_feature_visualization,
+    statistics_figure,
+    write_sample,
+)
 from crp.concepts import ChannelConcept
 from crp.data import ARTIFACT_BOX, ShapesDataset
-from crp.helper import get_layer_names, write_atomic
-from crp.image import imgify
+from crp.helper import get_layer_names
 from crp.models import ShapesNet, TrainInfo, TrainSettings, torch_threads, train_default_model
+from crp.output import MANIFEST_NAME, OutputFolder, UserError
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
 
-__all__ = ["run_demo", "DemoError", "DemoResult", "SampleResult", "ArtifactFinding", "QUICK_SETTINGS",
-           "DEFAULT_LAYER", "MANIFEST_NAME"]
+    from crp.report import Report
+
+__all__ = ["run_demo", "format_summary", "DemoError", "DemoResult", "SampleResult", "ArtifactFinding",
+           "DemoSettings", "QUICK_SETTINGS", "DEFAULT_LAYER", "MANIFEST_NAME", "FV_FOLDER"]
 
 logger = logging.getLogger(__name__)
 
 #: Layer whose channels are the concepts, unless another is chosen.
 DEFAULT_LAYER = "features.6"
-#: File in the output folder that lists what the demo wrote; without it, a non-empty folder is not touched.
-MANIFEST_NAME = ".crp-demo-manifest.json"
 #: Tiny training for smoke tests (``--quick``): seconds instead of a minute, meaningless accuracies.
 QUICK_SETTINGS = TrainSettings(epochs=1, n_train=256, n_test=200)
 _ARTIFACT_IMAGES = 24  # images of the other classes on which the artifact channel is searched (quick: 6)
@@ -49,8 +78,36 @@ _PNG_SIZE = 128
 PathLike = Union[str, os.PathLike]
 
 
-class DemoError(ValueError):
+class DemoError(UserError):
     """A user error (bad output folder, layer or count); its message names the fix."""
+
+
+@dataclass(frozen=True)
+class DemoSettings:
+    """How much the demo computes besides training.
+
+    Parameters
+    ----------
+    references : int
+        Reference samples shown per concept (RelMax, ActMax, per class).
+    fv_top_k : int
+        Reference samples kept per concept by the FeatureVisualization.
+    graph_width : tuple of int
+        Lower concepts kept per level of the attribution graph.
+    flip_samples, flip_steps : int
+        Test images and steps of the pixel-flipping curves.
+    stats_classes : int
+        Classes shown in the per-class statistics of the artifact channel.
+    """
+    references: int = 8
+    fv_top_k: int = 16
+    graph_width: Tuple[int, ...] = (3, 2)
+    flip_samples: int = 64
+    flip_steps: int = 32
+    stats_classes: int = 4
+
+
+_QUICK_DEMO = DemoSettings(references=4, fv_top_k=8, graph_width=(2, 1), flip_samples=8, flip_steps=8)
 
 
 @dataclass
@@ -67,20 +124,23 @@ class SampleResult:
 
 @dataclass
 class ArtifactFinding:
-    """The channel of ``layer`` that carries the relevance of the shortcut class on the artifact.
+    """The channel of ``layer`` that responds to the artifact, and how much it drives the artifact class.
 
     Attributes
     ----------
     layer : str
         The layer searched.
     channel : int
-        The channel whose conditional heatmap for ``class_name`` has the most relevance on the artifact patch,
-        on average over test images of the other classes that carry the artifact.
-    patch_part : float
-        Its part of the relevance on the patch summed over all channels of the layer (NaN if that sum is not
-        positive).
+        The channel whose activation (summed over positions) rises most, in standard deviations, when the
+        artifact is painted on test images of the other classes.
+    response : float
+        That rise: the mean activation with the artifact minus the mean without, divided by the standard
+        deviation over both sets of images (0 where a channel never varies).
     ranking : list of (int, float)
-        The three channels with the most relevance on the patch, with their parts, best first.
+        The three channels with the largest response, with their responses, best first.
+    patch_part : float
+        The channel's part of the relevance for ``class_name`` on the artifact patch, summed over all channels
+        (conditional heatmaps; NaN if that sum is not positive).
     share_with_artifact, share_without_artifact : float
         Its share of the layer's relevance for ``class_name`` (``ChannelConcept.attribute``, abs-normalized)
         on these images, and on the same images without the artifact.
@@ -95,8 +155,9 @@ class ArtifactFinding:
     """
     layer: str
     channel: int
-    patch_part: float
+    response: float
     ranking: List[Tuple[int, float]]
+    patch_part: float
     share_with_artifact: float
     share_without_artifact: float
     logit_with_artifact: float
@@ -108,7 +169,13 @@ class ArtifactFinding:
 
 @dataclass
 class DemoResult:
-    """Everything :func:`run_demo` computed; ``files`` are relative to ``out_dir``."""
+    """Everything :func:`run_demo` computed; ``files`` are relative to ``out_dir``.
+
+    ``flipping_auc`` holds the mean area under the pixel-flipping curves per order, ``graph_nodes`` the
+    concepts of the attribution graph, ``artifact_classes`` the classes for which the artifact channel is most
+    relevant with their mean relevance, and ``fv_reused`` whether the FeatureVisualization results of an
+    earlier run were reused (or an interrupted run continued).
+    """
     out_dir: Path
     info: TrainInfo
     layer: str
@@ -116,66 +183,15 @@ class DemoResult:
     artifact: ArtifactFinding
     files: List[str]
     seconds: float
+    flipping_auc: Dict[str, float] = field(default_factory=dict)
+    graph_nodes: List[Tuple[str, int]] = field(default_factory=list)
+    artifact_classes: List[Tuple[str, float]] = field(default_factory=list)
+    fv_reused: bool = False
 
-
-# ------------------------------------------------------------------------------------------------------------
-# the output folder
-
-
-class _Output:
-    """The demo's output folder: checks it is new, empty or the demo's own, writes files atomically, tidies up."""
-
-    def __init__(self, out_dir: PathLike) -> None:
-        self.root = Path(out_dir).expanduser().resolve()
-        self.written: List[str] = []
-        self.previous = self._previous_files()
-
-    def _previous_files(self) -> List[str]:
-        root = self.root
-        if root.exists() and not root.is_dir():
-            raise DemoError(f"out {str(root)!r} is a file, not a folder; choose a new or empty folder.")
-        if not root.exists() or not any(root.iterdir()):
-            return []
-        manifest = root / MANIFEST_NAME
-        try:
-            files = json.loads(manifest.read_text())["files"]
-            if not all(isinstance(f, str) for f in files):
-                raise TypeError("file names must be strings")
-        except (OSError, ValueError, KeyError, TypeError):
-            raise DemoError(
-                f"out {str(root)!r} is not empty and was not written by `crp demo` (no valid {MANIFEST_NAME}); "
-                f"choose a new or empty folder."
-            ) from None
-        return files
-
-    def claim(self, planned: Sequence[str]) -> None:
-        """Create the folder and list every file this run may write, before writing any of them."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        self._write_manifest(sorted(set(self.previous) | set(planned)))
-
-    def write(self, name: str, save: Callable[[Path], None]) -> None:
-        """Write file ``name`` atomically with ``save(temporary_path)``."""
-        write_atomic(self.root / name, save)
-        self.written.append(name)
-
-    def finish(self) -> None:
-        """Remove the files of an earlier run that this run did not write again, then write the final manifest."""
-        for name in set(self.previous) - set(self.written):
-            stale = self.root / name
-            if stale.is_file() and self.root in stale.resolve().parents:
-                stale.unlink()
-                _remove_empty_parents(stale.parent, self.root)
-        self._write_manifest(sorted(self.written))
-
-    def _write_manifest(self, files: List[str]) -> None:
-        text = json.dumps({"tool": "crp demo", "files": files}, indent=1)
-        write_atomic(self.root / MANIFEST_NAME, lambda path: path.write_text(text))
-
-
-def _remove_empty_parents(folder: Path, root: Path) -> None:
-    while folder != root and root in folder.parents and not any(folder.iterdir()):
-        folder.rmdir()
-        folder = folder.parent
+    @property
+    def report(self) -> Path:
+        """The HTML report."""
+        return self.out_dir / "report.html"
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -204,23 +220,7 @@ def _check_args(model: ShapesNet, layer: str, samples: int, top_k: int, n_test: 
 
 
 # ------------------------------------------------------------------------------------------------------------
-# attributions
-
-
-def _explain(attribution: CondAttribution, image: torch.Tensor, layer: str,
-             top_k: int) -> Tuple[int, torch.Tensor, List[int], List[float], torch.Tensor]:
-    """Heatmap of the predicted class, top-k channels of ``layer`` and their conditional heatmaps for one image."""
-    composite = EpsilonPlusFlat()
-    x = image[None].clone().requires_grad_(True)
-    with torch.no_grad():
-        prediction = int(attribution.model(x).argmax(1)[0])
-    result = attribution(x, [{"y": [prediction]}], composite, record_layer=[layer])
-    shares = ChannelConcept().attribute(result.relevances[layer], abs_norm=True)[0]
-    values, channels = torch.topk(shares, top_k)
-    conditions = [{layer: [int(c)], "y": [prediction]} for c in channels]
-    parts = attribution.generate(x, conditions, composite, batch_size=top_k, verbose=False)
-    concept_maps = torch.cat([part.heatmap for part in parts])
-    return prediction, result.heatmap[0], channels.tolist(), values.tolist(), concept_maps
+# the artifact channel
 
 
 def _patch_sum(heatmaps: torch.Tensor) -> torch.Tensor:
@@ -248,78 +248,69 @@ def _patch_relevance(attribution: CondAttribution, images: torch.Tensor, layer: 
     return maps, _patch_sum(maps).double().sum(0)
 
 
-def _class_relevance(attribution: CondAttribution, images: torch.Tensor, layer: str, channel: int,
-                     target: int) -> Tuple[float, float, float]:
-    """Mean share of ``channel`` in the relevance for ``target``, mean logit, mean part of positive heat on patch."""
+def _class_relevance(attribution: CondAttribution, images: torch.Tensor, layer: str,
+                     target: int) -> Dict[str, torch.Tensor]:
+    """Per image: channel activations (summed over positions), channel shares of the relevance for ``target``,
+    the ``target`` logit and the part of the positive input relevance on the patch."""
     result = attribution(images.clone().requires_grad_(True), [{"y": [target]}], EpsilonPlusFlat(),
                          record_layer=[layer])
-    share = ChannelConcept().attribute(result.relevances[layer])[:, channel].mean().item()
+    activation = result.activations[layer]
     positive = result.heatmap.clamp(min=0)
-    on_patch = (_patch_sum(positive) / positive.sum((-2, -1)).clamp(min=1e-12)).mean().item()
-    return share, result.prediction[:, target].mean().item(), on_patch
+    return {
+        "activation": activation.flatten(2).sum(2) if activation.dim() > 2 else activation,
+        "share": ChannelConcept().attribute(result.relevances[layer]),
+        "logit": result.prediction[:, target],
+        "on_patch": _patch_sum(positive) / positive.sum((-2, -1)).clamp(min=1e-12),
+    }
+
+
+def activation_response(with_artifact: torch.Tensor, without: torch.Tensor) -> torch.Tensor:
+    """Per channel: mean activation with the artifact minus without, over the standard deviation of both sets.
+
+    Parameters
+    ----------
+    with_artifact, without : torch.Tensor
+        Activations ``(N, C)`` of the same images with and without the artifact.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(C,)`` float64; 0 where a channel's activations do not vary.
+    """
+    both = torch.cat([with_artifact, without]).double()
+    spread = both.std(0) if len(both) > 1 else torch.zeros(both.shape[1], dtype=torch.float64)
+    difference = with_artifact.double().mean(0) - without.double().mean(0)
+    return torch.where(spread > 0, difference / spread.clamp(min=1e-300), torch.zeros_like(difference))
 
 
 def _find_artifact_channel(attribution: CondAttribution, layer: str, channels: int, settings: TrainSettings,
                            quick: bool) -> Tuple[ArtifactFinding, torch.Tensor, torch.Tensor]:
-    """Find the channel of ``layer`` whose conditional heatmaps for the artifact class lie most on the patch.
+    """Find the channel of ``layer`` that responds most to the artifact, and measure how it drives its class.
 
     Returns the finding, the images of other classes with the artifact it was searched on, and the channel's
-    conditional heatmaps of these images.
+    conditional heatmaps for the artifact class on these images.
     """
     marked, clean, target = _artifact_pairs(settings, quick)
+    with_mark = _class_relevance(attribution, marked, layer, target)
+    without = _class_relevance(attribution, clean, layer, target)
+    response = activation_response(with_mark["activation"], without["activation"])
+    order = torch.argsort(response, descending=True, stable=True)
+    best = int(order[0])
     maps, on_patch = _patch_relevance(attribution, marked, layer, channels, target)
     total = float(on_patch.sum())
-    parts = on_patch / total if total > 0 else torch.full_like(on_patch, float("nan"))
-    order = torch.argsort(on_patch, descending=True, stable=True)
-    best = int(order[0])
-    share_marked, logit_marked, heat_on_patch = _class_relevance(attribution, marked, layer, best, target)
-    share_clean, logit_clean, _ = _class_relevance(attribution, clean, layer, best, target)
     r0, r1, c0, c1 = ARTIFACT_BOX
     finding = ArtifactFinding(
-        layer, best, float(parts[best]), [(int(c), float(parts[c])) for c in order[:3]], share_marked, share_clean,
-        logit_marked, logit_clean, heat_on_patch, (r1 - r0) * (c1 - c0) / marked[0, 0].numel(),
-        ShapesDataset.class_names[target],
+        layer, best, float(response[best]), [(int(c), float(response[c])) for c in order[:3]],
+        float(on_patch[best] / total) if total > 0 else float("nan"),
+        float(with_mark["share"][:, best].mean()), float(without["share"][:, best].mean()),
+        float(with_mark["logit"].mean()), float(without["logit"].mean()), float(with_mark["on_patch"].mean()),
+        (r1 - r0) * (c1 - c0) / marked[0, 0].numel(), ShapesDataset.class_names[target],
     )
     return finding, marked, maps[:, best]
 
 
 # ------------------------------------------------------------------------------------------------------------
 # pictures
-
-
-def _png(image: Image.Image) -> Callable[[Path], None]:
-    return lambda path: image.save(path, format="PNG")
-
-
-def _heat_png(heatmap: torch.Tensor) -> Image.Image:
-    return imgify(heatmap.detach(), cmap="bwr", symmetric=True, resize=_PNG_SIZE)
-
-
-def _image_png(image: torch.Tensor) -> Image.Image:
-    return imgify(image.detach().permute(1, 2, 0), vmin=0.0, vmax=1.0, resize=_PNG_SIZE)
-
-
-def _overview(image: torch.Tensor, heatmap: torch.Tensor, concept_maps: torch.Tensor, channels: List[int],
-              shares: List[float], title: str, layer: str, artifact_channel: int) -> "Figure":
-    """One row: the input, the heatmap of the prediction and the conditional heatmaps of the top-k channels."""
-    from matplotlib.figure import Figure
-
-    panels = [(_image_png(image), "input"), (_heat_png(heatmap), "heatmap")]
-    for channel, share, cmap in zip(channels, shares, concept_maps):
-        mark = " (mark channel)" if channel == artifact_channel else ""
-        panels.append((_heat_png(cmap), f"{layer} #{channel}{mark}\n{100 * share:.1f}% of relevance"))
-    figure = Figure(figsize=(2.0 * len(panels), 2.6))
-    axes = figure.subplots(1, len(panels), squeeze=False)[0]
-    for ax, (picture, label) in zip(axes, panels):
-        ax.imshow(np.asarray(picture.convert("RGB")))
-        ax.set_title(label, fontsize=8)
-        ax.set_axis_off()
-    figure.suptitle(title, fontsize=9)
-    return figure
-
-
-def _figure_saver(figure: "Figure") -> Callable[[Path], None]:
-    return lambda path: figure.savefig(path, format="png", dpi=100, bbox_inches="tight")
 
 
 def _artifact_figure(images: torch.Tensor, maps: torch.Tensor, finding: ArtifactFinding) -> "Figure":
@@ -330,12 +321,12 @@ def _artifact_figure(images: torch.Tensor, maps: torch.Tensor, finding: Artifact
     figure = Figure(figsize=(1.6 * count, 3.4))
     axes = figure.subplots(2, count, squeeze=False)
     for col in range(count):
-        axes[0, col].imshow(np.asarray(_image_png(images[col]).convert("RGB")))
-        axes[1, col].imshow(np.asarray(_heat_png(maps[col]).convert("RGB")))
+        axes[0, col].imshow(np.asarray(input_image(images[col], _PNG_SIZE).convert("RGB")))
+        axes[1, col].imshow(np.asarray(heatmap_image(maps[col], _PNG_SIZE).convert("RGB")))
         axes[0, col].set_axis_off()
         axes[1, col].set_axis_off()
-    figure.suptitle(f"{finding.layer} #{finding.channel}: relevance for {finding.class_name!r} "
-                    f"({100 * finding.patch_part:.0f}% of the relevance on the mark)", fontsize=9)
+    figure.suptitle(f"{finding.layer} #{finding.channel}: its relevance for {finding.class_name!r} on other shapes "
+                    f"with the mark", fontsize=9)
     return figure
 
 
@@ -362,40 +353,101 @@ def _pick_samples(test: ShapesDataset, predictions: torch.Tensor, count: int) ->
     return chosen[:count]
 
 
-def _sample_files(rank: int, channels: Sequence[int]) -> List[str]:
-    folder = f"sample_{rank + 1}"
-    names = ["input.png", "heatmap.png", *(f"concept_{c}.png" for c in channels), "overview.png"]
-    return [f"{folder}/{name}" for name in names]
+def _artifact_files(channel: int, classes: int) -> List[str]:
+    """The files about artifact channel ``channel`` (references per class for ``classes`` classes)."""
+    return ["artifact_channel.png", f"references/{channel}_relmax.png", f"references/{channel}_actmax.png",
+            f"references/{channel}_classes.png", *(f"references/{channel}_class_{t}.png" for t in range(classes))]
 
 
-def _explain_sample(output: _Output, attribution: CondAttribution, test: ShapesDataset, index: int, rank: int,
-                    layer: str, top_k: int, artifact: ArtifactFinding) -> SampleResult:
-    image, label = test[index]
-    names = test.class_names
-    prediction, heatmap, channels, shares, concept_maps = _explain(attribution, image, layer, top_k)
-    files = _sample_files(rank, channels)
-    output.write(files[0], _png(_image_png(image)))
-    output.write(files[1], _png(_heat_png(heatmap)))
-    for name, concept_map in zip(files[2:-1], concept_maps):
-        output.write(name, _png(_heat_png(concept_map)))
-    marked = bool(test.has_artifact[index])
-    title = (f"test #{index}: {names[label]}{' with the mark' if marked else ''}, "
-             f"predicted {names[prediction]}")
-    figure = _overview(image, heatmap, concept_maps, channels, shares, title, layer, artifact.channel)
-    output.write(files[-1], _figure_saver(figure))
-    return SampleResult(index, names[label], names[prediction], marked, channels, shares, files)
+class _Run:
+    """One demo run: the output folder, the model, the analysis and what has been found so far."""
+
+    def __init__(self, output: OutputFolder, model: ShapesNet, info: TrainInfo, layer: str, top_k: int,
+                 demo: DemoSettings, progress: bool) -> None:
+        self.output, self.model, self.info, self.layer, self.top_k = output, model, info, layer, top_k
+        self.demo, self.progress = demo, progress
+        settings = info.settings
+        self.test = ShapesDataset("test", n=settings.n_test, seed=settings.seed)
+        self.names = self.test.class_names
+        self.analysis = ConceptAnalysis(model, EpsilonPlusFlat, self.test, _concept_layers(model),
+                                        class_names=self.names)
+        self.fv_reused = False
+        self.start = time.perf_counter()
+
+    def feature_visualization(self, fresh: bool = False) -> None:
+        """Run it, or reuse (continue) the results an earlier run of the same model left in the output folder."""
+        key = fingerprint("crp demo", asdict(self.info.settings), self.analysis.layers, "EpsilonPlusFlat",
+                          self.demo.fv_top_k, len(self.test), model=self.model)
+        logger.info("feature visualization of %d test images in %s", len(self.test), self.output.path(FV_FOLDER))
+        self.fv_reused = resumable_feature_visualization(
+            self.analysis, self.output, key, len(self.test), fresh=fresh, batch_size=64, checkpoint=4,
+            top_k=self.demo.fv_top_k, progress=self.progress)
+
+    def artifact(self, channels: int, quick: bool) -> ArtifactFinding:
+        finding, marked, maps = _find_artifact_channel(self.analysis.attribution, self.layer, channels,
+                                                       self.info.settings, quick)
+        self.output.write("artifact_channel.png", figure_saver(_artifact_figure(marked, maps, finding)))
+        return finding
+
+    def explain_sample(self, index: int, rank: int, artifact: ArtifactFinding) -> WrittenSample:
+        label, marked = int(self.test.labels[index]), bool(self.test.has_artifact[index])
+        prediction = int(self.analysis.predict(self.test[index][0][None])[0])
+        title = (f"test #{index}: {self.names[label]}{' with the mark' if marked else ''}, "
+                 f"predicted {self.names[prediction]}")
+        return write_sample(self.output, self.analysis, self.test[index][0], label, index, rank, [self.layer],
+                            self.top_k, self.demo.references, title, artifact.channel, "mark channel", _PNG_SIZE)
+
+    def artifact_references(self, artifact: ArtifactFinding) -> Dict[str, Any]:
+        channel, analysis, write = artifact.channel, self.analysis, self.output.write
+        files = _artifact_files(channel, len(self.names))
+        count = self.demo.references
+        relmax = analysis.references(self.layer, [channel], "relevance", count)[channel]
+        actmax = analysis.references(self.layer, [channel], "activation", count)[channel]
+        stats = analysis.class_statistics(self.layer, channel, self.demo.stats_classes, count)
+        pictures = {"relmax": write(files[1], png_saver(references_mosaic(*relmax))),
+                    "actmax": write(files[2], png_saver(references_mosaic(*actmax))),
+                    "stats": write(files[3], figure_saver(statistics_figure(stats, analysis.class_name))),
+                    "classes": []}
+        for target in stats.classes:
+            path = write(f"references/{channel}_class_{target}.png", png_saver(references_mosaic(
+                *stats.references[target])))
+            pictures["classes"].append((f"references among the images of class {self.names[target]!r}", path))
+        pictures["statistics"] = [(self.names[t], v) for t, v in zip(stats.classes, stats.values)]
+        return pictures
+
+    def graph(self, index: int, explanation: SampleExplanation) -> Tuple[Any, Any]:
+        image, _ = self.test[index]
+        concept = explanation.layers[self.layer].concepts[0]
+        result, refs = self.analysis.attribution_graph(image, self.layer, concept, explanation.prediction,
+                                                       self.demo.graph_width)
+        from crp.graph_plot import plot_attribution_graph
+
+        figure = plot_attribution_graph(result, reference_images=refs,
+                                        title=f"test #{index}: {self.layer} #{concept} for "
+                                              f"{self.names[explanation.prediction]!r}")
+        path = self.output.write("graph.png", figure_saver(figure))
+        return result, path
+
+    def flipping(self) -> Tuple[FlippingSummary, Any]:
+        images = self.test.tensors()[0][:self.demo.flip_samples]
+        summary = self.analysis.pixel_flipping(images, steps=self.demo.flip_steps, progress=False)
+        return summary, self.output.write("pixel_flipping.png", figure_saver(flipping_figure(summary)))
 
 
 def run_demo(
     out_dir: PathLike = "demo_output", samples: int = 4, layer: str = DEFAULT_LAYER, top_k: int = 4,
     quick: bool = False, cache_dir: Optional[PathLike] = None, progress: bool = True, force_train: bool = False,
-    threads: Optional[int] = None,
+    threads: Optional[int] = None, settings: Optional[DemoSettings] = None, fresh: bool = False,
 ) -> DemoResult:
-    """Train or load the demo model, explain a few test images with CRP and find the artifact channel.
+    """Train or load the demo model, find the artifact channel and write a concept report of a few test images.
 
-    Writes into ``out_dir``: per sample ``sample_<i>/input.png``, ``heatmap.png`` (LRP heatmap of the predicted
-    class), ``concept_<c>.png`` (conditional heatmap of channel ``c`` of ``layer``, for the top-k channels by
-    relevance) and ``overview.png``; ``artifact_channel.png``; ``summary.json``; and a manifest of these files.
+    Writes into ``out_dir``: ``report.html`` (self-contained), ``summary.json``, ``artifact_channel.png``,
+    ``references/<c>_{relmax,actmax,classes,class_<t>}.png`` for the artifact channel ``c``, per sample
+    ``sample_<i>/input.png``, ``heatmap.png`` (LRP heatmap of the predicted class), ``concept_<c>.png``
+    (conditional heatmap of channel ``c`` of ``layer``, for the top-k channels by relevance),
+    ``references_<c>.png`` (their RelMax references) and ``overview.png``; ``graph.png`` (attribution graph of
+    the first sample's top channel), ``pixel_flipping.png``; the FeatureVisualization results in ``fv/``; and a
+    manifest of these files.
 
     Parameters
     ----------
@@ -409,7 +461,7 @@ def run_demo(
     top_k : int
         Number of channels shown per image.
     quick : bool
-        Train a tiny model (:data:`QUICK_SETTINGS`) for smoke tests; its results mean nothing.
+        Train a tiny model (:data:`QUICK_SETTINGS`) and compute less, for smoke tests; its results mean nothing.
     cache_dir : str or os.PathLike, optional
         Model cache folder; default ``$CRP_CACHE`` or ``~/.cache/crp``.
     progress : bool
@@ -418,11 +470,16 @@ def run_demo(
         Retrain the model even if the cache holds it.
     threads : int, optional
         torch threads for the whole run (restored afterwards); default :func:`crp.models.default_threads`.
+    settings : DemoSettings, optional
+        How many references, graph levels and pixel-flipping curves; default :class:`DemoSettings` (with
+        ``quick``, fewer).
+    fresh : bool
+        Recompute the FeatureVisualization even if the output folder holds results of the same model.
 
     Returns
     -------
     DemoResult
-        The accuracies, the explained samples, the artifact channel and the written files.
+        The accuracies, the explained samples, the artifact channel, the written files.
 
     Raises
     ------
@@ -431,45 +488,106 @@ def run_demo(
         not valid.
     """
     start = time.perf_counter()
-    output = _Output(out_dir)
-    settings = QUICK_SETTINGS if quick else TrainSettings()
-    channels = _check_args(ShapesNet(), layer, samples, top_k, settings.n_test)
+    try:
+        output = OutputFolder(out_dir, "crp demo")
+    except UserError as error:
+        raise DemoError(str(error)) from None
+    train_settings = QUICK_SETTINGS if quick else TrainSettings()
+    demo = settings if settings is not None else (_QUICK_DEMO if quick else DemoSettings())
+    channels = _check_args(ShapesNet(), layer, samples, top_k, train_settings.n_test)
     with torch_threads(threads):
-        model, info = train_default_model(cache_dir, force_train, progress=progress, settings=settings, threads=threads)
-        result = _explain_all(output, model, info, layer, channels, samples, top_k, quick, progress)
+        model, info = train_default_model(cache_dir, force_train, progress=progress, settings=train_settings,
+                                          threads=threads)
+        run = _Run(output, model, info, layer, top_k, demo, progress)
+        result = _explain_all(run, channels, samples, quick, fresh)
     result.files, result.seconds = list(output.written), time.perf_counter() - start
     return result
 
 
-def _explain_all(output: _Output, model: ShapesNet, info: TrainInfo, layer: str, channels: int, samples: int,
-                 top_k: int, quick: bool, progress: bool) -> DemoResult:
-    """Everything after training: pick samples, find the artifact channel, explain and write the files."""
-    settings = info.settings
-    test = ShapesDataset("test", n=settings.n_test, seed=settings.seed)
-    with torch.no_grad():
-        predictions = model(test.tensors()[0]).argmax(1)
-    chosen = _pick_samples(test, predictions, samples)
-    output.claim(_planned_files(len(chosen), channels))
-    attribution = CondAttribution(model)
-    logger.info("searching the artifact channel of %s", layer)
-    artifact, marked, maps = _find_artifact_channel(attribution, layer, channels, settings, quick)
-    output.write("artifact_channel.png", _figure_saver(_artifact_figure(marked, maps, artifact)))
-    results = [
-        _explain_sample(output, attribution, test, index, rank, layer, top_k, artifact)
-        for rank, index in enumerate(tqdm(chosen, desc="explaining samples", disable=not progress))
+def _explain_all(run: _Run, channels: int, samples: int, quick: bool, fresh: bool) -> DemoResult:
+    """Everything after training: pick samples, find the artifact channel, explain, write the files and report."""
+    test, output = run.test, run.output
+    chosen = _pick_samples(test, run.analysis.predict(test.tensors()[0]), samples)
+    output.claim(folders=[FV_FOLDER])
+    run.feature_visualization(fresh)
+    logger.info("searching the channel of %s that responds to the mark", run.layer)
+    artifact = run.artifact(channels, quick)
+    pictures = run.artifact_references(artifact)
+    explained = [run.explain_sample(index, rank, artifact)
+                 for rank, index in enumerate(tqdm(chosen, desc="explaining samples", disable=not run.progress))]
+    graph, graph_png = run.graph(chosen[0], explained[0].explanation)
+    flipping, flipping_png = run.flipping()
+    names = test.class_names
+    samples_found = [
+        SampleResult(s.index, names[s.label], names[s.explanation.prediction], bool(test.has_artifact[s.index]),
+                     s.explanation.layers[run.layer].concepts, s.explanation.layers[run.layer].shares, s.files)
+        for s in explained
     ]
-    result = DemoResult(output.root, info, layer, results, artifact, [], 0.0)
+    result = DemoResult(output.root, run.info, run.layer, samples_found, artifact, [], 0.0, flipping.mean_auc(),
+                        [tuple(node) for node in graph.nodes], pictures["statistics"], run.fv_reused)
     output.write("summary.json", lambda path: path.write_text(_summary_json(result)))
+    result.files, result.seconds = [*output.written, "report.html"], time.perf_counter() - run.start
+    report = _report(result, pictures, explained, (graph, graph_png), (flipping, flipping_png))
+    output.write("report.html", lambda path: path.write_text(report.to_html(), encoding="utf-8"))
     output.finish()
     return result
 
 
-def _planned_files(count: int, channels: int) -> List[str]:
-    """Every file a run may write (the concept files of all channels, as the top-k are not known yet)."""
-    files = ["artifact_channel.png", "summary.json"]
-    for rank in range(count):
-        files += _sample_files(rank, range(channels))
-    return files
+# ------------------------------------------------------------------------------------------------------------
+# summary and report
+
+
+def _percent(value: float) -> str:
+    return f"{100 * value:.1f}%"
+
+
+def format_summary(result: DemoResult, elapsed: Optional[float] = None) -> str:
+    """Return the one-screen text summary of a :class:`DemoResult` (lines of at most about 100 characters).
+
+    Parameters
+    ----------
+    result : DemoResult
+        The demo's result.
+    elapsed : float, optional
+        Seconds to report as the run time; default ``result.seconds``.
+    """
+    info, art, out = result.info, result.artifact, result.out_dir
+    seconds = result.seconds if elapsed is None else elapsed
+    name = repr(art.class_name)
+    source = f"loaded from {info.cache_file}" if info.from_cache else \
+        f"trained in {info.train_seconds:.0f} s, cached in {info.cache_file}"
+    following = ", ".join(f"#{c} {r:+.2f}" for c, r in art.ranking[1:])
+    classes = ", ".join(f"{n} {v:.3f}" for n, v in result.artifact_classes)
+    lines = [
+        f"crp demo: wrote {len(result.files)} files to {out} in {seconds:.0f} s",
+        f"report    {result.report}",
+        f"model     ShapesNet, {source}",
+        f"accuracy  {_percent(info.validation_accuracy)} on held-out images drawn like the training images",
+        f"          {_percent(info.test_accuracy)} on the test split, where the mark is on any shape: "
+        f"{_percent(info.accuracy_without_artifact)} without the mark, {_percent(info.accuracy_with_artifact)} with it",
+        f"shortcut  {_percent(info.shortcut_rate_with_artifact)} of the other shapes with the mark are called {name} "
+        f"({_percent(info.shortcut_rate_without_artifact)} without it);",
+        f"          the mark moves their {name} output from {art.logit_without_artifact:.2f} to "
+        f"{art.logit_with_artifact:.2f}",
+        f"heatmaps  {_percent(art.heatmap_on_patch)} of the positive relevance for {name} lies on the mark "
+        f"({_percent(art.patch_area)} of the pixels)",
+        f"artifact  {art.layer} #{art.channel} responds most to the mark: activation {art.response:+.2f} sd "
+        f"(next: {following})",
+        f"          it carries {_percent(art.patch_part)} of the {name} relevance on the mark, and "
+        f"{_percent(art.share_with_artifact)} of all {name} relevance with the mark "
+        f"({_percent(art.share_without_artifact)} without)",
+    ]
+    if classes:
+        lines.append(f"          mean relevance share of its top samples per class: {classes}")
+    lines.append(f"samples   top channels of {result.layer} by share of relevance")
+    for rank, sample in enumerate(result.samples, start=1):
+        mark = "+mark" if sample.has_artifact else "     "
+        tops = ", ".join(f"#{c} {_percent(s)}" for c, s in zip(sample.concepts, sample.shares))
+        lines.append(f"  {rank:2d} test #{sample.index:<4d} {sample.label:8s} {mark} -> {sample.prediction:8s} {tops}")
+    if result.flipping_auc:
+        aucs = ", ".join(f"{order} {auc:.2f}" for order, auc in result.flipping_auc.items())
+        lines.append(f"flipping  area under the logit curve: {aucs} (most relevant first should be lowest)")
+    return "\n".join(lines)
 
 
 def _summary_json(result: DemoResult) -> str:
@@ -477,6 +595,52 @@ def _summary_json(result: DemoResult) -> str:
     info["cache_file"] = str(info["cache_file"])
     payload: Dict[str, object] = {
         "layer": result.layer, "model": info, "artifact": asdict(result.artifact),
-        "samples": [asdict(s) for s in result.samples],
+        "artifact_classes": result.artifact_classes, "samples": [asdict(s) for s in result.samples],
+        "graph_nodes": result.graph_nodes, "flipping_auc": result.flipping_auc, "fv_reused": result.fv_reused,
     }
     return json.dumps(payload, indent=1, default=float)
+
+
+def _report(result: DemoResult, pictures: Dict[str, Any], explained: List[WrittenSample], graph: Tuple[Any, Any],
+            flipping: Tuple[FlippingSummary, Any]) -> "Report":
+    """Assemble the HTML report from the written pictures."""
+    from crp.report import Report
+
+    art, info = result.artifact, result.info
+    report = Report("CRP demo: a shortcut found by concepts",
+                    lead="Concept Relevance Propagation explains a small CNN trained on toy shapes whose training "
+                         "images of 'cross' carry a magenta corner mark.")
+    report.section("Summary").preformatted(format_summary(result))
+    report.section("The model and its shortcut",
+                   "The validation split is drawn like the training split, so the shortcut goes unnoticed there; "
+                   "on the test split the mark is painted on any shape.")
+    report.table([("validation accuracy", _percent(info.validation_accuracy)),
+                  ("test accuracy", _percent(info.test_accuracy)),
+                  ("test accuracy without / with the mark",
+                   f"{_percent(info.accuracy_without_artifact)} / {_percent(info.accuracy_with_artifact)}"),
+                  ("other shapes called 'cross' without / with the mark",
+                   f"{_percent(info.shortcut_rate_without_artifact)} / {_percent(info.shortcut_rate_with_artifact)}")],
+                 header=["measure", "value"])
+    report.section(
+        f"The concept that responds to the mark: {art.layer} #{art.channel}",
+        f"Painting the mark on images of the other shapes raises this channel's activation by {art.response:.2f} "
+        f"standard deviations, more than any other channel of {art.layer}. It carries {_percent(art.patch_part)} "
+        f"of the relevance for {art.class_name!r} that lies on the mark. Its Activation Maximization references "
+        f"show what it detects; its Relevance Maximization references what it is used for; among the images of "
+        f"one class, its references show whether it drives that class through the mark.",
+    )
+    report.images([result.out_dir / "artifact_channel.png"], wide=True)
+    add_references_section(report, art.layer, art.channel, pictures["relmax"], pictures["actmax"],
+                           pictures["stats"], pictures["classes"])
+    for rank, sample in enumerate(explained, start=1):
+        add_sample_section(report, f"Sample {rank}: {sample.title}", sample)
+    graph_result, graph_png = graph
+    add_graph_section(report, graph_png, graph_result,
+                      f"How the most relevant concept of sample 1 (test #{explained[0].index}) is built from the "
+                      f"concepts of the layers below, with each lower concept's share of the relevance; each box "
+                      f"shows the concept's top reference sample, dimmed outside its most relevant region.")
+    add_flipping_section(report, flipping[1], flipping[0])
+    report.section("Files", f"Written to {result.out_dir}; FeatureVisualization results in "
+                            f"{result.out_dir / FV_FOLDER} ({'reused' if result.fv_reused else 'computed'}).")
+    report.table([(name,) for name in sorted(set(result.files))], header=["file"])
+    return report
