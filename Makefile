@@ -23,7 +23,7 @@ $(VENV)/.installed: setup.py $(BIN)/python
 install: $(VENV)/.installed
 
 lint: install
-	$(BIN)/ruff check crp tests benchmarks
+	$(BIN)/ruff check crp tests benchmarks tutorials
 	@# the package supports Python >= 3.9: byte-compile it with 3.9 where that interpreter runs
 	@if $(PY39) -c "" >/dev/null 2>&1; then $(PY39) -m compileall -q crp && echo "python3.9 compiles crp"; fi
 

@@ -640,7 +640,7 @@ def _report_run(options: AnalyzeOptions, setup: _Setup, analysis: Any, output: O
 
 
 def _write_samples(options: AnalyzeOptions, setup: _Setup, analysis: Any, output: OutputFolder) -> List[Any]:
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     from crp.concept_report import write_sample
 

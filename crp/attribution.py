@@ -15,12 +15,13 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Un
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm
 from zennit.composites import NameMapComposite
 from zennit.core import Composite
 
 from crp.concepts import ChannelConcept
 from crp.conditions import Condition, broadcast_rows, canonical_conditions, check_layer_names
+from crp.helper import preserved_tensors
 from crp.hooks import MaskHook
 
 __all__ = ["CondAttribution", "attrResult", "AttributionGraph", "attrGraphResult"]
@@ -393,7 +394,8 @@ class CondAttribution:
         probes = [([name], _Probe(name, recording, masks[name], stop=name == stop_at))
                   for name in request.record_layers]
         composite = Composite() if composite is None else composite
-        with composite.context(self.model), NameMapComposite(probes).context(self.model):
+        with preserved_tensors(self.model), composite.context(self.model), \
+                NameMapComposite(probes).context(self.model):
             yield recording
 
     def _forward(self, x: torch.Tensor, recording: _Recording) -> Optional[torch.Tensor]:

@@ -48,7 +48,7 @@ def layout_attribution_graph(result: "attrGraphResult") -> Dict[Node, Tuple[floa
         The centre of every node; level ``i`` lies at ``y = -i * 2.1``, its nodes centred around ``x = 0``,
         1.45 apart, in the order of ``result.nodes``.
     """
-    levels = _levels(result)
+    levels = _levels(_check_result(result))
     positions = {}
     for depth, row in enumerate(levels):
         for k, node in enumerate(row):
@@ -88,7 +88,7 @@ def plot_attribution_graph(
     matplotlib.figure.Figure
         The figure drawn into.
     """
-    _check_result(result)
+    result = _check_result(result)
     if path is not None:
         path = _check_path(path)
         _check_dpi(dpi)
@@ -129,7 +129,7 @@ def collect_reference_images(
     dict of (str, int) to images
         For :func:`plot_attribution_graph`'s ``reference_images``.
     """
-    _check_result(result)
+    result = _check_result(result)
     by_layer: Dict[str, List[int]] = {}
     for layer, concept in result.nodes:
         by_layer.setdefault(layer, []).append(int(concept))
@@ -163,12 +163,18 @@ def _levels(result: "attrGraphResult") -> List[List[Node]]:
     return [levels[d] for d in sorted(levels)]
 
 
-def _check_result(result: Any) -> None:
+def _check_result(result: Any) -> "attrGraphResult":
+    """Return ``result`` as an attrGraphResult; a plain ``(nodes, connections)`` pair is accepted too."""
+    from crp.concept_graph import attrGraphResult
+
     if not (hasattr(result, "nodes") and hasattr(result, "connections")):
-        raise TypeError(f"result must be the (nodes, connections) result of AttributionGraph, got "
-                        f"{type(result).__name__}.")
+        if not (isinstance(result, (tuple, list)) and len(result) == 2 and isinstance(result[1], Mapping)):
+            raise TypeError(f"result must be AttributionGraph's result or a (nodes, connections) pair of a list "
+                            f"and a dict, got {type(result).__name__}.")
+        result = attrGraphResult(list(result[0]), result[1])
     if len(result.nodes) == 0:
         raise ValueError("result has no nodes; decompose a concept with AttributionGraph first.")
+    return result
 
 
 def _check_path(path: Union[str, os.PathLike]) -> Path:

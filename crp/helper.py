@@ -1,14 +1,15 @@
 """Small utilities around models and relevances: layer lookup, output shapes, normalizations."""
+import contextlib
 import os
 import secrets
 from pathlib import Path
-from typing import Callable, Dict, Iterable, List, Sequence, Type, Union
+from typing import Callable, Dict, Iterable, Iterator, List, Sequence, Type, Union
 
 import torch
 
 from crp.conditions import check_layer_names
 
-__all__ = ["get_layer_names", "get_output_shapes", "abs_norm", "max_norm", "write_atomic"]
+__all__ = ["get_layer_names", "get_output_shapes", "abs_norm", "max_norm", "write_atomic", "preserved_tensors"]
 
 
 def get_layer_names(model: torch.nn.Module, types: Sequence[Type[torch.nn.Module]]) -> List[str]:
@@ -101,3 +102,30 @@ def write_atomic(path: Union[str, os.PathLike], save: Callable[[Path], None]) ->
     finally:
         if temporary.exists():
             temporary.unlink()
+
+
+@contextlib.contextmanager
+def preserved_tensors(model: torch.nn.Module) -> Iterator[None]:
+    """Restore every module's parameter and buffer objects on exit, and drop attributes that shadow them.
+
+    Canonizers and rules swap parameters for the duration of a pass; zennit 1.0 does so with
+    ``load_state_dict(assign=True)`` and instance attributes that can outlive the composite (its
+    ``MergeBatchNorm`` then leaves merged weights in ``state_dict()``). This guard puts back the very objects
+    the model held before, whatever happened inside. Tensor data edited in place is not restored.
+    """
+    saved = []
+    for module in model.modules():
+        shadows = {k: module.__dict__[k] for k in (*module._parameters, *module._buffers) if k in module.__dict__}
+        saved.append((module, dict(module._parameters), dict(module._buffers), shadows))
+    try:
+        yield
+    finally:
+        for module, parameters, buffers, shadows in saved:
+            for name in (*parameters, *buffers):
+                if name in module.__dict__ and name not in shadows:
+                    del module.__dict__[name]
+            module.__dict__.update(shadows)
+            module._parameters.clear()
+            module._parameters.update(parameters)
+            module._buffers.clear()
+            module._buffers.update(buffers)

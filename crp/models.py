@@ -19,7 +19,7 @@ from typing import Dict, Iterator, Optional, Tuple, Union
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from crp import __version__
 from crp.data import CLASS_NAMES, DATA_VERSION, ShapesDataset

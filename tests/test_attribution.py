@@ -399,3 +399,20 @@ def test_generate_with_a_parallel_branch(branch_model, exclude_parallel, conditi
     assert torch.allclose(torch.cat([c.heatmap for c in chunks]), whole.heatmap)
     for name in ["main", "side"]:
         assert torch.allclose(torch.cat([c.relevances[name] for c in chunks]), whole.relevances[name])
+
+
+@pytest.mark.parametrize("exclude_parallel", [True, False])
+def test_model_unchanged_after_a_call_with_a_canonizer(exclude_parallel):
+    # zennit 1.0's rules swap parameters with load_state_dict(assign=True); the call must leave the very same
+    # parameter objects, values and no shadowing attributes behind
+    model = _bn_model()
+    params = {name: (p, p.detach().clone()) for name, p in model.named_parameters()}
+    x = torch.randn(1, 3, 8, 8, requires_grad=True)
+    attribution = CondAttribution(model)
+    composite = EpsilonPlusFlat(canonizers=[SequentialMergeBatchNorm()])
+    attribution(x, [{"0": [1], "y": [0]}], composite, exclude_parallel=exclude_parallel)
+    list(attribution.generate(x, [{"0": [c], "y": [0]} for c in range(4)], composite,
+                              exclude_parallel=exclude_parallel, verbose=False))
+    for name, parameter in model.named_parameters():
+        assert parameter is params[name][0] and torch.equal(parameter, params[name][1])
+    assert not any(k in m.__dict__ for m in model.modules() for k in (*m._parameters, *m._buffers))

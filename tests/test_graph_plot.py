@@ -135,7 +135,7 @@ def test_collect_reference_images_asks_once_per_layer():
 
 
 def test_bad_input(tmp_path):
-    with pytest.raises(TypeError, match="result must be the \\(nodes, connections\\) result of AttributionGraph"):
+    with pytest.raises(TypeError, match="result must be AttributionGraph's result or a \\(nodes, connections\\) pair"):
         plot_attribution_graph({"nodes": []})
     with pytest.raises(ValueError, match="result has no nodes"):
         plot_attribution_graph(attrGraphResult([], {}))
@@ -157,3 +157,7 @@ def test_import_does_not_load_matplotlib():
     root = Path(__file__).resolve().parents[1]
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_plain_pair_is_accepted():
+    assert layout_attribution_graph((list(RESULT.nodes), dict(RESULT.connections))) == layout_attribution_graph(RESULT)

@@ -5,7 +5,7 @@ the argument, echoes the offending value or shape and says what would fix it.
 """
 
 from numbers import Integral
-from typing import Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -210,3 +210,14 @@ def check_region_fit(region: Tuple[int, int], inputs: torch.Tensor) -> None:
             f"`region_size` {region} does not tile `inputs` of shape {tuple(inputs.shape)}: the height {height} and "
             f"width {width} must be multiples of the region's height and width; pick a divisor or crop the inputs."
         )
+
+
+def named_or_callable(spec: Any, registry: Dict[str, Callable], argument: str) -> Tuple[str, Callable]:
+    """Coerce a choice given by name (a key of ``registry``) or as a callable into ``(name, callable)``."""
+    if isinstance(spec, str):
+        if spec not in registry:
+            raise ValueError(f"unknown `{argument}` {spec!r}; choose one of {sorted(registry)} or pass a callable.")
+        return spec, registry[spec]
+    if callable(spec):
+        return getattr(spec, "__name__", type(spec).__name__), spec
+    raise ValueError(f"`{argument}` must be one of {sorted(registry)} or a callable, got {spec!r}.")

@@ -10,6 +10,8 @@ from typing import Callable, Dict, Tuple, Union
 
 import torch
 
+from ._checks import named_or_callable
+
 __all__ = ["Order", "ORDERS", "get_order", "pool_regions", "pixel_ranks"]
 
 #: ``order(region_scores (N, R), generator) -> permutation (N, R)`` of region indices, first perturbed first.
@@ -51,13 +53,7 @@ def get_order(spec: Union[str, Order]) -> Tuple[str, Order]:
     ValueError
         If ``spec`` is an unknown name or neither a string nor a callable.
     """
-    if isinstance(spec, str):
-        if spec not in ORDERS:
-            raise ValueError(f"unknown `order` {spec!r}; choose one of {sorted(ORDERS)} or pass a callable.")
-        return spec, ORDERS[spec]
-    if callable(spec):
-        return getattr(spec, "__name__", type(spec).__name__), spec
-    raise ValueError(f"`order` must be one of {sorted(ORDERS)} or a callable, got {spec!r}.")
+    return named_or_callable(spec, ORDERS, "order")
 
 
 def pool_regions(attributions: torch.Tensor, region: Tuple[int, int]) -> torch.Tensor:

@@ -7,7 +7,7 @@ from typing import Any, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
-from .result import FlippingResult
+from .result import FlippingResult, area_under_curve
 
 __all__ = ["plot_curves", "plot_sample_curves", "plot_pixels_per_step", "plot_perturbed_strip"]
 
@@ -78,7 +78,8 @@ def plot_curves(results: Results, spread: Optional[str] = "std", relative: bool 
     ax = _new_axes(ax)
     for label, result in _as_mapping(results).items():
         curves = _curves(result, relative)
-        line = ax.plot(result.fractions, np.nanmean(curves, axis=0), label=f"{label} (AUC {result.auc.mean():.3g})")
+        auc = area_under_curve(curves, result.fractions) if relative else result.auc  # of the curves shown
+        line = ax.plot(result.fractions, np.nanmean(curves, axis=0), label=f"{label} (AUC {np.nanmean(auc):.3g})")
         band = _band(curves, spread)
         if band is not None:
             ax.fill_between(result.fractions, *band, color=line[0].get_color(), alpha=0.2, linewidth=0)

@@ -8,6 +8,8 @@ from typing import Callable, Dict, Tuple, Union
 
 import torch
 
+from ._checks import named_or_callable
+
 __all__ = ["Score", "SCORES", "get_score"]
 
 #: ``score(outputs, targets) -> scores`` with shapes ``(B, K), (B,) -> (B,)``.
@@ -48,10 +50,4 @@ def get_score(spec: Union[str, Score]) -> Tuple[str, Score]:
     ValueError
         If ``spec`` is an unknown name or neither a string nor a callable.
     """
-    if isinstance(spec, str):
-        if spec not in SCORES:
-            raise ValueError(f"unknown `score` {spec!r}; choose one of {sorted(SCORES)} or pass a callable.")
-        return spec, SCORES[spec]
-    if callable(spec):
-        return getattr(spec, "__name__", type(spec).__name__), spec
-    raise ValueError(f"`score` must be one of {sorted(SCORES)} or a callable, got {spec!r}.")
+    return named_or_callable(spec, SCORES, "score")
