@@ -532,7 +532,7 @@ def prepare(options: AnalyzeOptions) -> _Setup:
             f" with {options.num_classes} classes" if options.num_classes else ""))
         description += f" (weights {options.weights})"
     else:
-        logger.warning("no --weights given: the model has random weights")
+        logger.info("no --weights given: the model has random weights")
         description += " (random weights, no --weights)"
     data = load_data(options.data, options.image_size, options.mean, options.std, options.normalize)
     layers = resolve_layers(model, options.layers)
@@ -751,5 +751,5 @@ def format_analysis_summary(result: AnalysisResult) -> str:
         lines.append(f"graph     {parent} <- {children}")
     if result.flipping_auc:
         aucs = ", ".join(f"{order} {auc:.3g}" for order, auc in result.flipping_auc.items())
-        lines.append(f"flipping  area under the logit curve: {aucs} (most relevant first should be lowest)")
+        lines.append(f"flipping  area under the logit curves: {aucs} (lowest for morf if faithful)")
     return "\n".join(lines)

@@ -563,7 +563,7 @@ def format_summary(result: DemoResult, elapsed: Optional[float] = None) -> str:
         f"report    {result.report}",
         f"model     ShapesNet, {source}",
         f"accuracy  {_percent(info.validation_accuracy)} on held-out images drawn like the training images",
-        f"          {_percent(info.test_accuracy)} on the test split, where the mark is on any shape: "
+        f"          {_percent(info.test_accuracy)} on the test split (the mark on any shape): "
         f"{_percent(info.accuracy_without_artifact)} without the mark, {_percent(info.accuracy_with_artifact)} with it",
         f"shortcut  {_percent(info.shortcut_rate_with_artifact)} of the other shapes with the mark are called {name} "
         f"({_percent(info.shortcut_rate_without_artifact)} without it);",
@@ -573,12 +573,12 @@ def format_summary(result: DemoResult, elapsed: Optional[float] = None) -> str:
         f"({_percent(art.patch_area)} of the pixels)",
         f"artifact  {art.layer} #{art.channel} responds most to the mark: activation {art.response:+.2f} sd "
         f"(next: {following})",
-        f"          it carries {_percent(art.patch_part)} of the {name} relevance on the mark, and "
-        f"{_percent(art.share_with_artifact)} of all {name} relevance with the mark "
-        f"({_percent(art.share_without_artifact)} without)",
+        f"          it carries {_percent(art.patch_part)} of the {name} relevance on the mark;",
+        f"          its share of all {name} relevance: {_percent(art.share_with_artifact)} with the mark, "
+        f"{_percent(art.share_without_artifact)} without",
     ]
     if classes:
-        lines.append(f"          mean relevance share of its top samples per class: {classes}")
+        lines.append(f"          its mean relevance per class: {classes}")
     lines.append(f"samples   top channels of {result.layer} by share of relevance")
     for rank, sample in enumerate(result.samples, start=1):
         mark = "+mark" if sample.has_artifact else "     "
@@ -586,7 +586,7 @@ def format_summary(result: DemoResult, elapsed: Optional[float] = None) -> str:
         lines.append(f"  {rank:2d} test #{sample.index:<4d} {sample.label:8s} {mark} -> {sample.prediction:8s} {tops}")
     if result.flipping_auc:
         aucs = ", ".join(f"{order} {auc:.2f}" for order, auc in result.flipping_auc.items())
-        lines.append(f"flipping  area under the logit curve: {aucs} (most relevant first should be lowest)")
+        lines.append(f"flipping  area under the logit curves: {aucs} (lowest for morf if faithful)")
     return "\n".join(lines)
 
 

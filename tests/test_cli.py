@@ -1,15 +1,36 @@
-"""Tests of the command line: ``python -m crp demo`` end to end and its one-line errors."""
+"""Tests of the command line: ``python -m crp demo`` and ``python -m crp analyze`` end to end, and their errors.
+
+``analyze`` runs on a tiny model and image folder made here: ``cli_helpers:tiny_model`` (a module:callable on
+the tests' path), a torchvision ResNet-18 with ``--num-classes`` and random weights saved by the test, and a
+folder of 16 x 16 PNG images in three classes.
+"""
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import cli_helpers
+import numpy as np
 import pytest
+import torch
+from PIL import Image
 
-from crp.cli import build_parser, main
-from crp.demo import MANIFEST_NAME
+from crp.cli import build_parser, main, one_line
+from crp.models import torch_threads
+from crp.output import MANIFEST_NAME
 
 ROOT = Path(__file__).resolve().parents[1]
+# small settings for every analyze run (the defaults suit real models)
+SMALL = ["--image-size", "16", "--samples", "1", "--top", "2", "--references", "2", "--fv-samples", "0",
+         "--flip-samples", "2", "--flip-steps", "2", "--batch-size", "4", "--no-progress", "--threads", "1"]
+TINY = ["--model", "cli_helpers:tiny_model"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture
@@ -17,6 +38,20 @@ def cache(tmp_path, monkeypatch):
     folder = tmp_path / "cache"
     monkeypatch.setenv("CRP_CACHE", str(folder))
     return folder
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    """An image folder: three classes of four 16 x 16 PNG images (one a greyscale image)."""
+    root = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(0)
+    for label in ("cat", "dog", "owl"):
+        (root / label).mkdir()
+        for i in range(4):
+            Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(root / label / f"{i}.png")
+    Image.fromarray(rng.integers(0, 256, (16, 16), dtype=np.uint8)).save(root / "owl" / "grey.png")
+    (root / "owl" / "notes.txt").write_text("not an image: ImageFolder skips it")
+    return root
 
 
 def one_line_error(capsys, *fragments):
@@ -29,38 +64,52 @@ def one_line_error(capsys, *fragments):
     return error
 
 
+# ------------------------------------------------------------------------------------------------------------
+# demo
+
+
 def test_demo_end_to_end(tmp_path, cache, capsys):
     out = tmp_path / "out"
-    assert main(["demo", "--out", str(out), "--samples", "2", "--top", "3", "--quick", "--no-progress"]) == 0
+    argv = ["demo", "--out", str(out), "--samples", "2", "--top", "3", "--quick", "--no-progress", "--threads", "1"]
+    assert main(argv) == 0
     captured = capsys.readouterr()
     assert captured.err == ""  # --no-progress: no bars, no log lines
     lines = captured.out.splitlines()
-    assert lines[0].startswith(f"crp demo: wrote 14 files to {out.resolve()}")  # 2 + 2 * (3 + 3) files
+    written = json.loads((out / MANIFEST_NAME).read_text())["files"]
+    assert lines[0].startswith(f"crp demo: wrote {len(written)} files to {out.resolve()}")
+    assert lines[1] == f"report    {out.resolve() / 'report.html'}"
     assert len(lines) <= 24  # one screen
-    for word in ("accuracy", "shortcut", "artifact", "features.6"):
+    for word in ("accuracy", "shortcut", "responds most to the mark", "features.6", "flipping"):
         assert word in captured.out
     for rank in (1, 2):
-        assert len(list((out / f"sample_{rank}").glob("concept_*.png"))) == 3
-        assert (out / f"sample_{rank}" / "overview.png").is_file()
-    assert (out / "artifact_channel.png").is_file() and (out / "summary.json").is_file()
-    assert (out / MANIFEST_NAME).is_file() and len(list(cache.glob("shapesnet-*.pt"))) == 1
+        assert len(list((out / f"sample_{rank}").glob("features.6_concept_*.png"))) == 3
+        assert (out / f"sample_{rank}" / "features.6_overview.png").is_file()
+    for name in ("artifact_channel.png", "summary.json", "report.html", "graph.png", "pixel_flipping.png"):
+        assert (out / name).is_file()
+    assert len(list(cache.glob("shapesnet-*.pt"))) == 1
 
 
 def test_no_command(capsys):
     assert main([]) == 2
-    one_line_error(capsys, "choose a command: demo", "--help")
+    one_line_error(capsys, "choose a command: demo or analyze", "--help")
 
 
-def test_help(capsys):
-    assert main(["demo", "--help"]) == 0
+@pytest.mark.parametrize("command, options", [
+    ("demo", ("--out", "--samples", "--layer", "--top", "--no-progress", "--quick", "--cache-dir", "--retrain",
+              "--fresh", "--threads")),
+    ("analyze", ("--model", "--weights", "--num-classes", "--list-layers", "--data", "--image-size", "--mean",
+                 "--std", "--no-normalize", "--layers", "--composite", "--canonizer", "--samples", "--top",
+                 "--references", "--fv-samples", "--flip-samples", "--flip-steps", "--out", "--device",
+                 "--batch-size", "--workers", "--checkpoint", "--fresh", "--threads", "--no-progress")),
+])
+def test_help_lists_every_option(capsys, command, options):
+    assert main([command, "--help"]) == 0
     text = capsys.readouterr().out
-    for option in ("--out", "--samples", "--layer", "--top", "--no-progress", "--quick", "--cache-dir", "--retrain"):
+    for option in options:
         assert option in text
-
-
-def test_every_option_has_help():
-    demo = build_parser()._subparsers._group_actions[0].choices["demo"]
-    assert all(action.help for action in demo._actions)
+    parser = build_parser()._subparsers._group_actions[0].choices[command]
+    assert all(action.help for action in parser._actions)
+    assert {o for action in parser._actions for o in action.option_strings} - {"-h", "--help"} == set(options)
 
 
 @pytest.mark.parametrize("argv, fragments", [
@@ -68,38 +117,40 @@ def test_every_option_has_help():
     (["demo", "--top", "two"], ["argument --top: must be a positive whole number, got 'two'"]),
     (["demo", "--colour"], ["unrecognized arguments: --colour", "python -m crp --help"]),
     (["show"], ["invalid choice: 'show'"]),
+    (["analyze", "--data", "x"], ["the following arguments are required: --model"]),
+    (["analyze", "--model", "m", "--workers", "-1"], ["argument --workers: must be a whole number >= 0, got '-1'"]),
 ])
 def test_usage_errors(capsys, argv, fragments):
     assert main(argv) == 2
     one_line_error(capsys, *fragments)
 
 
-def test_bad_layer(tmp_path, cache, capsys):
+def test_demo_bad_layer(tmp_path, cache, capsys):
     assert main(["demo", "--out", str(tmp_path / "out"), "--layer", "conv9", "--quick", "--no-progress"]) == 2
     one_line_error(capsys, "python -m crp demo: error: layer 'conv9' is not a concept layer of ShapesNet",
                    "choose one of features.0, features.3, features.6, classifier.0")
     assert not (tmp_path / "out").exists() and not cache.exists()
 
 
-def test_too_many_top_channels(tmp_path, cache, capsys):
+def test_demo_too_many_top_channels(tmp_path, cache, capsys):
     assert main(["demo", "--out", str(tmp_path / "out"), "--layer", "features.0", "--top", "17", "--quick"]) == 2
     one_line_error(capsys, "top must be at most 16, the number of channels of layer 'features.0'; got 17")
 
 
-def test_foreign_output_folder_is_left_alone(tmp_path, cache, capsys):
+def test_demo_foreign_output_folder_is_left_alone(tmp_path, cache, capsys):
     (tmp_path / "paper.tex").write_text("precious")
     assert main(["demo", "--out", str(tmp_path), "--quick", "--no-progress"]) == 2
-    one_line_error(capsys, "is not empty and was not written by `crp demo`", "choose a new or empty folder")
+    one_line_error(capsys, "is not empty and was not written by `python -m crp`", "choose a new or empty folder")
     assert [p.name for p in tmp_path.iterdir()] == ["paper.tex"]
 
 
-def test_output_is_a_file(tmp_path, cache, capsys):
+def test_demo_output_is_a_file(tmp_path, cache, capsys):
     (tmp_path / "out").write_text("x")
     assert main(["demo", "--out", str(tmp_path / "out"), "--quick", "--no-progress"]) == 2
     one_line_error(capsys, "is a file, not a folder")
 
 
-def test_unwritable_cache_is_a_one_line_error(tmp_path, capsys):
+def test_demo_unwritable_cache_is_a_one_line_error(tmp_path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
     argv = ["demo", "--out", str(tmp_path / "out"), "--quick", "--no-progress", "--cache-dir", str(blocker)]
@@ -114,3 +165,200 @@ def test_python_dash_m_runs_main(tmp_path):
     assert done.returncode == 2 and done.stdout == ""
     assert done.stderr.strip() == ("python -m crp: error: argument --samples: must be a positive whole number, "
                                    "got '-1' (see `python -m crp demo --help`)")
+
+
+# ------------------------------------------------------------------------------------------------------------
+# analyze
+
+
+def test_analyze_callable_model_on_an_image_folder(tmp_path, images, capsys):
+    out = tmp_path / "report"
+    argv = ["analyze", *TINY, "--data", str(images), "--out", str(out), "--layers", "3", "0", *SMALL]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    assert captured.err == ""
+    lines = captured.out.splitlines()
+    assert lines[0].startswith("crp analyze: wrote ") and str(out.resolve()) in lines[0]
+    assert "cli_helpers:tiny_model (random weights, no --weights); epsilon_plus_flat without canonizer" in lines[2]
+    assert "image folder" in lines[3] and "(13 images, 3 classes)" in lines[3]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["layers"] == ["0", "3"]  # in the model's order
+    assert summary["fv_samples"] == 13 and summary["samples"][0]["index"] == 0
+    assert summary["samples"][0]["label"] == "cat" and set(summary["samples"][0]["layers"]) == {"0", "3"}
+    assert all(edge[0] == "3" and edge[2] == "0" for edge in summary["graph_edges"])  # graph: layer 3 <- 0
+    assert set(summary["flipping_auc"]) == {"morf", "lrf", "random"}
+    files = {str(p.relative_to(out)) for p in out.rglob("*.png")}
+    assert {"sample_1/input.png", "sample_1/heatmap.png", "sample_1/0_overview.png", "sample_1/3_overview.png",
+            "graph.png", "pixel_flipping.png"} <= files
+    report = (out / "report.html").read_text()
+    assert report.count("<img") == report.count("data:image/png;base64,") >= 8
+
+
+def test_analyze_torchvision_architecture_with_weights(tmp_path, images, capsys):
+    torch.manual_seed(0)
+    import torchvision
+
+    weights = tmp_path / "resnet.pt"
+    torch.save(torchvision.models.resnet18(num_classes=3).state_dict(), weights)
+    out = tmp_path / "report"
+    argv = ["analyze", "--model", "resnet18", "--weights", str(weights), "--num-classes", "3", "--data",
+            str(images), "--out", str(out), "--composite", "epsilon_gamma_box", *SMALL, "--fv-samples", "6"]
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    assert f"resnet18 (weights {weights}); epsilon_gamma_box with ResNetCanonizer" in text
+    assert "reference samples from 6 of them" in text
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["layers"] == ["layer4.1.conv2"]  # default: the last conv layer
+    assert {edge[2] for edge in summary["graph_edges"]} <= {"layer4.1.conv1", "layer4.0.downsample.0"}
+
+
+def test_analyze_callable_dataset_and_list_layers(tmp_path, capsys):
+    assert main(["analyze", *TINY, "--list-layers"]) == 0
+    assert capsys.readouterr().out.splitlines() == ["0  Conv2d", "3  Conv2d", "7  Linear"]
+    out = tmp_path / "report"
+    argv = ["analyze", *TINY, "--data", "cli_helpers:tiny_data", "--out", str(out), *SMALL, "--mean", "0.5",
+            "0.5", "0.5", "--std", "0.25", "0.25", "0.25", "--canonizer", "none"]
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    assert "dataset cli_helpers:tiny_data (12 items)" in text and "-> " in text
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["samples"][0]["label"] == "red" and summary["layers"] == ["3"]
+
+
+def test_analyze_interrupted_and_resumed(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "report"
+    argv = ["analyze", *TINY, "--data", "cli_helpers:tiny_data", "--out", str(out), *SMALL, "--batch-size", "2",
+            "--checkpoint", "1"]
+    monkeypatch.setattr(cli_helpers, "INTERRUPT_AT", 7)  # Ctrl-C while the 4th batch (items 6, 7) is read
+    assert main(argv) == 130
+    error = one_line_error(capsys, "python -m crp analyze: interrupted; the reference-sample search is saved in",
+                           "(6 samples done); run the same command again to continue from there")
+    assert str(out / "fv") in error
+    manifest = json.loads((out / "fv" / "store" / "manifest.json").read_text())
+    assert manifest["next_index"] == 6 and not manifest["complete"]
+    monkeypatch.setattr(cli_helpers, "INTERRUPT_AT", None)
+    assert main(argv) == 0
+    assert json.loads((out / "summary.json").read_text())["fv_reused"] is True
+    assert json.loads((out / "fv" / "store" / "manifest.json").read_text())["complete"]
+    capsys.readouterr()
+    assert main(argv + ["--fresh"]) == 0
+    assert json.loads((out / "summary.json").read_text())["fv_reused"] is False
+
+
+def test_interrupted_before_anything_was_saved(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(cli_helpers, "INTERRUPT_AT", 1)
+    argv = ["analyze", *TINY, "--data", "cli_helpers:tiny_data", "--out", str(tmp_path / "o"), *SMALL]
+    assert main(argv) == 130
+    one_line_error(capsys, "interrupted before any result was saved; run the same command again")
+
+
+@pytest.fixture
+def broken_folder(tmp_path, images):
+    import shutil
+
+    folder = tmp_path / "broken"
+    shutil.copytree(images, folder)
+    (folder / "dog" / "9.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    return folder
+
+
+def _bad_weights(tmp_path):
+    torch.save(cli_helpers.tiny_model(num_classes=5).state_dict(), tmp_path / "five.pt")
+    (tmp_path / "text.pt").write_text("hello")
+    torch.save({"state_dict": [1, 2]}, tmp_path / "list.pt")
+    return tmp_path
+
+
+@pytest.mark.parametrize("extra, fragments", [
+    (["--weights", "{tmp}/missing.pt"], ["--weights '{tmp}/missing.pt' does not exist",
+                                         "torch.save(model.state_dict(), PATH)"]),
+    (["--weights", "{tmp}/five.pt"], ["--weights '{tmp}/five.pt' does not fit --model cli_helpers:tiny_model",
+                                      "7.weight has shape [5, 96] in the file but [3, 96] in the model (and 1 more)",
+                                      "check --model and --num-classes"]),
+    (["--weights", "{tmp}/text.pt"], ["cannot be read with torch.load(weights_only=True)",
+                                      "save the model's state_dict"]),
+    (["--weights", "{tmp}/list.pt"], ["holds a dict, not a state_dict of tensors"]),
+    (["--layers", "features.9"], ["--layers: 'features.9' is not a layer of the model", "--list-layers"]),
+    (["--composite", "epsilon_plus_flatt"], ["--composite 'epsilon_plus_flatt' is not a zennit composite (did you "
+                                             "mean epsilon_plus_flat?); choose one of ", ", epsilon_gamma_box, "]),
+    (["--canonizer", "magic"], ["--canonizer 'magic' is unknown; choose one of auto, none, merge-batchnorm"]),
+    (["--mean", "0.5"], ["give --mean and --std together"]),
+    (["--mean", "0.5", "--std", "0.1", "0.2"], ["need one value per channel each"]),
+    (["--device", "tpu9"], ["--device 'tpu9' is not a torch device; e.g. cpu, cuda or cuda:1"]),
+])
+def test_analyze_user_errors(tmp_path, images, capsys, extra, fragments):
+    _bad_weights(tmp_path)
+    out = tmp_path / "out"
+    argv = ["analyze", *TINY, "--data", str(images), "--out", str(out), *SMALL]
+    argv += [e.format(tmp=tmp_path) for e in extra]
+    assert main(argv) == 2
+    one_line_error(capsys, "python -m crp analyze: error: ", *[f.format(tmp=tmp_path) for f in fragments])
+    assert not out.exists()  # nothing is written before every argument is checked
+
+
+@pytest.mark.parametrize("model, fragments", [
+    ("resnet19", ["--model 'resnet19' is neither a torchvision architecture (did you mean resnet18",
+                  "nor module:callable"]),
+    ("no_such_module:make", ["cannot import 'no_such_module'", "PYTHONPATH"]),
+    ("cli_helpers:nothing", ["module 'cli_helpers' has no attribute 'nothing'"]),
+    ("cli_helpers:INTERRUPT_AT", ["is not callable"]),
+    ("cli_helpers:not_a_dataset", ["returned a int, not a torch.nn.Module"]),
+])
+def test_analyze_bad_model(tmp_path, images, capsys, model, fragments):
+    assert main(["analyze", "--model", model, "--data", str(images), "--out", str(tmp_path / "o"), *SMALL]) == 2
+    one_line_error(capsys, *fragments)
+
+
+def test_analyze_bad_data(tmp_path, broken_folder, capsys):
+    empty = tmp_path / "empty"
+    (empty / "cat").mkdir(parents=True)
+    cases = [
+        (str(empty), [f"--data '{empty}' holds no images in class sub-folders; arrange it as {empty}/<class>/"]),
+        (str(tmp_path / "nope"), [f"--data '{tmp_path / 'nope'}' is not an existing folder; give an image folder"]),
+        (str(broken_folder), [f"--data: cannot read image '{broken_folder / 'dog' / '9.png'}'",
+                              "remove or replace it"]),
+        ("cli_helpers:not_a_dataset", ["returned a int, not a dataset"]),
+    ]
+    for data, fragments in cases:
+        assert main(["analyze", *TINY, "--data", data, "--out", str(tmp_path / "o"), *SMALL]) == 2
+        one_line_error(capsys, *fragments)
+        assert not (tmp_path / "o").exists()
+    assert main(["analyze", *TINY, "--out", str(tmp_path / "o"), *SMALL]) == 2
+    one_line_error(capsys, "--data is required")
+
+
+def test_analyze_foreign_output_folder_is_left_alone(tmp_path, images, capsys):
+    (tmp_path / "thesis.tex").write_text("precious")
+    assert main(["analyze", *TINY, "--data", str(images), "--out", str(tmp_path), *SMALL]) == 2
+    one_line_error(capsys, "is not empty and was not written by `python -m crp`", "choose a new or empty folder")
+    assert [p.name for p in tmp_path.iterdir()] == ["thesis.tex"]
+
+
+def test_worker_errors_come_back_in_one_line():
+    class Wrapped(ValueError):
+        pass
+
+    message = ("Caught Wrapped in DataLoader worker process 0.\nOriginal Traceback (most recent call last):\n"
+               "  File \"x.py\", line 1, in f\nWrapped: --data: cannot read image 'a.png' (broken); remove it.")
+    assert one_line(Wrapped(message)) == "--data: cannot read image 'a.png' (broken); remove it."
+    assert one_line(Wrapped("one line")) == "one line" and one_line(Wrapped("")) == "Wrapped"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_analyze_cuda_without_cuda(tmp_path, images, capsys):
+    argv = ["analyze", *TINY, "--data", str(images), "--out", str(tmp_path / "o"), *SMALL, "--device", "cuda"]
+    assert main(argv) == 2
+    one_line_error(capsys, "--device 'cuda': CUDA is not available on this machine; use --device cpu.")
+
+
+def test_analyze_torchvision_weights_of_another_class_count(tmp_path, images, capsys):
+    import torchvision
+
+    weights = tmp_path / "three.pt"
+    torch.save(torchvision.models.resnet18(num_classes=3).state_dict(), weights)
+    argv = ["analyze", "--model", "resnet18", "--weights", str(weights), "--num-classes", "5", "--data",
+            str(images), "--out", str(tmp_path / "o"), *SMALL]
+    assert main(argv) == 2
+    one_line_error(capsys, f"--weights '{weights}' does not fit --model resnet18 with 5 classes: fc.weight has "
+                           f"shape [3, 512] in the file but [5, 512] in the model (and 1 more); check --model and "
+                           f"--num-classes.")
