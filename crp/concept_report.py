@@ -65,16 +65,19 @@ class LayerConcepts:
     ----------
     layer : str
     concepts : list of int
-        Channels, most relevant first.
+        The ``ranked`` most relevant channels, most relevant first, then any extra channels asked for.
     shares : list of float
         Their part of the layer's relevance (``ChannelConcept.attribute`` with ``abs_norm=True``).
     heatmaps : torch.Tensor
-        Their conditional heatmaps ``(k, H, W)`` for the predicted class.
+        Their conditional heatmaps ``(len(concepts), H, W)`` for the predicted class.
+    ranked : int
+        How many of ``concepts`` are the top-k; the rest were asked for.
     """
     layer: str
     concepts: List[int]
     shares: List[float]
     heatmaps: torch.Tensor
+    ranked: int = 0
 
 
 @dataclass
@@ -174,9 +177,12 @@ class ConceptAnalysis:
             return torch.cat([self.model(self.model_input(images[i:i + batch_size]).detach()).argmax(1).cpu()
                               for i in range(0, len(images), batch_size)])
 
-    def explain(self, image: torch.Tensor, layers: Sequence[str], top_k: int,
-                target: Optional[int] = None) -> SampleExplanation:
-        """Heatmap of the predicted class (or ``target``) and the top-k concepts of each layer with their heatmaps."""
+    def explain(self, image: torch.Tensor, layers: Sequence[str], top_k: int, target: Optional[int] = None,
+                extra: Optional[Dict[str, Sequence[int]]] = None) -> SampleExplanation:
+        """Heatmap of the predicted class (or ``target``) and the top-k concepts of each layer with their heatmaps.
+
+        ``extra`` names further concepts per layer to add after the top-k (unless they are among them).
+        """
         x = self.model_input(image[None])
         if target is None:
             target = int(self.predict(image[None])[0])
@@ -185,12 +191,13 @@ class ConceptAnalysis:
         found = {}
         for layer in layers:
             shares = ChannelConcept().attribute(result.relevances[layer], abs_norm=True)[0]
-            k = min(top_k, len(shares))
-            values, channels = torch.topk(shares, k)
-            conditions = [{layer: [int(c)], "y": [target]} for c in channels]
-            parts = self.attribution.generate(x, conditions, composite, batch_size=k, verbose=False)
+            top = torch.topk(shares, min(top_k, len(shares))).indices.tolist()
+            wanted = [int(c) for c in (extra or {}).get(layer, ()) if int(c) not in top]
+            channels = top + list(dict.fromkeys(wanted))
+            conditions = [{layer: [c], "y": [target]} for c in channels]
+            parts = self.attribution.generate(x, conditions, composite, batch_size=len(channels), verbose=False)
             heatmaps = torch.cat([part.heatmap for part in parts]).detach().cpu()
-            found[layer] = LayerConcepts(layer, channels.tolist(), values.tolist(), heatmaps)
+            found[layer] = LayerConcepts(layer, channels, shares[channels].tolist(), heatmaps, len(top))
         return SampleExplanation(target, result.heatmap[0].detach().cpu(), found)
 
     # ------------------------------------------------------------------------------------------------------
@@ -477,8 +484,10 @@ def write_sample(output: "OutputFolder", analysis: ConceptAnalysis, image: torch
                  rank: int, layers: Sequence[str], top_k: int, references: int, title: str,
                  highlight: Optional[int] = None, highlight_label: str = "", size: int = 128) -> WrittenSample:
     """Explain ``image`` (item ``index``, class ``label``) and write its input, heatmap, concept heatmaps,
-    references and overviews into ``sample_<rank + 1>/``."""
-    explanation = analysis.explain(image, layers, top_k)
+    references and overviews into ``sample_<rank + 1>/``; ``highlight`` (a concept of the first layer) is
+    shown even if it is not among the top-k, labelled ``highlight_label``."""
+    extra = {layers[0]: [highlight]} if highlight is not None else None
+    explanation = analysis.explain(image, layers, top_k, extra=extra)
     folder, first = f"sample_{rank + 1}", len(output.written)
     output.write(f"{folder}/input.png", png_saver(input_image(image, size)))
     output.write(f"{folder}/heatmap.png", png_saver(heatmap_image(explanation.heatmap, size)))

@@ -23,7 +23,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -120,6 +120,7 @@ class SampleResult:
     concepts: List[int]
     shares: List[float]
     files: List[str] = field(default_factory=list)
+    artifact_share: float = float("nan")
 
 
 @dataclass
@@ -325,8 +326,8 @@ def _artifact_figure(images: torch.Tensor, maps: torch.Tensor, finding: Artifact
         axes[1, col].imshow(np.asarray(heatmap_image(maps[col], _PNG_SIZE).convert("RGB")))
         axes[0, col].set_axis_off()
         axes[1, col].set_axis_off()
-    figure.suptitle(f"{finding.layer} #{finding.channel}: its relevance for {finding.class_name!r} on other shapes "
-                    f"with the mark", fontsize=9)
+    figure.suptitle(f"{finding.layer} #{finding.channel}, the channel that responds most to the mark: its relevance "
+                    f"for {finding.class_name!r} on other shapes with the mark", fontsize=9)
     return figure
 
 
@@ -504,6 +505,14 @@ def run_demo(
     return result
 
 
+def _sample_result(sample: WrittenSample, names: Sequence[str], marked: bool, layer: str,
+                   channel: int) -> SampleResult:
+    found = sample.explanation.layers[layer]
+    share = found.shares[found.concepts.index(channel)]
+    return SampleResult(sample.index, names[sample.label], names[sample.explanation.prediction], marked,
+                        found.concepts[:found.ranked], found.shares[:found.ranked], sample.files, share)
+
+
 def _explain_all(run: _Run, channels: int, samples: int, quick: bool, fresh: bool) -> DemoResult:
     """Everything after training: pick samples, find the artifact channel, explain, write the files and report."""
     test, output = run.test, run.output
@@ -518,11 +527,8 @@ def _explain_all(run: _Run, channels: int, samples: int, quick: bool, fresh: boo
     graph, graph_png = run.graph(chosen[0], explained[0].explanation)
     flipping, flipping_png = run.flipping()
     names = test.class_names
-    samples_found = [
-        SampleResult(s.index, names[s.label], names[s.explanation.prediction], bool(test.has_artifact[s.index]),
-                     s.explanation.layers[run.layer].concepts, s.explanation.layers[run.layer].shares, s.files)
-        for s in explained
-    ]
+    samples_found = [_sample_result(s, names, bool(test.has_artifact[s.index]), run.layer, artifact.channel)
+                     for s in explained]
     result = DemoResult(output.root, run.info, run.layer, samples_found, artifact, [], 0.0, flipping.mean_auc(),
                         [tuple(node) for node in graph.nodes], pictures["statistics"], run.fv_reused)
     output.write("summary.json", lambda path: path.write_text(_summary_json(result)))
@@ -579,11 +585,12 @@ def format_summary(result: DemoResult, elapsed: Optional[float] = None) -> str:
     ]
     if classes:
         lines.append(f"          its mean relevance per class: {classes}")
-    lines.append(f"samples   top channels of {result.layer} by share of relevance")
+    lines.append(f"samples   top channels of {result.layer} by share of relevance; the mark channel's share")
     for rank, sample in enumerate(result.samples, start=1):
         mark = "+mark" if sample.has_artifact else "     "
         tops = ", ".join(f"#{c} {_percent(s)}" for c, s in zip(sample.concepts, sample.shares))
-        lines.append(f"  {rank:2d} test #{sample.index:<4d} {sample.label:8s} {mark} -> {sample.prediction:8s} {tops}")
+        lines.append(f"  {rank:2d} test #{sample.index:<4d} {sample.label:8s} {mark} -> {sample.prediction:8s} {tops}; "
+                     f"#{art.channel} {_percent(sample.artifact_share)}")
     if result.flipping_auc:
         aucs = ", ".join(f"{order} {auc:.2f}" for order, auc in result.flipping_auc.items())
         lines.append(f"flipping  area under the logit curves: {aucs} (lowest for morf if faithful)")

@@ -81,8 +81,10 @@ def test_demo_end_to_end(tmp_path, cache, capsys):
     assert len(lines) <= 24  # one screen
     for word in ("accuracy", "shortcut", "responds most to the mark", "features.6", "flipping"):
         assert word in captured.out
-    for rank in (1, 2):
-        assert len(list((out / f"sample_{rank}").glob("features.6_concept_*.png"))) == 3
+    summary = json.loads((out / "summary.json").read_text())
+    for rank, sample in enumerate(summary["samples"], start=1):
+        shown = {int(p.stem.rsplit("_", 1)[1]) for p in (out / f"sample_{rank}").glob("features.6_concept_*.png")}
+        assert len(sample["concepts"]) == 3 and shown == set(sample["concepts"]) | {summary["artifact"]["channel"]}
         assert (out / f"sample_{rank}" / "features.6_overview.png").is_file()
     for name in ("artifact_channel.png", "summary.json", "report.html", "graph.png", "pixel_flipping.png"):
         assert (out / name).is_file()

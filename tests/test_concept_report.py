@@ -50,6 +50,12 @@ def test_explain_matches_channel_relevances_and_conserves(analysis):
     result = analysis.attribution(x, [{"y": [explanation.prediction]}], EpsilonPlusFlat(), record_layer=["features.3"])
     expected = ChannelConcept().attribute(result.relevances["features.3"])[0]
     assert torch.allclose(torch.tensor(found.shares), expected[found.concepts])
+    # extra concepts come after the top-k, once, with the same heatmaps and shares
+    last, first = found.concepts[-1], found.concepts[0]
+    more = analysis.explain(image, ["features.3"], 2, extra={"features.3": [last, first, last]}).layers["features.3"]
+    assert more.ranked == 2 and more.concepts == found.concepts[:2] + [last]
+    assert more.shares == pytest.approx(found.shares[:2] + found.shares[-1:])
+    assert torch.allclose(more.heatmaps[2], found.heatmaps[-1], atol=1e-6 * float(heatmap.abs().max()))
     top = analysis.explain(image, ["features.3", "features.6"], 3, target=1)
     assert top.prediction == 1 and set(top.layers) == {"features.3", "features.6"}
     assert top.layers["features.3"].heatmaps.shape == (3, 32, 32)

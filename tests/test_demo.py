@@ -157,7 +157,9 @@ def test_quick_run_writes_the_expected_files(quick_run):
     for rank, sample in enumerate(result.samples, start=1):
         assert len(sample.concepts) == 2 and sample.shares == sorted(sample.shares, reverse=True)
         names = ["input.png", "heatmap.png", "features.6_overview.png"]
-        names += [f"features.6_{kind}_{c}.png" for c in sample.concepts for kind in ("concept", "references")]
+        shown = sample.concepts + ([art] if art not in sample.concepts else [])  # the mark channel is always shown
+        names += [f"features.6_{kind}_{c}.png" for c in shown for kind in ("concept", "references")]
+        assert 0 <= abs(sample.artifact_share) <= 1
         assert set(sample.files) == {f"sample_{rank}/{name}" for name in names}
         expected |= set(sample.files)
     assert set(result.files) == expected
@@ -203,7 +205,8 @@ def test_quick_rerun_reuses_the_feature_visualization_and_replaces_its_files(qui
     rerun = run_demo(out, samples=1, top_k=1, quick=True, cache_dir=cache, progress=False)
     assert rerun.info.from_cache and rerun.info.test_accuracy == result.info.test_accuracy and rerun.fv_reused
     assert store.stat().st_mtime_ns == written  # a complete search with the same model is not redone
-    assert not (out / "sample_2").exists() and len(list((out / "sample_1").glob("*_concept_*.png"))) == 1
+    shown = {int(p.stem.rsplit("_", 1)[1]) for p in (out / "sample_1").glob("*_concept_*.png")}
+    assert not (out / "sample_2").exists() and shown == {rerun.samples[0].concepts[0], rerun.artifact.channel}
     assert rerun.samples[0].index == result.samples[0].index
     assert rerun.artifact == result.artifact
     fresh = run_demo(out, samples=1, top_k=1, quick=True, cache_dir=cache, progress=False, fresh=True)
