@@ -23,9 +23,10 @@ import torch
 
 from crp.output import OutputFolder, UserError
 
-__all__ = ["AnalyzeError", "AnalyzeOptions", "AnalysisResult", "run_analysis", "load_model", "load_weights",
-           "load_data", "make_composite", "resolve_layers", "format_analysis_summary", "torchvision_architectures",
-           "Normalize", "CANONIZERS", "IMAGENET_MEAN", "IMAGENET_STD"]
+__all__ = ["AnalyzeError", "AnalyzeOptions", "AnalysisResult", "AnalysisSetup", "DataSpec", "run_analysis", "prepare", "load_model",
+           "load_weights", "load_data", "make_composite", "resolve_layers", "layer_table", "spread_indices",
+           "format_analysis_summary", "torchvision_architectures", "Normalize", "CANONIZERS", "IMAGENET_MEAN",
+           "IMAGENET_STD"]
 
 logger = logging.getLogger(__name__)
 
@@ -117,13 +118,17 @@ def _import_callable(spec: str, option: str) -> Callable:
     if not module_name or not attribute:
         raise AnalyzeError(f"{option} {spec!r} is not of the form module:callable; e.g. {option} mypackage.models:"
                            f"make_model.")
-    if "" not in sys.path and os.getcwd() not in sys.path:
+    added = "" not in sys.path and os.getcwd() not in sys.path
+    if added:  # like `python -m`, import from the working directory (only while importing)
         sys.path.insert(0, os.getcwd())
     try:
         module = importlib.import_module(module_name)
     except ImportError as error:
         raise AnalyzeError(f"{option} {spec!r}: cannot import {module_name!r} ({error}); run from the folder that "
                            f"holds it or add that folder to PYTHONPATH.") from None
+    finally:
+        if added:
+            sys.path.remove(os.getcwd())
     target: Any = module
     for part in attribute.split("."):
         if not hasattr(target, part):
@@ -511,7 +516,8 @@ def _check_counts(options: AnalyzeOptions) -> None:
 
 
 @dataclass
-class _Setup:
+class AnalysisSetup:
+    """Everything :func:`prepare` loaded and checked: model, data, composite factory, layers, device."""
     model: torch.nn.Module
     model_description: str
     data: DataSpec
@@ -522,7 +528,7 @@ class _Setup:
     device: torch.device
 
 
-def prepare(options: AnalyzeOptions) -> _Setup:
+def prepare(options: AnalyzeOptions) -> AnalysisSetup:
     """Check every argument and load model, weights and data; raise AnalyzeError before any output is written."""
     _check_counts(options)
     device = _device(options.device)
@@ -539,7 +545,7 @@ def prepare(options: AnalyzeOptions) -> _Setup:
     composite, composite_description = make_composite(options.composite, model, options.canonizer, data.preprocess)
     model = model.to(device).eval()
     _check_forward(model, data, layers, device)
-    return _Setup(model, description, data, composite, composite_description, layers,
+    return AnalysisSetup(model, description, data, composite, composite_description, layers,
                   list(dict.fromkeys(_graph_layers(model, layers) + layers)), device)
 
 
@@ -561,7 +567,7 @@ def _check_forward(model: torch.nn.Module, data: DataSpec, layers: List[str], de
                            f"runs (see --list-layers).")
 
 
-def run_analysis(options: AnalyzeOptions, setup: Optional[_Setup] = None) -> AnalysisResult:
+def run_analysis(options: AnalyzeOptions, setup: Optional[AnalysisSetup] = None) -> AnalysisResult:
     """Write a concept report of a user's model and data into ``options.out`` (see the module docstring).
 
     Raises
@@ -584,7 +590,7 @@ def run_analysis(options: AnalyzeOptions, setup: Optional[_Setup] = None) -> Ana
     return result
 
 
-def _fv_dataset(setup: _Setup, options: AnalyzeOptions) -> Any:
+def _fv_dataset(setup: AnalysisSetup, options: AnalyzeOptions) -> Any:
     size = len(setup.data.dataset)
     count = size if options.fv_samples is None else min(size, options.fv_samples)
     return setup.data.dataset if count == size else _Spread(setup.data.dataset, count)
@@ -610,7 +616,7 @@ def _verify_images(data: DataSpec, fv_data: Any, options: AnalyzeOptions) -> Non
                                f"it.") from None
 
 
-def _report_run(options: AnalyzeOptions, setup: _Setup, analysis: Any, output: OutputFolder,
+def _report_run(options: AnalyzeOptions, setup: AnalysisSetup, analysis: Any, output: OutputFolder,
                 start: float) -> AnalysisResult:
     from crp.concept_report import fingerprint, resumable_feature_visualization
 
@@ -639,7 +645,7 @@ def _report_run(options: AnalyzeOptions, setup: _Setup, analysis: Any, output: O
     return result
 
 
-def _write_samples(options: AnalyzeOptions, setup: _Setup, analysis: Any, output: OutputFolder) -> List[Any]:
+def _write_samples(options: AnalyzeOptions, setup: AnalysisSetup, analysis: Any, output: OutputFolder) -> List[Any]:
     from tqdm import tqdm
 
     from crp.concept_report import write_sample
@@ -656,7 +662,7 @@ def _write_samples(options: AnalyzeOptions, setup: _Setup, analysis: Any, output
     return written
 
 
-def _write_graph(options: AnalyzeOptions, setup: _Setup, analysis: Any, output: OutputFolder, sample: Any):
+def _write_graph(options: AnalyzeOptions, setup: AnalysisSetup, analysis: Any, output: OutputFolder, sample: Any):
     from crp.concept_report import figure_saver
     from crp.graph_plot import plot_attribution_graph
 
@@ -671,7 +677,7 @@ def _write_graph(options: AnalyzeOptions, setup: _Setup, analysis: Any, output: 
     return graph, output.write("graph.png", figure_saver(figure))
 
 
-def _write_flipping(options: AnalyzeOptions, setup: _Setup, analysis: Any, output: OutputFolder):
+def _write_flipping(options: AnalyzeOptions, setup: AnalysisSetup, analysis: Any, output: OutputFolder):
     from crp.concept_report import figure_saver, flipping_figure
 
     if options.flip_samples == 0:
@@ -708,7 +714,7 @@ def _write_summary(output: OutputFolder, result: AnalysisResult) -> None:
     output.write("summary.json", lambda path: path.write_text(text))
 
 
-def _assemble(result: AnalysisResult, setup: _Setup, samples: List[Any], graph: Tuple[Any, Any], flipping):
+def _assemble(result: AnalysisResult, setup: AnalysisSetup, samples: List[Any], graph: Tuple[Any, Any], flipping):
     from crp.concept_report import add_flipping_section, add_graph_section, add_sample_section
     from crp.report import Report
 
