@@ -23,10 +23,11 @@ import torch
 
 from crp.output import OutputFolder, UserError
 
-__all__ = ["AnalyzeError", "AnalyzeOptions", "AnalysisResult", "AnalysisSetup", "DataSpec", "run_analysis", "prepare",
-           "load_model", "load_weights", "load_data", "make_composite", "resolve_layers", "layer_table", "spread_indices",
-           "format_analysis_summary", "torchvision_architectures", "Normalize", "CANONIZERS", "IMAGENET_MEAN",
-           "IMAGENET_STD"]
+__all__ = [
+    "AnalyzeError", "AnalyzeOptions", "AnalysisResult", "AnalysisSetup", "DataSpec", "run_analysis", "prepare",
+    "load_model", "load_weights", "load_data", "make_composite", "resolve_layers", "layer_table", "spread_indices",
+    "format_analysis_summary", "torchvision_architectures", "Normalize", "CANONIZERS", "IMAGENET_MEAN", "IMAGENET_STD",
+]
 
 logger = logging.getLogger(__name__)
 
