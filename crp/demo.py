@@ -364,7 +364,7 @@ class _Run:
     """One demo run: the output folder, the model, the analysis and what has been found so far."""
 
     def __init__(self, output: OutputFolder, model: ShapesNet, info: TrainInfo, layer: str, top_k: int,
-                 demo: DemoSettings, progress: bool) -> None:
+                 demo: DemoSettings, progress: bool, start: float) -> None:
         self.output, self.model, self.info, self.layer, self.top_k = output, model, info, layer, top_k
         self.demo, self.progress = demo, progress
         settings = info.settings
@@ -373,7 +373,7 @@ class _Run:
         self.analysis = ConceptAnalysis(model, EpsilonPlusFlat, self.test, _concept_layers(model),
                                         class_names=self.names)
         self.fv_reused = False
-        self.start = time.perf_counter()
+        self.start = start
 
     def feature_visualization(self, fresh: bool = False) -> None:
         """Run it, or reuse (continue) the results an earlier run of the same model left in the output folder."""
@@ -499,7 +499,7 @@ def run_demo(
     with torch_threads(threads):
         model, info = train_default_model(cache_dir, force_train, progress=progress, settings=train_settings,
                                           threads=threads)
-        run = _Run(output, model, info, layer, top_k, demo, progress)
+        run = _Run(output, model, info, layer, top_k, demo, progress, start)
         result = _explain_all(run, channels, samples, quick, fresh)
     result.files, result.seconds = list(output.written), time.perf_counter() - start
     return result
