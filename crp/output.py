@@ -18,6 +18,7 @@ __all__ = ["OutputFolder", "UserError", "MANIFEST_NAME"]
 
 #: File in the output folder that lists what the commands wrote; without it, a non-empty folder is not touched.
 MANIFEST_NAME = ".crp-manifest.json"
+_LEGACY_MANIFEST = ".crp-demo-manifest.json"  # written by the first version of the demo; read, then replaced
 
 PathLike = Union[str, os.PathLike]
 
@@ -56,8 +57,10 @@ class OutputFolder:
             raise UserError(f"out {str(root)!r} is a file, not a folder; choose a new or empty folder.")
         if not root.exists() or not any(root.iterdir()):
             return [], []
+        name = _LEGACY_MANIFEST if not (root / MANIFEST_NAME).exists() and (root / _LEGACY_MANIFEST).exists() \
+            else MANIFEST_NAME
         try:
-            manifest = json.loads((root / MANIFEST_NAME).read_text())
+            manifest = json.loads((root / name).read_text())
             files, folders = manifest["files"], manifest.get("folders", [])
             if not all(isinstance(f, str) for f in [*files, *folders]):
                 raise TypeError("names must be strings")
@@ -119,6 +122,9 @@ class OutputFolder:
                 stale.unlink()
                 _remove_empty_parents(stale.parent, self.root)
         self._write_manifest(sorted(self.written), self.folders)
+        legacy = self.root / _LEGACY_MANIFEST
+        if legacy.is_file():
+            legacy.unlink()
 
     def _write_manifest(self, files: List[str], folders: List[str]) -> None:
         text = json.dumps({"tool": self.tool, "files": files, "folders": folders}, indent=1)

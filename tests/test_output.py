@@ -88,3 +88,14 @@ def test_state_folder_is_emptied_only_when_an_earlier_run_claimed_it(tmp_path):
     second.claim(folders=["fv"])
     assert second.owns_folder("fv")
     assert second.reset_folder("fv") == out / "fv" and not (out / "fv").exists()
+
+
+def test_folder_of_the_first_demo_version_is_taken_over(tmp_path):
+    (tmp_path / "old.png").write_text("old")
+    (tmp_path / ".crp-demo-manifest.json").write_text(json.dumps({"tool": "crp demo", "files": ["old.png"]}))
+    folder = OutputFolder(tmp_path, "crp demo")
+    assert folder.previous == ["old.png"]
+    folder.claim()
+    folder.write("new.png", lambda path: path.write_text("new"))
+    folder.finish()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [MANIFEST_NAME, "new.png"]
