@@ -200,10 +200,10 @@ class FeatureVisualization:
         if not isinstance(layer_map, Mapping) or not layer_map:
             raise TypeError(f"layer_map must be a non-empty dict of layer name -> Concept, got {layer_map!r}.")
         check_layer_names(model, list(layer_map), "layer_map")
-        bad = {name: type(c).__name__ for name, c in layer_map.items() if not isinstance(c, Concept)}
+        bad = {name: c for name, c in layer_map.items() if not isinstance(c, Concept)}
         if bad:
-            raise TypeError(f"layer_map values must be crp.concepts.Concept instances (e.g. ChannelConcept()), got "
-                            f"{bad}.")
+            raise TypeError(f"layer_map values must be crp.concepts.Concept instances (e.g. ChannelConcept(), not "
+                            f"the class), got {bad!r}.")
 
     # ------------------------------------------------------------------------------------------------------
     # data
