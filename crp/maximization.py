@@ -15,14 +15,13 @@ import numpy as np
 import torch
 
 from crp.concepts import Concept
+from crp.store import RECORD
 from crp.topk import TopK
 
-__all__ = ["Maximization", "MODES", "ALL_GROUP"]
+__all__ = ["Maximization", "MODES", "empty_records"]
 
 #: The two rankings: by conditional relevance and by activation.
 MODES = ("relevance", "activation")
-#: Name of the group that ranks all samples regardless of their target.
-ALL_GROUP = "all"
 
 Arrays = Dict[str, np.ndarray]
 
@@ -119,43 +118,47 @@ class Maximization:
         return result
 
     def to_arrays(self) -> Dict[str, Arrays]:
-        """Export every layer as arrays ``index``, ``value``, ``neuron`` of shape ``(2, 1 + T, k, C)``.
+        """Export every layer as record arrays (fields ``index``, ``value``, ``neuron``, see :data:`RECORD`).
 
-        Axis 0 is the mode (:data:`MODES`), axis 1 the group: 0 ranks all samples, ``1 + i`` those of target
-        ``targets()[i]``; axis 2 the rank, axis 3 the concept. Empty slots hold index -1, value NaN, neuron -1.
+        Returns
+        -------
+        dict
+            ``{layer: {"max": (2, R, C), "stats": (2, T, S, C)}}``: axis 0 is the mode (:data:`MODES`); ``max``
+            ranks all samples, ``stats`` those of each target of :meth:`targets`; then rank and concept.
+            ``R = min(k, samples)`` and ``S = min(k, samples of the largest target)``; empty slots hold index -1,
+            value NaN, neuron -1.
         """
         targets = self.targets()
         layers = {}
         for layer, modes in self.accumulators.items():
-            n_columns = next(iter(modes.values()))[0].n_columns
-            shape = (len(MODES), 1 + len(targets), self.k, n_columns)
-            arrays = {"index": np.full(shape, -1, np.int32), "value": np.full(shape, np.nan, np.float32),
-                      "neuron": np.full(shape, -1, np.int32)}
-            for m, mode in enumerate(MODES):
-                if mode in modes:
-                    _fill_mode(arrays, m, modes[mode], targets)
-            layers[layer] = arrays
+            pairs = [modes.get(mode) for mode in MODES]
+            n_columns = next(p for p in pairs if p is not None)[0].n_columns
+            rows_max = max(p[0].rows() for p in pairs if p is not None)
+            rows_stats = max(p[1].rows() for p in pairs if p is not None)
+            result = {"max": empty_records((len(MODES), rows_max, n_columns)),
+                      "stats": empty_records((len(MODES), len(targets), rows_stats, n_columns))}
+            for m, pair in enumerate(pairs):
+                if pair is not None:
+                    _fill_mode(result, m, pair, targets)
+            layers[layer] = result
         return layers
 
     @classmethod
     def from_arrays(cls, layer_map: Mapping[str, Concept], layers: Mapping[str, Arrays], targets: Sequence[int],
-                    counts: Mapping[str, Sequence[int]], max_target: str = "sum", abs_norm: bool = True,
+                    counts: Mapping[str, Sequence[int]], k: int = 40, max_target: str = "sum", abs_norm: bool = True,
                     slack: int = 0, device: Optional[torch.device] = None) -> "Maximization":
         """Rebuild the results from :meth:`to_arrays`, :meth:`targets` and :meth:`counts` (e.g. a checkpoint)."""
-        k = next(iter(layers.values()))["index"].shape[2] if layers else 40
         result = cls(layer_map, k, max_target, abs_norm, slack)
         labels = np.asarray(targets, dtype=np.int64)
         for layer, arrays in layers.items():
             result.accumulators[layer] = {}
             for m, mode in enumerate(MODES):
                 count = np.asarray(counts[mode], dtype=np.int64)
-                part = {name: arrays[name][m] for name in ("index", "value", "neuron")}
                 overall = TopK.from_arrays({"labels": np.zeros(1, np.int64), "counts": count[:1],
-                                            **{n: a[:1] for n, a in part.items()}}, device=device)
+                                            **_fields(arrays["max"][m][None])}, k=k, device=device)
                 seen = count[1:] > 0
                 per_target = TopK.from_arrays({"labels": labels[seen], "counts": count[1:][seen],
-                                               **{n: a[1:][seen] for n, a in part.items()}}, slack=slack,
-                                              device=device)
+                                               **_fields(arrays["stats"][m][seen])}, k=k, slack=slack, device=device)
                 result.accumulators[layer][mode] = (overall, per_target)
         return result
 
@@ -172,15 +175,28 @@ class Maximization:
         return pair
 
 
+def empty_records(shape: Tuple[int, ...]) -> np.ndarray:
+    """A record array of ``shape`` with every slot empty (index -1, value NaN, neuron -1)."""
+    records = np.empty(shape, dtype=RECORD)
+    records["index"], records["value"], records["neuron"] = -1, np.nan, -1
+    return records
+
+
+def _fields(records: np.ndarray) -> Arrays:
+    return {name: np.asarray(records[name]) for name in ("index", "value", "neuron")}
+
+
 def _fill_mode(arrays: Arrays, m: int, pair: Tuple[TopK, TopK], targets: List[int]) -> None:
-    """Write one mode's overall and per-target results into the layer arrays at ``[m]``."""
+    """Write one mode's overall and per-target results into the layer's record arrays at ``[m]``."""
     overall, per_target = pair
     exported = overall.to_arrays()
     if len(exported["labels"]):
+        rows = exported["index"].shape[1]
         for name in ("index", "value", "neuron"):
-            arrays[name][m, 0] = exported[name][0]
+            arrays["max"][name][m, :rows] = exported[name][0]
     exported = per_target.to_arrays()
-    position = {t: 1 + i for i, t in enumerate(targets)}
+    position = {t: i for i, t in enumerate(targets)}
+    rows = exported["index"].shape[1]
     for g, label in enumerate(exported["labels"].tolist()):
         for name in ("index", "value", "neuron"):
-            arrays[name][m, position[label]] = exported[name][g]
+            arrays["stats"][name][m, position[label], :rows] = exported[name][g]

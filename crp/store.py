@@ -4,15 +4,17 @@ the folders written by zennit-crp 0.6.
 Layout of a :class:`ResultStore` at ``path``::
 
     path/manifest.json                      configuration, progress, targets, counts, file list
-    path/results-000007/{layer}.index.npy   int32   (2, 1 + T, k, C): dataset index, -1 if empty
-    path/results-000007/{layer}.value.npy   float32 (2, 1 + T, k, C): relevance/activation, NaN if empty
-    path/results-000007/{layer}.neuron.npy  int32   (2, 1 + T, k, C): most relevant neuron, -1 if empty
+    path/results-000007/{layer}.max.npy     (2, R, C):    top samples of every concept (RelMax, ActMax)
+    path/results-000007/{layer}.stats.npy   (2, T, S, C): top samples per target (RelStats, ActStats)
 
-Axis 0 is the mode (relevance, activation), axis 1 the group (0: all samples, ``1 + i``: samples of target
-``manifest["targets"][i]``), axis 2 the rank, axis 3 the concept. Three files per layer, readable with
-``numpy.load`` (no pickle, memory-mappable). Every checkpoint writes a new ``results-*`` folder (each file
-through a temporary file and :func:`os.replace`), then replaces the manifest atomically, then deletes the old
-folder: a process killed at any point leaves a consistent store.
+Both hold records of :data:`RECORD` (``index`` int32: dataset index, ``value`` float32: relevance or
+activation, ``neuron`` int32: flat index of the most relevant neuron; -1, NaN, -1 in empty slots). Axis 0 is
+the mode (relevance, activation), then the target (``manifest["targets"]``, sorted), the rank and the concept;
+``R = min(k, samples)``, ``S = min(k, samples of the largest target)``; ``manifest["counts"]`` has the number
+of samples per mode, overall and per target. Two files per layer, readable with ``numpy.load`` (no pickle,
+memory-mappable): ``np.load(".../conv1.max.npy")["index"][0]`` are conv1's RelMax samples. Every checkpoint
+writes a new ``results-*`` folder (each file through a temporary file and :func:`os.replace`), then replaces
+the manifest atomically, then deletes the old folder: a process killed at any point leaves a consistent store.
 
 zennit-crp 0.6 wrote one ``.npy`` per layer and array (``RelMax_sum_normed/{layer}_data.npy``) and per class
 (``RelStats_sum_normed/{layer}/{class}_data.npy``); :class:`LegacyStore` reads such folders.
@@ -33,11 +35,13 @@ import crp
 
 __all__ = [
     "ResultReader", "ResultStore", "LegacyStore", "CorruptStoreError", "open_results", "open_result_folder",
-    "legacy_folder_name", "MODES", "FIELDS",
+    "legacy_folder_name", "MODES", "RECORD",
 ]
 
 MODES = ("relevance", "activation")
-FIELDS = {"index": np.int32, "value": np.float32, "neuron": np.int32}
+#: One entry of a ranking: dataset index, value, most relevant (active) neuron.
+RECORD = np.dtype([("index", "<i4"), ("value", "<f4"), ("neuron", "<i4")])
+KINDS = ("max", "stats")
 FORMAT = "crp.FeatureVisualization"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -161,7 +165,7 @@ class ResultStore(ResultReader):
         self._manifest = None
 
     def layer_arrays(self, layer: str, mmap: bool = True, verify: bool = False) -> Dict[str, np.ndarray]:
-        """Return the ``index``, ``value`` and ``neuron`` arrays of ``layer``, each ``(2, 1 + T, k, C)``.
+        """Return the record arrays ``{"max": (2, R, C), "stats": (2, T, S, C)}`` of ``layer``.
 
         Parameters
         ----------
@@ -174,18 +178,17 @@ class ResultStore(ResultReader):
         if layer not in layers:
             raise KeyError(f"layer {layer!r} has no results in {self.path}; stored layers: {list(layers)}.")
         arrays = {}
-        for field, entry in layers[layer]["files"].items():
+        for kind, entry in layers[layer]["files"].items():
             file = self.path / self.manifest["directory"] / entry["name"]
             array = _np_load(file, mmap)
-            _check_file(file, array, entry, FIELDS[field], verify)
-            arrays[field] = array
+            _check_file(file, array, entry, RECORD, verify)
+            arrays[kind] = array
         return arrays
 
     def maximization(self, layer: str, mode: str) -> Triple:
         m = _check_mode(mode)
         rows = min(self.manifest["k"], self.manifest["counts"][mode][0])
-        arrays = self.layer_arrays(layer)
-        return _triple(arrays, m, 0, rows)
+        return _triple(self.layer_arrays(layer)["max"][m, :rows])
 
     def statistics(self, layer: str, mode: str, target: int) -> Triple:
         m = _check_mode(mode)
@@ -194,9 +197,9 @@ class ResultStore(ResultReader):
         if int(target) not in targets or count[1 + targets.index(int(target))] == 0:
             raise KeyError(f"no {mode} statistics for target {target!r} in {self.path}; targets are "
                            f"{self.targets(mode).tolist()}.")
-        group = 1 + targets.index(int(target))
-        rows = min(self.manifest["k"], count[group])
-        return _triple(self.layer_arrays(layer), m, group, rows)
+        group = targets.index(int(target))
+        rows = min(self.manifest["k"], count[1 + group])
+        return _triple(self.layer_arrays(layer)["stats"][m, group, :rows])
 
     def targets(self, mode: str) -> np.ndarray:
         _check_mode(mode)
@@ -205,13 +208,13 @@ class ResultStore(ResultReader):
 
     def mean_values(self, layer: str, mode: str, concept: int, mean_n: int) -> Tuple[np.ndarray, np.ndarray]:
         m = _check_mode(mode)
-        values = self.layer_arrays(layer)["value"]
+        stats = self.layer_arrays(layer)["stats"]
         counts = np.asarray(self.manifest["counts"][mode][1:])
         seen = np.flatnonzero(counts > 0)
         means = np.zeros(len(seen), np.float32)
         for i, group in enumerate(seen):
             rows = min(mean_n, self.manifest["k"], int(counts[group]))
-            means[i] = np.asarray(values[m, 1 + group, :rows, concept]).mean(dtype=np.float32)
+            means[i] = np.asarray(stats[m, group, :rows, concept]["value"]).mean(dtype=np.float32)
         return np.asarray(self.manifest["targets"], dtype=np.int64)[seen], means
 
     # ------------------------------------------------------------------------------------------------------
@@ -224,13 +227,14 @@ class ResultStore(ResultReader):
         Parameters
         ----------
         layers : dict
-            ``{layer: {"index": ..., "value": ..., "neuron": ...}}`` arrays of shape ``(2, 1 + T, k, C)``.
+            ``{layer: {"max": ..., "stats": ...}}`` record arrays (:data:`RECORD`) of shape ``(2, R, C)`` and
+            ``(2, T, S, C)``.
         targets : list of int
-            The target of every group ``1 ..``.
+            The target of every entry of the stats' axis 1.
         counts : dict
-            ``{mode: [rows of all, rows of target 0, ...]}``.
+            ``{mode: [samples overall, samples of target 0, ...]}``.
         config : dict
-            JSON-serializable configuration of the run, compared on resume.
+            JSON-serializable configuration of the run with at least ``"k"``; compared on resume.
         next_index : int
             First dataset index not yet included.
         complete : bool
@@ -247,19 +251,19 @@ class ResultStore(ResultReader):
         files, layer_entries = [], {}
         for layer, arrays in layers.items():
             entries = {}
-            for field, dtype in FIELDS.items():
-                name = f"{layer}.{field}.npy"
-                array = np.ascontiguousarray(arrays[field], dtype=dtype)
+            for kind in KINDS:
+                name = f"{layer}.{kind}.npy"
+                array = np.ascontiguousarray(arrays[kind], dtype=RECORD)
                 _atomic_save(folder / name, array)
-                entries[field] = {"name": name, "shape": list(array.shape), "dtype": np.dtype(dtype).str,
-                                  "sha256": _digest(array)}
+                entries[kind] = {"name": name, "shape": list(array.shape), "sha256": _digest(array)}
                 files.append(folder / name)
-            layer_entries[layer] = {"n_concepts": int(arrays["index"].shape[-1]), "files": entries}
+            layer_entries[layer] = {"n_concepts": int(arrays["max"].shape[-1]), "files": entries}
         manifest = {
             "format": FORMAT, "format_version": FORMAT_VERSION, "crp_version": crp.__version__,
             "config": dict(config), "generation": generation, "directory": directory,
             "next_index": int(next_index), "complete": bool(complete), "k": int(config.get("k", 0)),
-            "modes": list(MODES), "axes": ["mode", "group", "rank", "concept"],
+            "modes": list(MODES), "record": [list(item) for item in RECORD.descr],
+            "axes": {"max": ["mode", "rank", "concept"], "stats": ["mode", "target", "rank", "concept"]},
             "targets": [int(t) for t in targets], "counts": {m: [int(c) for c in counts[m]] for m in MODES},
             "layers": layer_entries,
         }
@@ -355,10 +359,10 @@ def _check_mode(mode: str) -> int:
     return MODES.index(mode)
 
 
-def _triple(arrays: Dict[str, np.ndarray], m: int, group: int, rows: int) -> Triple:
-    return (np.asarray(arrays["index"][m, group, :rows], dtype=np.int64),
-            np.array(arrays["value"][m, group, :rows], dtype=np.float32),
-            np.asarray(arrays["neuron"][m, group, :rows], dtype=np.int64))
+def _triple(records: np.ndarray) -> Triple:
+    """Dataset indices (int64), values (float32) and neurons (int64) of records, as plain arrays."""
+    return (np.asarray(records["index"], dtype=np.int64), np.array(records["value"], dtype=np.float32),
+            np.asarray(records["neuron"], dtype=np.int64))
 
 
 def _np_load(file: Path, mmap: bool) -> np.ndarray:

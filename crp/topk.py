@@ -72,13 +72,15 @@ class TopK:
     """The ``k`` entries of largest value for every group and column, merged batch by batch.
 
     Entries arrive as rows: a row is one sample (dataset index), a value and a neuron index per column
-    (concept), and a group label (e.g. the explained class). Each group keeps a buffer of ``k + slack`` slots
-    per column; rows are written into free slots and the buffer is cut back to its top ``k`` (one vectorized
-    ``topk`` over all groups that overflow) only when it is full. A larger ``slack`` makes updates of many
-    small groups cheaper at ``(k + slack) / k`` times the memory.
+    (concept), and a group label (e.g. the explained class). Each group keeps a buffer of up to ``k + slack``
+    slots per column; rows are written into free slots and the buffer is cut back to its top ``k`` (one
+    vectorized ``topk`` over all groups that overflow) only when it is full. A larger ``slack`` makes updates of
+    many small groups cheaper at ``(k + slack) / k`` times the memory. The buffers of all groups have the same
+    number of slots, which grows (doubling) with the largest group, so groups with few rows cost little.
 
-    Memory: ``n_groups * (k + slack) * n_columns * 12`` bytes (an int64 key and an int32 neuron index per
-    slot); it does not grow with the number of rows added.
+    Memory: ``n_groups * rows * n_columns * 12`` bytes (an int64 key and an int32 neuron index per slot), where
+    ``rows <= k + slack`` is at most twice the largest group's row count; it does not grow beyond that with the
+    number of rows added.
 
     Parameters
     ----------
@@ -106,6 +108,7 @@ class TopK:
         self.k, self.n_columns, self.slack = int(k), int(n_columns), int(slack)
         self.device = None if device is None else torch.device(device)
         self._slots: Dict[int, int] = {}
+        self._rows = 0  # slots per group and column in the buffers, grows up to ``capacity``
         self._keys = self._neurons = None
         self._fill = torch.zeros(0, dtype=torch.int64)
         self._counts: List[int] = []
@@ -188,12 +191,16 @@ class TopK:
         """Cut every group back to its top ``k`` entries, sorted."""
         if self._keys is None or not self._slots:
             return
-        used = len(self._slots)
-        keys, order = self._keys[:used].topk(self.k, dim=1)
-        self._neurons[:used, :self.k] = self._neurons[:used].gather(1, order)
-        self._keys[:used, :self.k] = keys
-        self._keys[:used, self.k:] = EMPTY_KEY
-        self._fill[:used] = torch.clamp(self._fill[:used], max=self.k)
+        used, keep = len(self._slots), min(self.k, self._rows)
+        keys, order = self._keys[:used].topk(keep, dim=1)
+        self._neurons[:used, :keep] = self._neurons[:used].gather(1, order)
+        self._keys[:used, :keep] = keys
+        self._keys[:used, keep:] = EMPTY_KEY
+        self._fill[:used] = torch.clamp(self._fill[:used], max=keep)
+
+    def rows(self) -> int:
+        """Rows of :meth:`to_arrays`: ``min(k, largest row count of a group)``."""
+        return min(self.k, max(self._counts, default=0))
 
     def to_arrays(self) -> Dict[str, np.ndarray]:
         """Export the compacted state as numpy arrays, groups sorted by label.
@@ -202,19 +209,19 @@ class TopK:
         -------
         dict
             ``labels (G,)`` int64, ``counts (G,)`` int64, and ``index`` (int32, -1 if empty), ``value``
-            (float32, NaN if empty), ``neuron`` (int32, -1 if empty), each ``(G, k, C)``.
+            (float32, NaN if empty), ``neuron`` (int32, -1 if empty), each ``(G, rows(), C)``.
         """
         self.compact()
-        labels = self.groups
-        slots = torch.as_tensor([self._slots[g] for g in labels], dtype=torch.int64)
+        labels, rows = self.groups, self.rows()
         if self._keys is None:
-            empty = np.zeros((0, self.k, self.n_columns))
-            return {"labels": np.zeros(0, np.int64), "counts": np.zeros(0, np.int64),
-                    "index": empty.astype(np.int32), "value": empty.astype(np.float32),
-                    "neuron": empty.astype(np.int32)}
-        keys = self._keys[slots.to(self._keys.device), :self.k]
+            empty = np.zeros((len(labels), rows, self.n_columns))
+            return {"labels": np.asarray(labels, dtype=np.int64), "counts": np.zeros(len(labels), np.int64),
+                    "index": np.full(empty.shape, -1, np.int32), "value": np.full(empty.shape, np.nan, np.float32),
+                    "neuron": np.full(empty.shape, -1, np.int32)}
+        slots = torch.as_tensor([self._slots[g] for g in labels], dtype=torch.int64, device=self._keys.device)
+        keys = self._keys[slots, :rows]
         values, indices = decode_keys(keys)
-        neurons = self._neurons[slots.to(self._keys.device), :self.k].clone()
+        neurons = self._neurons[slots, :rows].clone()
         neurons[keys == EMPTY_KEY] = -1
         return {
             "labels": np.asarray(labels, dtype=np.int64),
@@ -224,14 +231,18 @@ class TopK:
         }
 
     @classmethod
-    def from_arrays(cls, arrays: Dict[str, np.ndarray], slack: int = 0, device: Device = None) -> "TopK":
-        """Rebuild an accumulator from :meth:`to_arrays` output (e.g. a checkpoint)."""
+    def from_arrays(cls, arrays: Dict[str, np.ndarray], k: Optional[int] = None, slack: int = 0,
+                    device: Device = None) -> "TopK":
+        """Rebuild an accumulator from :meth:`to_arrays` output (e.g. a checkpoint); ``k`` defaults to its rows."""
         index, value, neuron = (np.asarray(arrays[name]) for name in ("index", "value", "neuron"))
         if index.ndim != 3 or index.shape != value.shape or index.shape != neuron.shape:
-            raise ValueError(f"index, value and neuron must have one shape (G, k, C), got {index.shape}, "
+            raise ValueError(f"index, value and neuron must have one shape (G, rows, C), got {index.shape}, "
                              f"{value.shape}, {neuron.shape}.")
         labels, counts = np.asarray(arrays["labels"]), np.asarray(arrays["counts"])
-        accumulator = cls(index.shape[1], index.shape[2], slack=slack, device=device)
+        k = index.shape[1] if k is None else k
+        if index.shape[1] > k:
+            raise ValueError(f"the arrays hold {index.shape[1]} rows per group, more than k={k}.")
+        accumulator = cls(k, index.shape[2], slack=slack, device=device)
         for group, (label, count) in enumerate(zip(labels, counts)):
             filled = index[group, :, 0] >= 0
             rows = torch.as_tensor(index[group][filled].astype(np.int64))
@@ -287,20 +298,27 @@ class TopK:
             return slot
         slot = len(self._slots)
         if self._keys is None or slot == len(self._keys):
-            self._grow(max(1, 2 * slot), device)
+            self._grow(max(1, 2 * slot), self._rows, device)
         self._slots[label] = slot
         self._counts.append(0)
         return slot
 
-    def _grow(self, n_slots: int, device: torch.device) -> None:
+    def _grow(self, n_slots: int, n_rows: int, device: torch.device) -> None:
+        """Enlarge the buffers to ``n_slots`` groups of ``n_rows`` slots, keeping their content."""
         device = self._device_for(torch.empty(0, device=device))
-        keys = torch.full((n_slots, self.capacity, self.n_columns), EMPTY_KEY, dtype=torch.int64, device=device)
-        neurons = torch.zeros((n_slots, self.capacity, self.n_columns), dtype=torch.int32, device=device)
+        keys = torch.full((n_slots, n_rows, self.n_columns), EMPTY_KEY, dtype=torch.int64, device=device)
+        neurons = torch.zeros((n_slots, n_rows, self.n_columns), dtype=torch.int32, device=device)
         fill = torch.zeros(n_slots, dtype=torch.int64, device=device)
         if self._keys is not None:
-            old = len(self._keys)
-            keys[:old], neurons[:old], fill[:old] = self._keys, self._neurons, self._fill
-        self._keys, self._neurons, self._fill = keys, neurons, fill
+            old_slots, old_rows = self._keys.shape[:2]
+            keys[:old_slots, :old_rows], neurons[:old_slots, :old_rows] = self._keys, self._neurons
+            fill[:old_slots] = self._fill
+        self._keys, self._neurons, self._fill, self._rows = keys, neurons, fill, n_rows
+
+    def _reserve_rows(self, needed: int) -> None:
+        """Grow the slots per group (doubling, at most ``capacity``) so that ``needed`` rows fit if possible."""
+        if needed > self._rows and self._rows < self.capacity:
+            self._grow(len(self._keys), min(self.capacity, max(needed, 2 * self._rows, 4)), self._keys.device)
 
     def _add_keys(self, keys: torch.Tensor, neurons: torch.Tensor, labels: torch.Tensor) -> None:
         """Write rows of keys into their groups' buffers; cut back the groups that overflow."""
@@ -315,7 +333,8 @@ class TopK:
         starts = torch.cumsum(per_group, 0) - per_group
         position = torch.arange(len(order), device=device) - starts[group_of_row]
         fill = self._fill[slots]
-        over = fill + per_group > self.capacity
+        self._reserve_rows(int((fill + per_group).max()))
+        over = fill + per_group > self._rows
         direct = ~over[group_of_row]
         if bool(direct.any()):
             rows, g = order[direct], group_of_row[direct]
@@ -338,8 +357,8 @@ class TopK:
         cand_keys = torch.full((len(over_groups), width, self.n_columns), EMPTY_KEY, dtype=torch.int64,
                                device=device)
         cand_neurons = torch.zeros((len(over_groups), width, self.n_columns), dtype=torch.int32, device=device)
-        cand_keys[:, :self.capacity] = self._keys[over_slots]
-        cand_neurons[:, :self.capacity] = self._neurons[over_slots]
+        cand_keys[:, :self._rows] = self._keys[over_slots]
+        cand_neurons[:, :self._rows] = self._neurons[over_slots]
         at = fill[group_of_row] + position
         cand_keys[local[group_of_row], at] = keys[rows]
         cand_neurons[local[group_of_row], at] = neurons[rows]

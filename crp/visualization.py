@@ -383,7 +383,7 @@ class FeatureVisualization:
         manifest = store.manifest
         layers = {layer: store.layer_arrays(layer, mmap=False, verify=True) for layer in manifest["layers"]}
         device = torch.device(on_device) if on_device else self.device
-        return Maximization.from_arrays(self.layer_map, layers, manifest["targets"], manifest["counts"],
+        return Maximization.from_arrays(self.layer_map, layers, manifest["targets"], manifest["counts"], self.top_k,
                                         self.max_target, self.abs_norm, device=device)
 
     def _loader(self, start: int, stop: int, batch_size: int, num_workers: int) -> torch.utils.data.DataLoader:

@@ -6,21 +6,34 @@ import pytest
 
 import crp.store
 from crp.helper import load_maximization, load_receptive_field, load_stat_targets, load_statistics
-from crp.store import CorruptStoreError, LegacyStore, ResultStore, legacy_folder_name, open_result_folder, open_results
+from crp.store import (
+    RECORD,
+    CorruptStoreError,
+    LegacyStore,
+    ResultStore,
+    legacy_folder_name,
+    open_result_folder,
+    open_results,
+)
 
 K, C = 3, 4
 TARGETS = [2, 5]
 CONFIG = {"k": K, "max_target": "sum", "abs_norm": True}
 
 
+def records(rng, shape):
+    array = np.empty(shape, RECORD)
+    array["index"] = rng.integers(0, 100, shape)
+    array["value"] = rng.normal(size=shape)
+    array["neuron"] = rng.integers(0, 9, shape)
+    return array
+
+
 def layer_arrays(seed):
-    """Arrays (2 modes, 1 + 2 targets, K, C); target 5 has no activation rows."""
+    """Records: max (2 modes, K, C), stats (2 modes, 2 targets, K, C); target 5 has no activation rows."""
     rng = np.random.default_rng(seed)
-    shape = (2, 3, K, C)
-    arrays = {"index": rng.integers(0, 100, shape).astype(np.int32),
-              "value": rng.normal(size=shape).astype(np.float32),
-              "neuron": rng.integers(0, 9, shape).astype(np.int32)}
-    arrays["index"][1, 2] = -1
+    arrays = {"max": records(rng, (2, K, C)), "stats": records(rng, (2, 2, K, C))}
+    arrays["stats"]["index"][1, 1] = -1
     return arrays
 
 
@@ -37,17 +50,17 @@ def store(tmp_path):
 
 def test_layout_and_roundtrip(store):
     files = sorted(p.relative_to(store.path).as_posix() for p in store.path.rglob("*") if p.is_file())
-    assert files == ["manifest.json"] + [f"results-000001/{layer}.{field}.npy" for layer in ("conv", "fc")
-                                         for field in ("index", "neuron", "value")]
+    assert files == ["manifest.json"] + [f"results-000001/{layer}.{kind}.npy" for layer in ("conv", "fc")
+                                         for kind in ("max", "stats")]
     manifest = json.loads((store.path / "manifest.json").read_text())
     assert manifest["targets"] == TARGETS and manifest["counts"] == COUNTS and manifest["complete"]
-    plain = np.load(store.path / "results-000001" / "conv.value.npy", allow_pickle=False)
-    assert np.array_equal(plain, layer_arrays(0)["value"])
+    plain = np.load(store.path / "results-000001" / "conv.stats.npy", allow_pickle=False)
+    assert np.array_equal(plain, layer_arrays(0)["stats"]) and plain.dtype == RECORD
     indices, values, neurons = store.maximization("conv", "activation")
     assert indices.dtype == np.int64 and neurons.dtype == np.int64 and values.dtype == np.float32
-    assert np.array_equal(indices, layer_arrays(0)["index"][1, 0])
+    assert np.array_equal(indices, layer_arrays(0)["max"]["index"][1])
     indices, values, _ = store.statistics("fc", "relevance", 5)  # 2 rows seen: only 2 of K returned
-    assert np.array_equal(values, layer_arrays(1)["value"][0, 2, :2])
+    assert np.array_equal(values, layer_arrays(1)["stats"]["value"][0, 1, :2])
     assert store.targets("relevance").tolist() == [2, 5] and store.targets("activation").tolist() == [2]
 
 
@@ -69,33 +82,33 @@ def test_checkpoints_replace_the_previous_one_atomically(store, monkeypatch):
     monkeypatch.undo()
     fresh = ResultStore(store.path)  # the old checkpoint is intact
     assert fresh.manifest["generation"] == 2
-    assert np.array_equal(fresh.layer_arrays("conv", verify=True)["value"], layer_arrays(2)["value"])
+    assert np.array_equal(fresh.layer_arrays("conv", verify=True)["max"], layer_arrays(2)["max"])
     assert not list(store.path.rglob("*.tmp"))
     fresh.save({"conv": layer_arrays(3)}, TARGETS, COUNTS, CONFIG, next_index=10, complete=True)
     assert sorted(p.name for p in store.path.iterdir() if p.is_dir()) == ["results-000003"]
 
 
 def test_truncated_file_names_the_file(store):
-    file = store.path / "results-000001" / "conv.value.npy"
+    file = store.path / "results-000001" / "conv.max.npy"
     data = file.read_bytes()
     file.write_bytes(data[: len(data) - 9])
-    with pytest.raises(CorruptStoreError, match=r"conv\.value\.npy is truncated or corrupt"):
+    with pytest.raises(CorruptStoreError, match=r"conv\.max\.npy is truncated or corrupt"):
         store.maximization("conv", "relevance")
     assert file.read_bytes() == data[: len(data) - 9]  # nothing overwritten
 
 
 def test_corrupt_bytes_fail_the_checksum(store):
-    file = store.path / "results-000001" / "fc.index.npy"
+    file = store.path / "results-000001" / "fc.stats.npy"
     data = bytearray(file.read_bytes())
     data[-1] ^= 0xFF
     file.write_bytes(bytes(data))
-    with pytest.raises(CorruptStoreError, match=r"fc\.index\.npy does not match its checksum"):
+    with pytest.raises(CorruptStoreError, match=r"fc\.stats\.npy does not match its checksum"):
         store.layer_arrays("fc", verify=True)
 
 
 def test_shape_mismatch_with_manifest(store):
-    np.save(store.path / "results-000001" / "conv.neuron.npy", np.zeros((2, 3, K, C + 1), np.int32))
-    with pytest.raises(CorruptStoreError, match=r"conv\.neuron\.npy holds int32 \[2, 3, 3, 5\]"):
+    np.save(store.path / "results-000001" / "conv.max.npy", np.zeros((2, K, C + 1), np.int32))
+    with pytest.raises(CorruptStoreError, match=r"conv\.max\.npy holds int32 \[2, 3, 5\], but the manifest"):
         store.maximization("conv", "relevance")
 
 
@@ -123,10 +136,10 @@ def test_missing_results_and_bad_queries(store, tmp_path):
 
 def test_helpers_read_the_store_through_zennit_crp_paths(store):
     indices, _, _ = load_maximization(store.path / "ActMax_sum_normed", "conv")
-    assert np.array_equal(indices, layer_arrays(0)["index"][1, 0])
+    assert np.array_equal(indices, layer_arrays(0)["max"]["index"][1])
     assert np.array_equal(load_maximization(store.path, "conv", mode="activation")[0], indices)
     _, values, _ = load_statistics(store.path / "RelStats_sum_normed", "fc", 2)
-    assert np.array_equal(values, layer_arrays(1)["value"][0, 1])
+    assert np.array_equal(values, layer_arrays(1)["stats"]["value"][0, 0])
     assert load_stat_targets(store.path / "ActStats_sum_normed").tolist() == [2]
     with pytest.raises(FileNotFoundError, match="holds results for max_target='sum', abs_norm=True"):
         load_maximization(store.path / "RelMax_max_normed", "conv")

@@ -98,10 +98,21 @@ def test_arrays_roundtrip(rows):
 
 def test_empty_slots_are_marked():
     accumulator = TopK(4, 2)
-    accumulator.add(torch.ones(2, 2), torch.tensor([5, 6]), torch.zeros(2, 2, dtype=torch.long))
-    arrays = accumulator.to_arrays()
-    assert arrays["index"][0, :, 0].tolist() == [5, 6, -1, -1]
-    assert np.isnan(arrays["value"][0, 2:]).all() and (arrays["neuron"][0, 2:] == -1).all()
+    accumulator.add(torch.ones(3, 2), torch.tensor([5, 6, 7]), torch.zeros(3, 2, dtype=torch.long),
+                    torch.tensor([0, 1, 1]))
+    arrays = accumulator.to_arrays()  # rows: min(k, largest group)
+    assert arrays["index"].shape == (2, 2, 2) and accumulator.rows() == 2
+    assert arrays["index"][:, :, 0].tolist() == [[5, -1], [6, 7]]
+    assert np.isnan(arrays["value"][0, 1]).all() and (arrays["neuron"][0, 1] == -1).all()
+
+
+def test_buffers_grow_with_the_largest_group():
+    accumulator = TopK(40, 3)
+    for label in range(100):  # 100 groups of one row each hold 4 slots each, not 40
+        accumulator.add(torch.ones(1, 3), torch.tensor([label]), torch.zeros(1, 3), torch.tensor([label]))
+    assert accumulator._keys.shape[1] == 4
+    accumulator.add(torch.ones(9, 3), torch.arange(9), torch.zeros(9, 3), torch.zeros(9, dtype=torch.long))
+    assert accumulator._keys.shape[1] == 10 and accumulator.rows() == 10
 
 
 def test_key_order_and_roundtrip():

@@ -66,7 +66,7 @@ def make_fv(model, path, dataset=None, **kwargs):
 
 def stored_arrays(path):
     store = ResultStore(path)
-    return {layer: {f: np.asarray(a) for f, a in store.layer_arrays(layer).items()} for layer in LAYERS}
+    return {layer: {kind: np.asarray(a) for kind, a in store.layer_arrays(layer).items()} for layer in LAYERS}
 
 
 def assert_same_results(path_a, path_b):
@@ -74,8 +74,8 @@ def assert_same_results(path_a, path_b):
     manifest_a, manifest_b = ResultStore(path_a).manifest, ResultStore(path_b).manifest
     assert manifest_a["targets"] == manifest_b["targets"] and manifest_a["counts"] == manifest_b["counts"]
     for layer in LAYERS:
-        for field in ("index", "value", "neuron"):
-            np.testing.assert_array_equal(a[layer][field], b[layer][field])
+        for kind in ("max", "stats"):
+            np.testing.assert_array_equal(a[layer][kind], b[layer][kind])
 
 
 def reference_pass(model, dataset, composite):
@@ -123,7 +123,7 @@ def test_run_matches_brute_force(model, tmp_path, max_target, abs_norm):
     dataset = TensorData()
     fv = make_fv(model, tmp_path, dataset, max_target=max_target, abs_norm=abs_norm)
     files = fv.run(EpsilonPlusFlat(), 0, N_SAMPLES, batch_size=16, verbose=False)
-    assert len(files) == 1 + 3 * len(LAYERS)
+    assert len(files) == 1 + 2 * len(LAYERS)
     activations, relevances = reference_pass(model, dataset, EpsilonPlusFlat())
     assert load_stat_targets(fv.RelStats.PATH).tolist() == sorted(set(dataset.targets))
     for mode, outputs, max_folder, stats_folder in (("relevance", relevances, fv.RelMax, fv.RelStats),
@@ -174,7 +174,7 @@ def test_kill_during_checkpoint_keeps_the_previous_one(model, tmp_path, monkeypa
 
     def dying_save(file, array):
         saves.append(file)
-        if len(saves) == 3 * len(LAYERS) + 2:  # inside the second checkpoint
+        if len(saves) == 2 * len(LAYERS) + 2:  # inside the second checkpoint
             raise KeyboardInterrupt
         original(file, array)
 
@@ -196,12 +196,13 @@ def test_merge_of_disjoint_ranges_equals_one_run(model, tmp_path):
         store = ResultStore(tmp_path / name)
         layers = {layer: store.layer_arrays(layer, mmap=False) for layer in LAYERS}
         parts.append(Maximization.from_arrays({n: ChannelConcept() for n in LAYERS}, layers,
-                                              store.manifest["targets"], store.manifest["counts"]))
-    merged = parts[1].merge(parts[0]).to_arrays()
-    full = stored_arrays(tmp_path / "full")
+                                              store.manifest["targets"], store.manifest["counts"], k=K))
+    merged = parts[1].merge(parts[0])
+    assert merged.counts() == ResultStore(tmp_path / "full").manifest["counts"]
+    merged, full = merged.to_arrays(), stored_arrays(tmp_path / "full")
     for layer in LAYERS:
-        for field in ("index", "value", "neuron"):
-            np.testing.assert_array_equal(merged[layer][field][..., :K, :], full[layer][field])
+        for kind in ("max", "stats"):
+            np.testing.assert_array_equal(merged[layer][kind], full[layer][kind])
 
 
 def test_refuses_other_configurations(model, tmp_path):
@@ -228,16 +229,16 @@ def test_corrupt_store_is_reported_and_left_alone(model, tmp_path):
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     manifest["complete"], manifest["next_index"] = False, 16
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))
-    file = tmp_path / manifest["directory"] / "conv2.value.npy"
+    file = tmp_path / manifest["directory"] / "conv2.stats.npy"
     data = bytearray(file.read_bytes())
     data[-3] ^= 0x55
     file.write_bytes(bytes(data))
-    with pytest.raises(CorruptStoreError, match=r"conv2\.value\.npy does not match its checksum"):
+    with pytest.raises(CorruptStoreError, match=r"conv2\.stats\.npy does not match its checksum"):
         fv.run(EpsilonPlusFlat(), 0, 32, batch_size=8, resume=True, verbose=False)
     assert file.read_bytes() == bytes(data)
     file.write_bytes(bytes(data[:-20]))
-    with pytest.raises(CorruptStoreError, match=r"conv2\.value\.npy is truncated"):
-        fv.get_max_reference(0, "conv2")
+    with pytest.raises(CorruptStoreError, match=r"conv2\.stats\.npy is truncated"):
+        fv.get_stats_reference(0, "conv2", 1)
 
 
 @pytest.fixture(scope="module")
