@@ -404,17 +404,18 @@ class FeatureVisualization:
         conditions = [{self.attribution.MODEL_OUTPUT_NAME: [t]} for t in row_targets]
         result = self.attribution(x, conditions, None, record_layer=list(self.layer_map), exclude_parallel=False,
                                   on_device=on_device)
-        first = np.unique(np.asarray(rows), return_index=True)[1]  # the first row of every sample
+        first = torch.as_tensor(np.unique(np.asarray(rows), return_index=True)[1])  # every sample's first row
         row_indices, row_targets_t = indices[rows], torch.as_tensor(row_targets)
-        first_t = torch.as_tensor(first)
-        for layer in self.layer_map:
-            if layer not in result.relevances:
-                raise RuntimeError(f"layer {layer!r} of layer_map was not reached by the forward pass; choose layers "
-                                   f"the model runs.")
-            analysis.update(layer, "relevance", result.relevances[layer], row_indices, row_targets_t)
-            activation = result.activations[layer]
-            analysis.update(layer, "activation", activation[first_t.to(activation.device)], row_indices[first_t],
-                            row_targets_t[first_t])
+        missing = [layer for layer in self.layer_map if layer not in result.relevances]
+        if missing:
+            raise RuntimeError(f"layers {missing} of layer_map were not reached by the forward pass; choose layers "
+                               f"the model runs.")
+        analysis.update("relevance", result.relevances, row_indices, row_targets_t)
+        if len(first) < len(rows):
+            activations = {layer: a[first.to(a.device)] for layer, a in result.activations.items()}
+            analysis.update("activation", activations, row_indices[first], row_targets_t[first])
+        else:
+            analysis.update("activation", result.activations, row_indices, row_targets_t)
 
     def _save(self, store: ResultStore, analysis: Maximization, config: Dict[str, Any], next_index: int,
               complete: bool) -> List[Path]:
