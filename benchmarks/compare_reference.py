@@ -60,9 +60,9 @@ def run_side(model_dir: str, out: str, use_reference: bool) -> None:
         for layer in RECORD:
             arrays[f"{name}/rel/{layer}"] = result.relevances[layer].numpy()
             arrays[f"{name}/act/{layer}"] = result.activations[layer].numpy()
-        if len(indices) == 1 and not kwargs:
+        if len(indices) == 1 and set(kwargs) <= {"exclude_parallel"}:
             generated = attribution.generate(sample, conditions, composite, record_layer=["conv1", "conv2"],
-                                             batch_size=5, verbose=False)
+                                             batch_size=5, verbose=False, **kwargs)
             arrays[f"{name}/generate_heatmap"] = np.concatenate([g.heatmap.numpy() for g in generated])
     np.savez(out, **arrays)
 

@@ -21,9 +21,10 @@ from zennit.core import Composite
 
 from crp.concepts import ChannelConcept
 from crp.conditions import Condition, broadcast_rows, canonical_conditions, check_layer_names
+from crp.helper import preserved_tensors
 from crp.hooks import MaskHook
 
-__all__ = ["CondAttribution", "attrResult"]
+__all__ = ["CondAttribution", "attrResult", "AttributionGraph", "attrGraphResult"]
 
 attrResult = namedtuple("AttributionResults", "heatmap, activations, relevances, prediction")
 attrResult.__doc__ = """Result of a conditional attribution.
@@ -245,8 +246,9 @@ class CondAttribution:
         request = self._prepare(data, conditions, record_layer, mask_map, start_layer, init_rel)
         self._reset_data_grad(data)
         layer_sets = {frozenset(self._layers_of(c)) for c in request.conditions}
-        fast = exclude_parallel and len(layer_sets) == 1 and next(iter(layer_sets)) and \
-            not isinstance(init_rel, torch.Tensor)
+        if exclude_parallel and len(layer_sets) > 1:
+            return self._generate_calls(data, request, composite, int(batch_size), on_device, verbose)
+        fast = len(layer_sets) == 1 and bool(next(iter(layer_sets))) and not isinstance(init_rel, torch.Tensor)
         runner = self._generate_split if fast else self._generate_shared
         return runner(data, request, composite, int(batch_size), on_device, exclude_parallel, verbose)
 
@@ -392,7 +394,8 @@ class CondAttribution:
         probes = [([name], _Probe(name, recording, masks[name], stop=name == stop_at))
                   for name in request.record_layers]
         composite = Composite() if composite is None else composite
-        with composite.context(self.model), NameMapComposite(probes).context(self.model):
+        with preserved_tensors(self.model), composite.context(self.model), \
+                NameMapComposite(probes).context(self.model):
             yield recording
 
     def _forward(self, x: torch.Tensor, recording: _Recording) -> Optional[torch.Tensor]:
@@ -465,6 +468,13 @@ class CondAttribution:
         activations, relevances = _collect(recording, request.record_layers, on_device)
         return attrResult(heatmap, activations, relevances, _move(prediction, on_device))
 
+    def _generate_calls(self, data, request, composite, batch_size, on_device, verbose):
+        """Conditions with different layer sets need their own relay each: one full call per batch."""
+        conditions = request.conditions
+        for start in tqdm(range(0, len(conditions), batch_size), disable=not verbose, desc="CRP"):
+            yield self(data, conditions[start:start + batch_size], composite, request.record_layers,
+                       request.mask_map, request.start_layer, request.init_rel, on_device, exclude_parallel=True)
+
     def _generate_shared(self, data, request, composite, batch_size, on_device, exclude_parallel, verbose):
         """One forward pass of ``batch_size`` copies of the sample; one backward pass per batch of conditions."""
         conditions = request.conditions
@@ -481,24 +491,30 @@ class CondAttribution:
                 targets = _pad(request.targets(rows, self.MODEL_OUTPUT_NAME), width)
                 self._check_targets(prediction, targets)
                 root, grad = output, self.relevance_init(prediction, targets, request.init_rel)
+                recording.relevances.clear()
+                x.grad = None
                 if exclude_parallel:
                     chain = self._chain(recording, self._layers_of(rows[0]), request.start_layer)
                     root, grad = self._relay(root, grad, chain, recording)
-                recording.relevances.clear()
-                x.grad = None
                 torch.autograd.backward(root, grad, inputs=[x], retain_graph=start + width < len(conditions))
                 activations, relevances = _collect(recording, request.record_layers, on_device, len(rows))
                 heatmap = self.heatmap_modifier(x, on_device)[:len(rows)]
                 yield attrResult(heatmap, activations, relevances, _move(prediction[:len(rows)], on_device))
 
     def _generate_split(self, data, request, composite, batch_size, on_device, exclude_parallel, verbose):
-        """Relevance above the lowest conditioned layer once per distinct upper condition, below it per batch."""
+        """Relevance above the lowest conditioned layer once per distinct upper condition, below it per batch.
+
+        LRP rules are linear in the relevance they receive, so with ``exclude_parallel=False`` the relevance
+        that bypasses the lowest layer (through parallel branches) is computed once per upper condition and
+        added to the input gradient of every row before ``heatmap_modifier``.
+        """
         conditions = request.conditions
-        lowest, keys, upper = self._upper_relevances(data, request, composite)
+        lowest, keys, upper = self._upper_relevances(data, request, composite, exclude_parallel)
         width = min(batch_size, len(conditions))
         x = data[torch.zeros(width, dtype=torch.long, device=data.device)]
         x.retain_grad()
         masks: Dict[str, list] = {}
+        at_lowest = upper.relevances[lowest]
         with self._hooks(composite, request, masks, stop_at=lowest) as recording:
             self._forward(x, recording)
             if lowest not in recording.outputs:
@@ -506,19 +522,23 @@ class CondAttribution:
             for start in tqdm(range(0, len(conditions), width), disable=not verbose, desc="CRP"):
                 rows, row_keys = conditions[start:start + width], keys[start:start + width]
                 self._masks_for(request, rows, into=masks)
-                grad = torch.cat([upper.relevances[lowest][row_keys], torch.zeros_like(
-                    upper.relevances[lowest][:1]).expand(width - len(rows), *upper.relevances[lowest].shape[1:])])
+                padding = at_lowest[:1].expand(width - len(rows), *at_lowest.shape[1:])
+                grad = torch.cat([at_lowest[row_keys], torch.zeros_like(padding)])
                 recording.relevances.clear()
                 x.grad = None
                 torch.autograd.backward(recording.outputs[lowest], grad, inputs=[x],
                                         retain_graph=start + width < len(conditions))
-                yield self._split_result(x, recording, upper, row_keys, request, on_device)
+                if upper.heatmap is not None:
+                    x.grad[:len(rows)] += upper.heatmap[row_keys]
+                yield self._split_result(x, recording, upper, row_keys, request, lowest, on_device)
 
-    def _upper_relevances(self, data, request, composite) -> Tuple[str, np.ndarray, attrResult]:
+    def _upper_relevances(self, data, request, composite, exclude_parallel) -> Tuple[str, np.ndarray, attrResult]:
         """Relevance arriving at the lowest conditioned layer for every distinct upper condition (one row each).
 
-        Returns the lowest layer, the key (row of the upper result) of every condition, and the upper result
-        whose relevances hold one row per key (activations and prediction: one row).
+        Returns the lowest layer, the key (row of the upper result) of every condition, and the upper result:
+        relevances with one row per key (at the lowest layer: before its mask; below it: what bypasses it),
+        ``heatmap`` the input gradient that bypasses the lowest layer (None with ``exclude_parallel``), and
+        activations and prediction of the sample (one row).
         """
         x = data.detach().requires_grad_()
         masks: Dict[str, list] = {}
@@ -530,6 +550,7 @@ class CondAttribution:
             lowest = min(request.cond_layers, key=position.__getitem__)
             keys, distinct = _upper_keys(request.conditions, lowest, self.MODEL_OUTPUT_NAME)
             relevances: Dict[str, List[torch.Tensor]] = {}
+            bypass: List[torch.Tensor] = []
             for representative in distinct:
                 upper_rows = [{k: v for k, v in representative.items() if k != lowest}]
                 self._masks_for(request, upper_rows, into=masks)
@@ -537,15 +558,22 @@ class CondAttribution:
                 self._check_targets(prediction, targets)
                 grad = self.relevance_init(prediction, targets, request.init_rel)
                 recording.relevances.clear()
-                _, grad = self._relay(root, grad, chain, recording)  # ends at the lowest layer (or start_layer)
-                recording.relevances[lowest] = grad
+                if exclude_parallel:
+                    _, grad = self._relay(root, grad, chain, recording)  # ends at the lowest layer
+                    recording.relevances[lowest] = grad
+                else:
+                    masks[lowest].append(torch.zeros_like)  # the part through the lowest layer comes per batch
+                    x.grad = None
+                    torch.autograd.backward(root, grad, inputs=[x], retain_graph=True)
+                    bypass.append(x.grad.detach().clone())
                 for name, relevance in recording.relevances.items():
                     relevances.setdefault(name, []).append(relevance.detach())
-        upper = attrResult(None, dict(recording.activations), {k: torch.cat(v) for k, v in relevances.items()},
-                           prediction)
+        upper = attrResult(torch.cat(bypass) if bypass else None, dict(recording.activations),
+                           {k: torch.cat(v) for k, v in relevances.items()}, prediction)
         return lowest, keys, upper
 
-    def _split_result(self, x, recording, upper, row_keys, request, on_device) -> attrResult:
+    def _split_result(self, x, recording, upper, row_keys, request, lowest, on_device) -> attrResult:
+        """Rows of the lower pass joined with the upper pass's relevances of their upper conditions."""
         n_rows = len(row_keys)
         activations, relevances = {}, {}
         for name in request.record_layers:
@@ -553,12 +581,10 @@ class CondAttribution:
                 continue
             activation = upper.activations[name]
             activations[name] = _move(activation.expand(n_rows, *activation.shape[1:]).clone(), on_device)
-            if name in recording.relevances:
-                relevance = recording.relevances[name][:n_rows].detach()
-            elif name in upper.relevances:
-                relevance = upper.relevances[name][row_keys]
-            else:
-                relevance = torch.zeros_like(activations[name])
+            upper_part = upper.relevances.get(name)
+            relevance = torch.zeros_like(activations[name]) if upper_part is None else upper_part[row_keys]
+            if name != lowest and name in recording.relevances:
+                relevance = relevance + recording.relevances[name][:n_rows].detach()
             relevances[name] = _move(relevance, on_device)
         heatmap = self.heatmap_modifier(x, on_device)[:n_rows]
         prediction = upper.prediction.expand(n_rows, *upper.prediction.shape[1:]).clone()
@@ -631,3 +657,8 @@ def _concat_rows(parts: List[attrResult], rows: np.ndarray) -> attrResult:
         {name: join([p.relevances[name] for p in parts]) for name in names},
         join([p.prediction for p in parts]),
     )
+
+
+# AttributionGraph builds on CondAttribution; it lives in its own module and is re-exported here, where
+# zennit-crp users import it from.
+from crp.concept_graph import AttributionGraph, attrGraphResult  # noqa: E402

@@ -1,11 +1,15 @@
 """Small utilities around models and relevances: layer lookup, output shapes, normalizations."""
-from typing import Dict, Iterable, List, Optional, Sequence, Type
+import contextlib
+import os
+import secrets
+from pathlib import Path
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Type, Union
 
 import torch
 
 from crp.conditions import check_layer_names
 
-__all__ = ["get_layer_names", "get_output_shapes", "abs_norm", "max_norm"]
+__all__ = ["get_layer_names", "get_output_shapes", "abs_norm", "max_norm", "write_atomic", "preserved_tensors"]
 
 
 def get_layer_names(model: torch.nn.Module, types: Sequence[Type[torch.nn.Module]]) -> List[str]:
@@ -76,6 +80,57 @@ def max_norm(rel: torch.Tensor, stabilize: float = 1e-10) -> torch.Tensor:
     return rel / (rel.max() + stabilize)
 
 
+def write_atomic(path: Union[str, os.PathLike], save: Callable[[Path], None]) -> None:
+    """Write a file atomically: ``save(temporary)`` writes a hidden file beside ``path``, which then replaces it.
+
+    Readers see the old file or the complete new one, never a partial one; the temporary file is removed if
+    ``save`` fails. The folder is created if needed, and the file gets the permissions of a normal ``open``.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The file to write.
+    save : callable
+        Called with the temporary path; must create the file there.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+    try:
+        save(temporary)
+        os.replace(temporary, path)
+    finally:
+        if temporary.exists():
+            temporary.unlink()
+
+
+@contextlib.contextmanager
+def preserved_tensors(model: torch.nn.Module) -> Iterator[None]:
+    """Restore every module's parameter and buffer objects on exit, and drop attributes that shadow them.
+
+    Canonizers and rules swap parameters for the duration of a pass; zennit 1.0 does so with
+    ``load_state_dict(assign=True)`` and instance attributes that can outlive the composite (its
+    ``MergeBatchNorm`` then leaves merged weights in ``state_dict()``). This guard puts back the very objects
+    the model held before, whatever happened inside. Tensor data edited in place is not restored.
+    """
+    saved = []
+    for module in model.modules():
+        shadows = {k: module.__dict__[k] for k in (*module._parameters, *module._buffers) if k in module.__dict__}
+        saved.append((module, dict(module._parameters), dict(module._buffers), shadows))
+    try:
+        yield
+    finally:
+        for module, parameters, buffers, shadows in saved:
+            for name in (*parameters, *buffers):
+                if name in module.__dict__ and name not in shadows:
+                    del module.__dict__[name]
+            module.__dict__.update(shadows)
+            module._parameters.clear()
+            module._parameters.update(parameters)
+            module._buffers.clear()
+            module._buffers.update(buffers)
+
+
 # ----------------------------------------------------------------------------------------------------------
 # loading FeatureVisualization results (the crp store, and folders written by zennit-crp 0.6)
 
@@ -130,11 +185,12 @@ def load_stat_targets(path_folder, mode: Optional[str] = None):
 
 def load_receptive_field(path_folder, layer_name: str):
     """Load the receptive-field array ``{path_folder}/{layer_name}.npy`` (memory-mapped, without pickle)."""
-    from pathlib import Path
-
     import numpy as np
 
     file = Path(path_folder) / f"{layer_name}.npy"
     if not file.is_file():
         raise FileNotFoundError(f"no receptive field of layer {layer_name!r}: {file} does not exist.")
     return np.load(file, mmap_mode="r", allow_pickle=False)
+
+
+__all__ += ["load_maximization", "load_statistics", "load_stat_targets", "load_receptive_field"]

@@ -12,7 +12,7 @@ smooth heatmaps.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Tuple, Union
 
 import numpy as np
 import torch
@@ -24,9 +24,9 @@ if TYPE_CHECKING:
 
 __all__ = ["get_crop_range", "imgify", "plot_grid", "vis_img_heatmap", "vis_opaque_img"]
 
-ArrayLike = torch.Tensor | np.ndarray
+ArrayLike = Union[torch.Tensor, np.ndarray]
 #: ``(row_start, row_stop, col_start, col_stop)``, half-open: ``array[..., r0:r1, c0:c1]`` is the crop.
-CropBox = tuple[int, int, int, int]
+CropBox = Tuple[int, int, int, int]
 
 
 def _to_numpy(image: ArrayLike) -> np.ndarray:
@@ -345,7 +345,7 @@ def vis_opaque_img(
     _check_fraction("crop_th", crop_th)
     data, heat = _check_batch(data_batch, heatmaps, kernel_size)
     images = []
-    for image, heatmap in zip(data, heat, strict=True):
+    for image, heatmap in zip(data, heat):
         smoothed = _smooth(heatmap, kernel_size)
         visible = smoothed > vis_th
         if rf:
@@ -399,7 +399,7 @@ def vis_img_heatmap(
     _check_fraction("crop_th", crop_th)
     data, heat = _check_batch(data_batch, heatmaps, kernel_size)
     images, heat_images = [], []
-    for image, heatmap in zip(data, heat, strict=True):
+    for image, heatmap in zip(data, heat):
         if rf:
             box = get_crop_range(_smooth(heatmap, kernel_size), crop_th)
             image, heatmap = _crop_pair(image, heatmap, box)

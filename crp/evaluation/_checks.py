@@ -1,0 +1,212 @@
+"""Validation and coercion of the arguments shared by the faithfulness metrics.
+
+Every function here turns one flexible argument into its canonical form or raises an exception that names
+the argument, echoes the offending value or shape and says what would fix it.
+"""
+
+from numbers import Integral
+from typing import Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+
+__all__ = [
+    "RegionSize",
+    "TargetsLike",
+    "check_inputs",
+    "check_attributions",
+    "check_targets",
+    "check_region_size",
+    "check_region_fit",
+    "check_positive_int",
+]
+
+#: Side of a square region, or its ``(height, width)``.
+RegionSize = Union[int, Tuple[int, int]]
+#: One class index for all samples, one per sample, or ``None`` for the predicted class.
+TargetsLike = Union[None, int, Sequence[int], np.ndarray, torch.Tensor]
+
+
+def check_positive_int(value: object, name: str) -> int:
+    """Return ``value`` as an ``int`` if it is an integer of at least 1, else raise.
+
+    Parameters
+    ----------
+    value : object
+        The value to check.
+    name : str
+        The argument's name, used in the error message.
+
+    Returns
+    -------
+    int
+        The value.
+
+    Raises
+    ------
+    ValueError
+        If ``value`` is not an integer or is smaller than 1.
+    """
+    if isinstance(value, bool) or not isinstance(value, Integral) or value < 1:
+        raise ValueError(f"`{name}` must be an integer >= 1, got {value!r}.")
+    return int(value)
+
+
+def check_inputs(inputs: object) -> torch.Tensor:
+    """Check that ``inputs`` is a finite floating-point batch of images of shape ``(N, C, H, W)``.
+
+    Parameters
+    ----------
+    inputs : object
+        The candidate input batch.
+
+    Returns
+    -------
+    torch.Tensor
+        The inputs, detached.
+
+    Raises
+    ------
+    TypeError
+        If ``inputs`` is not a floating-point tensor.
+    ValueError
+        If ``inputs`` is not 4-D, is empty or holds NaN or infinite values.
+    """
+    if not isinstance(inputs, torch.Tensor) or not inputs.is_floating_point():
+        kind = inputs.dtype if isinstance(inputs, torch.Tensor) else type(inputs).__name__
+        raise TypeError(f"`inputs` must be a floating-point torch.Tensor of shape (N, C, H, W), got {kind}.")
+    if inputs.dim() != 4 or inputs.shape[0] == 0:
+        raise ValueError(
+            f"`inputs` must have shape (N, C, H, W) with N >= 1, got shape {tuple(inputs.shape)}; "
+            "add a batch dimension with `inputs[None]` for a single image."
+        )
+    if not torch.isfinite(inputs).all():
+        raise ValueError(f"`inputs` of shape {tuple(inputs.shape)} contains NaN or infinite values.")
+    return inputs.detach()
+
+
+def check_attributions(attributions: object, inputs: torch.Tensor) -> torch.Tensor:
+    """Bring ``attributions`` to shape ``(N, H, W)`` on the inputs' device, summing over channels.
+
+    Parameters
+    ----------
+    attributions : object
+        A tensor or array of shape ``(N, H, W)``, ``(N, 1, H, W)`` or ``(N, C, H, W)``.
+    inputs : torch.Tensor
+        The checked inputs of shape ``(N, C, H, W)``.
+
+    Returns
+    -------
+    torch.Tensor
+        The attributions of shape ``(N, H, W)`` in the inputs' dtype and device.
+
+    Raises
+    ------
+    TypeError
+        If ``attributions`` is neither a tensor nor an array.
+    ValueError
+        If the shape does not match the inputs or if it contains NaN or infinite values.
+    """
+    if isinstance(attributions, np.ndarray):
+        attributions = torch.from_numpy(attributions)
+    if not isinstance(attributions, torch.Tensor):
+        raise TypeError(f"`attributions` must be a torch.Tensor or numpy array, got {type(attributions).__name__}.")
+    n, c, h, w = inputs.shape
+    shape = tuple(attributions.shape)
+    if shape not in ((n, h, w), (n, 1, h, w), (n, c, h, w)):
+        raise ValueError(
+            f"`attributions` of shape {shape} does not match `inputs` of shape {tuple(inputs.shape)}; "
+            f"expected ({n}, {h}, {w}), ({n}, 1, {h}, {w}) or ({n}, {c}, {h}, {w})."
+        )
+    if not torch.isfinite(attributions).all():
+        raise ValueError(f"`attributions` of shape {shape} contains NaN or infinite values.")
+    attributions = attributions.detach().to(device=inputs.device, dtype=inputs.dtype)
+    return attributions.sum(1) if attributions.dim() == 4 else attributions
+
+
+def check_targets(targets: TargetsLike, n: int, n_classes: Optional[int] = None) -> Optional[torch.Tensor]:
+    """Bring ``targets`` to a ``(N,)`` int64 tensor (on the CPU), or keep ``None``.
+
+    Parameters
+    ----------
+    targets : None, int, sequence of int, numpy.ndarray or torch.Tensor
+        One class index for all samples, one per sample, or ``None``.
+    n : int
+        The number of samples.
+    n_classes : int, optional
+        The number of model outputs; when given, targets must lie in ``[0, n_classes)``.
+
+    Returns
+    -------
+    torch.Tensor or None
+        The targets of shape ``(N,)``, or ``None`` if ``targets`` is ``None``.
+
+    Raises
+    ------
+    ValueError
+        If the targets are not integers, do not have one entry per sample or lie outside the outputs.
+    """
+    if targets is None:
+        return None
+    if isinstance(targets, Integral) and not isinstance(targets, bool):
+        targets = [int(targets)] * n
+    tensor = torch.as_tensor(np.asarray(targets.cpu() if isinstance(targets, torch.Tensor) else targets))
+    if tensor.dtype.is_floating_point or tensor.dtype == torch.bool or tensor.dtype.is_complex:
+        raise ValueError(f"`targets` must hold integer class indices, got dtype {tensor.dtype}.")
+    if tuple(tensor.shape) != (n,):
+        raise ValueError(f"`targets` of shape {tuple(tensor.shape)} does not match the {n} samples of `inputs`.")
+    tensor = tensor.long()
+    if n_classes is not None and ((tensor < 0).any() or (tensor >= n_classes).any()):
+        raise ValueError(
+            f"`targets` {tensor.tolist()} must lie in [0, {n_classes}) for a model with {n_classes} outputs."
+        )
+    return tensor
+
+
+def check_region_size(region_size: object) -> Tuple[int, int]:
+    """Return ``region_size`` as ``(height, width)``, both at least 1.
+
+    Parameters
+    ----------
+    region_size : int or tuple of int
+        Side of square regions or ``(height, width)``.
+
+    Returns
+    -------
+    tuple of int
+        ``(height, width)`` of one region.
+
+    Raises
+    ------
+    ValueError
+        If ``region_size`` is not a positive integer or a pair of them.
+    """
+    pair = (region_size, region_size) if isinstance(region_size, Integral) else region_size
+    if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+        raise ValueError(
+            f"`region_size` must be an integer >= 1 or a pair (height, width) of them, got {region_size!r}."
+        )
+    return check_positive_int(pair[0], "region_size"), check_positive_int(pair[1], "region_size")
+
+
+def check_region_fit(region: Tuple[int, int], inputs: torch.Tensor) -> None:
+    """Raise unless regions of size ``region`` tile the inputs' height and width exactly.
+
+    Parameters
+    ----------
+    region : tuple of int
+        ``(height, width)`` of one region.
+    inputs : torch.Tensor
+        The inputs of shape ``(N, C, H, W)``.
+
+    Raises
+    ------
+    ValueError
+        If the region does not divide the height or the width.
+    """
+    height, width = inputs.shape[-2:]
+    if height % region[0] or width % region[1]:
+        raise ValueError(
+            f"`region_size` {region} does not tile `inputs` of shape {tuple(inputs.shape)}: the height {height} and "
+            f"width {width} must be multiples of the region's height and width; pick a divisor or crop the inputs."
+        )

@@ -1,0 +1,57 @@
+"""What a faithfulness curve tracks: a score of the model output for the target class.
+
+A score is a callable ``score(outputs (B, K), targets (B,)) -> (B,)``; :data:`SCORES` holds the named ones
+("logit", the default; "probability"; "log_probability").
+"""
+
+from typing import Callable, Dict, Tuple, Union
+
+import torch
+
+__all__ = ["Score", "SCORES", "get_score"]
+
+#: ``score(outputs, targets) -> scores`` with shapes ``(B, K), (B,) -> (B,)``.
+Score = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def _logit(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return outputs.gather(1, targets[:, None])[:, 0]
+
+
+def _probability(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return _logit(outputs.softmax(1), targets)
+
+
+def _log_probability(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return _logit(outputs.log_softmax(1), targets)
+
+
+#: The scores users pick by name.
+SCORES: Dict[str, Score] = {"logit": _logit, "probability": _probability, "log_probability": _log_probability}
+
+
+def get_score(spec: Union[str, Score]) -> Tuple[str, Score]:
+    """Coerce a score given by name or as a callable.
+
+    Parameters
+    ----------
+    spec : str or callable
+        A name from :data:`SCORES` or a callable ``(outputs, targets) -> scores``.
+
+    Returns
+    -------
+    tuple of (str, callable)
+        The score's name (the callable's ``__name__`` for a callable) and the score.
+
+    Raises
+    ------
+    ValueError
+        If ``spec`` is an unknown name or neither a string nor a callable.
+    """
+    if isinstance(spec, str):
+        if spec not in SCORES:
+            raise ValueError(f"unknown `score` {spec!r}; choose one of {sorted(SCORES)} or pass a callable.")
+        return spec, SCORES[spec]
+    if callable(spec):
+        return getattr(spec, "__name__", type(spec).__name__), spec
+    raise ValueError(f"`score` must be one of {sorted(SCORES)} or a callable, got {spec!r}.")

@@ -1,0 +1,37 @@
+"""Packaging of crp (distribution name: concept-relevance-propagation; import name: crp)."""
+import re
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+HERE = Path(__file__).resolve().parent
+VERSION = re.search(r'__version__ = "([^"]+)"', (HERE / "crp" / "__init__.py").read_text()).group(1)
+
+setup(
+    name="concept-relevance-propagation",
+    version=VERSION,
+    description="Concept Relevance Propagation (CRP) and Relevance Maximization for PyTorch, built on zennit",
+    long_description=(HERE / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    license="BSD-3-Clause",
+    packages=find_packages(include=["crp", "crp.*"]),
+    python_requires=">=3.9",
+    install_requires=[
+        "torch>=2.0",
+        "torchvision",
+        "zennit>=0.5.1",
+        "numpy",
+        "matplotlib",
+        "pillow",
+        "tqdm",
+    ],
+    extras_require={
+        "test": ["pytest", "ruff", "nbclient", "nbformat", "ipykernel", "opencv-python-headless"],
+        "inpainting": ["opencv-python-headless"],
+    },
+    entry_points={"console_scripts": ["crp=crp.__main__:main"]},
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+    ],
+)

@@ -1,0 +1,21 @@
+"""The README's quickstart runs as written."""
+import re
+from pathlib import Path
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def test_python_blocks_run_in_order(tmp_path, monkeypatch):
+    """The quickstart, then every later python block, in one namespace as a reader would run them."""
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+    assert len(blocks) >= 3, "README lost its python blocks"
+    monkeypatch.chdir(tmp_path)
+    namespace = {}
+    for index, block in enumerate(blocks):
+        exec(compile(block, f"README python block {index}", "exec"), namespace)
+    assert (tmp_path / "concept_heatmaps.png").stat().st_size > 0
+    assert namespace["batch"].heatmap.shape == (32, 64, 64)
+    assert len(namespace["top"]) == 4
+    assert (tmp_path / "graph.png").stat().st_size > 0
+    assert namespace["result"].nodes[0] == ("features.11", namespace["top"][0])
+    assert namespace["flipping"].scores.shape == (1, 17)
