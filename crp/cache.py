@@ -12,7 +12,6 @@ import json
 import math
 import numbers
 import os
-import tempfile
 import types
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
@@ -21,6 +20,8 @@ from typing import Any, Dict, List, Sequence, Tuple, Union
 
 import numpy as np
 import torch
+
+from crp.helper import write_atomic
 
 __all__ = ["Cache", "ImageCache", "CacheKey", "describe"]
 
@@ -209,7 +210,8 @@ class ImageCache(Cache):
         folder.mkdir(parents=True, exist_ok=True)
         key_file = folder.parent / "key.json"
         if not key_file.exists():
-            _atomic_write_bytes(key_file, json.dumps(key.describe(), indent=1, default=str).encode())
+            text = json.dumps(key.describe(), indent=1, default=str)
+            write_atomic(key_file, lambda temporary: temporary.write_text(text))
         for concept_id, value in ref_c.items():
             groups = value if isinstance(value, tuple) else (value,)
             for tuple_index, images in enumerate(groups):
@@ -218,7 +220,8 @@ class ImageCache(Cache):
                         raise TypeError(f"ImageCache saves PIL images, but the plot function returned "
                                         f"{type(image).__name__} for id {concept_id!r}; use a plot function that "
                                         f"returns PIL images (e.g. vis_img_heatmap) or another Cache.")
-                    _atomic_save_png(folder / f"{concept_id}_{tuple_index}_{rank}.png", image)
+                    write_atomic(folder / f"{concept_id}_{tuple_index}_{rank}.png",
+                                 lambda temporary, image=image: image.save(temporary, format="PNG", optimize=True))
 
     def load(self, ids: Sequence[Any], key: CacheKey, r_range: Range) -> Tuple[RefDict, Dict[Any, Range]]:
         folder = self.folder(key)
@@ -265,25 +268,3 @@ class ImageCache(Cache):
                 image.load()
                 images.append(image.copy())
         return images, False
-
-
-def _atomic_write_bytes(file: Path, data: bytes) -> None:
-    handle, tmp = tempfile.mkstemp(dir=file.parent, prefix=f".{file.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(data)
-        os.replace(tmp, file)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def _atomic_save_png(file: Path, image: Any) -> None:
-    handle, tmp = tempfile.mkstemp(dir=file.parent, prefix=f".{file.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            image.save(stream, format="PNG", optimize=True)
-        os.replace(tmp, file)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)

@@ -24,7 +24,6 @@ import json
 import os
 import re
 import shutil
-import tempfile
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
@@ -32,6 +31,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 import numpy as np
 
 import crp
+from crp.helper import write_atomic
 
 __all__ = [
     "ResultReader", "ResultStore", "LegacyStore", "CorruptStoreError", "open_results", "open_result_folder",
@@ -267,7 +267,7 @@ class ResultStore(ResultReader):
             "targets": [int(t) for t in targets], "counts": {m: [int(c) for c in counts[m]] for m in MODES},
             "layers": layer_entries,
         }
-        _atomic_write_text(self.path / MANIFEST, json.dumps(manifest, indent=1))
+        write_atomic(self.path / MANIFEST, lambda temporary: temporary.write_text(json.dumps(manifest, indent=1)))
         self._manifest = manifest
         self.remove_stale()
         return [self.path / MANIFEST] + files
@@ -398,22 +398,8 @@ def _digest(array: np.ndarray) -> str:
 
 
 def _atomic_save(file: Path, array: np.ndarray) -> None:
-    handle, tmp = tempfile.mkstemp(dir=file.parent, prefix=f".{file.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as stream:
+    def save(temporary: Path) -> None:
+        with open(temporary, "wb") as stream:  # a path would get ".npy" appended
             np.save(stream, array, allow_pickle=False)
-        os.replace(tmp, file)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
-
-def _atomic_write_text(file: Path, text: str) -> None:
-    handle, tmp = tempfile.mkstemp(dir=file.parent, prefix=f".{file.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w") as stream:
-            stream.write(text)
-        os.replace(tmp, file)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    write_atomic(file, save)
