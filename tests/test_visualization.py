@@ -510,3 +510,23 @@ def test_reads_zennit_crp_results_for_references(model, tmp_path):
     assert torch.equal(fv.get_stats_reference(1, "conv1", 2)["1:2"], dataset.samples[[22]])
     targets, values = fv.compute_stats(3, "conv1")
     assert targets.tolist() == [2, 0] and values.tolist() == pytest.approx([0.7, 0.5])
+
+
+def test_attribution_calls_free_their_recordings(model):
+    """run() calls CondAttribution once per batch: nothing of a call may outlive it (no reference cycles)."""
+    import gc
+
+    import crp.attribution
+
+    attribution = CondAttribution(model)
+    x = TensorData().samples[:4].clone().requires_grad_()
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(3):
+            attribution(x, [{"y": [0]}], EpsilonPlusFlat(), record_layer=LAYERS, exclude_parallel=False)
+        kinds = (crp.attribution._Recording, crp.attribution._Probe)
+        alive = [o for o in gc.get_objects() if type(o) in kinds]
+    finally:
+        gc.enable()
+    assert alive == []
