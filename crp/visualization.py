@@ -432,6 +432,8 @@ class FeatureVisualization:
         return open_results(self.path, self.max_target, self.abs_norm)
 
     def _concept_ids(self, concept_ids, layer_name: str, n_concepts: int) -> List[int]:
+        if isinstance(concept_ids, (torch.Tensor, np.ndarray)):
+            concept_ids = concept_ids.tolist()
         ids = [concept_ids] if not isinstance(concept_ids, Iterable) or isinstance(concept_ids, str) \
             else list(concept_ids)
         bad = [c for c in ids if isinstance(c, bool) or not isinstance(c, numbers.Integral)]

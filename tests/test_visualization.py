@@ -252,7 +252,7 @@ def analyzed(model, tmp_path_factory):
 def test_max_reference_samples_and_heatmaps(analyzed):
     fv = analyzed
     indices, _, neurons = load_maximization(fv.RelMax.PATH, "conv2")
-    samples = fv.get_max_reference([1, 3], "conv2", r_range=(1, 4))
+    samples = fv.get_max_reference(torch.tensor([1, 3]), "conv2", r_range=(1, 4))
     assert set(samples) == {1, 3}
     assert torch.equal(samples[3], fv.dataset.samples[indices[1:4, 3]])
     raw = fv.get_max_reference(2, "conv2", "relevance", (0, 3), EpsilonPlusFlat(), plot_fn=None)
@@ -447,6 +447,8 @@ def test_reference_errors(analyzed, model, tmp_path):
         make_fv(model, tmp_path).get_max_reference(0, "conv1")
     with pytest.raises(FileNotFoundError, match="call FeatureVisualization.run first"):
         make_fv(model, tmp_path).get_stats_reference(0, "conv1", 1)
+    with pytest.raises(FileNotFoundError, match="call FeatureVisualization.run first"):
+        make_fv(model, tmp_path).compute_stats(0, "conv1")
     with pytest.raises(ValueError, match="mode must be 'relevance' or 'activation', got 'rel'"):
         fv.get_max_reference(0, "conv1", mode="rel")
     with pytest.raises(ValueError, match="mode must be 'relevance' or 'activation'"):
