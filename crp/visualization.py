@@ -122,6 +122,12 @@ def _check_mode(mode: str) -> None:
         raise ValueError(f"mode must be 'relevance' or 'activation', got {mode!r}.")
 
 
+def _check_plot_fn(plot_fn) -> None:
+    if plot_fn is not None and not callable(plot_fn):
+        raise TypeError(f"plot_fn must be a function (samples, heatmaps, rf) -> images, or None for the raw tensors; "
+                        f"got {plot_fn!r}.")
+
+
 def _check_range(r_range) -> Range:
     ok = isinstance(r_range, (tuple, list)) and len(r_range) == 2 and all(
         isinstance(r, numbers.Integral) and not isinstance(r, bool) for r in r_range)
@@ -491,6 +497,7 @@ class FeatureVisualization:
         self._check_layer(layer_name)
         _check_mode(mode)
         r_range, batch_size = _check_range(r_range), _positive_int("batch_size", batch_size)
+        _check_plot_fn(plot_fn)
         indices, _, neurons = self.results.maximization(layer_name, mode)
         ids = self._concept_ids(concept_ids, layer_name, indices.shape[1])
 
@@ -521,6 +528,7 @@ class FeatureVisualization:
         self._check_layer(layer_name)
         _check_mode(mode)
         r_range, batch_size = _check_range(r_range), _positive_int("batch_size", batch_size)
+        _check_plot_fn(plot_fn)
         reader = self.results
         target_list = [targets] if not isinstance(targets, Iterable) else list(targets)
         n_concepts = reader.maximization(layer_name, mode)[0].shape[1]

@@ -472,6 +472,8 @@ def test_reference_errors(analyzed, model, tmp_path):
         fv.get_stats_reference(0, "conv1", [1, 7])
     with pytest.raises(ValueError, match="batch_size must be a positive int"):
         fv.get_max_reference(0, "conv1", batch_size=0)
+    with pytest.raises(TypeError, match="plot_fn must be a function"):
+        fv.get_stats_reference(0, "conv1", 1, plot_fn="vis_img_heatmap")
     with pytest.raises(ValueError, match="precompute_ref stores images in a cache"):
         fv.precompute_ref({"conv1": [0]}, EpsilonPlusFlat())
     with pytest.warns(UserWarning, match="rf=True needs a composite"):
