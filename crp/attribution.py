@@ -65,11 +65,10 @@ class _Probe(MaskHook):
     """
 
     def __init__(self, name: str, recording: _Recording, fn_list: List[Callable], stop: bool = False) -> None:
-        super().__init__(fn_list, on_grad=self._record_grad)
+        # the callback must not reference the probe: a probe -> bound method -> probe cycle would keep the
+        # recording (activations, relevances, autograd graph) alive until the next full garbage collection
+        super().__init__(fn_list, on_grad=_relevance_recorder(recording, name))
         self.name, self.recording, self.stop = name, recording, stop
-
-    def _record_grad(self, module: torch.nn.Module, grad: torch.Tensor) -> None:
-        self.recording.relevances[self.name] = grad
 
     def post_forward(self, module: torch.nn.Module, *args) -> Optional[torch.Tensor]:
         output = args[-1]
@@ -92,6 +91,12 @@ class _Probe(MaskHook):
 
     def copy(self) -> "_Probe":
         return self
+
+
+def _relevance_recorder(recording: _Recording, name: str) -> Callable[[torch.nn.Module, torch.Tensor], None]:
+    def record(module: torch.nn.Module, grad: torch.Tensor) -> None:
+        recording.relevances[name] = grad
+    return record
 
 
 @dataclass
@@ -394,9 +399,15 @@ class CondAttribution:
         probes = [([name], _Probe(name, recording, masks[name], stop=name == stop_at))
                   for name in request.record_layers]
         composite = Composite() if composite is None else composite
-        with preserved_tensors(self.model), composite.context(self.model), \
-                NameMapComposite(probes).context(self.model):
-            yield recording
+        try:
+            with preserved_tensors(self.model), composite.context(self.model), \
+                    NameMapComposite(probes).context(self.model):
+                yield recording
+        finally:
+            # zennit composites reference themselves (module_map=self.mapping) and are freed only by the cyclic
+            # garbage collector; without this, each call's recording (activations, relevances, graph) would
+            # stay alive until then
+            probes.clear()
 
     def _forward(self, x: torch.Tensor, recording: _Recording) -> Optional[torch.Tensor]:
         try:
