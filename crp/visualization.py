@@ -20,7 +20,7 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Seque
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm
 from zennit.core import Composite
 
 from crp.attribution import CondAttribution
@@ -587,7 +587,7 @@ class FeatureVisualization:
         targets, means = reader.mean_values(layer_name, mode, concept_id, mean_N)
         order = np.argsort(-means, kind="stable")[:top_N]
         values = torch.from_numpy(means[order].copy())
-        if norm and len(values):
+        if norm and len(values) and values[0] != 0:  # a concept that never received relevance stays at zero
             values = values / values[0]
         return targets[order], values
 

@@ -534,3 +534,19 @@ def test_attribution_calls_free_their_recordings(model):
     finally:
         gc.enable()
     assert alive == []
+
+
+
+def test_normed_stats_of_a_concept_without_relevance_stay_zero(tmp_path):
+    torch.manual_seed(0)
+    dead = TinyNet().double().eval()
+    with torch.no_grad():  # channel 2 of conv1 never activates, so it never receives relevance
+        dead.conv1.weight[2] = 0
+        dead.conv1.bias[2] = -1
+    fv = make_fv(dead, tmp_path / "fv")
+    fv.run(EpsilonPlusFlat(), batch_size=8, verbose=False)
+    _, raw = fv.compute_stats(2, "conv1")
+    _, values = fv.compute_stats(2, "conv1", norm=True)
+    assert torch.equal(raw, torch.zeros_like(raw)) and torch.equal(values, torch.zeros_like(values))
+    _, alive = fv.compute_stats(1, "conv1", norm=True)
+    assert alive[0] == 1
