@@ -54,22 +54,29 @@ class _Recording:
     activations: Dict[str, torch.Tensor] = field(default_factory=dict)
     relevances: Dict[str, torch.Tensor] = field(default_factory=dict)
     order: List[str] = field(default_factory=list)
+    versions: Dict[str, int] = field(default_factory=dict)
+
+    def edited_in_place(self) -> bool:
+        """Whether an in-place operation changed an output that was recorded without a copy."""
+        return any(self.outputs[name]._version != version for name, version in self.versions.items())
 
 
 class _Probe(MaskHook):
     """Records a layer's output and the relevance arriving there (before masking), then applies the masks.
 
-    The probe hands a clone of the output on to the rest of the model. The clone is the point where
-    relevance is captured without passing through this layer's mask, and where a backward pass restarts so
-    that it passes through the mask exactly once.
+    With ``alias``, the probe hands a clone of the output on to the rest of the model. The clone is the point
+    where relevance is captured without passing through this layer's mask, and where a backward pass restarts
+    so that it passes through the mask exactly once; it also keeps the recorded activation safe from in-place
+    operations downstream. Without it (layers that are only recorded), the output's version is noted so that
+    an in-place edit can be detected.
     """
 
-    def __init__(self, name: str, recording: _Recording, fn_list: List[Callable], stop: bool = False) -> None:
-        super().__init__(fn_list, on_grad=self._record_grad)
-        self.name, self.recording, self.stop = name, recording, stop
-
-    def _record_grad(self, module: torch.nn.Module, grad: torch.Tensor) -> None:
-        self.recording.relevances[self.name] = grad
+    def __init__(self, name: str, recording: _Recording, fn_list: List[Callable], stop: bool = False,
+                 alias: bool = True) -> None:
+        # the callback must not reference the probe: a probe -> bound method -> probe cycle would keep the
+        # recording (activations, relevances, autograd graph) alive until the next full garbage collection
+        super().__init__(fn_list, on_grad=_relevance_recorder(recording, name))
+        self.name, self.recording, self.stop, self.alias = name, recording, stop, alias
 
     def post_forward(self, module: torch.nn.Module, *args) -> Optional[torch.Tensor]:
         output = args[-1]
@@ -84,6 +91,9 @@ class _Probe(MaskHook):
         recording.order.append(self.name)
         recording.activations[self.name] = output.detach()
         super().post_forward(module, output)
+        if not self.alias:
+            recording.outputs[self.name], recording.versions[self.name] = output, output._version
+            return None
         alias = output.clone() if output.requires_grad else output
         recording.outputs[self.name] = alias
         if self.stop:
@@ -92,6 +102,12 @@ class _Probe(MaskHook):
 
     def copy(self) -> "_Probe":
         return self
+
+
+def _relevance_recorder(recording: _Recording, name: str) -> Callable[[torch.nn.Module, torch.Tensor], None]:
+    def record(module: torch.nn.Module, grad: torch.Tensor) -> None:
+        recording.relevances[name] = grad
+    return record
 
 
 @dataclass
@@ -386,17 +402,28 @@ class CondAttribution:
 
     @contextlib.contextmanager
     def _hooks(self, composite: Optional[Composite], request: _Request, masks: Dict[str, list],
-               stop_at: Optional[str] = None) -> Iterator[_Recording]:
-        """Register the composite, then one probe per recorded layer; remove all of them on exit."""
+               stop_at: Optional[str] = None, lean: bool = False) -> Iterator[_Recording]:
+        """Register the composite, then one probe per recorded layer; remove all of them on exit.
+
+        ``lean`` copies only the outputs of conditioned layers and the start layer (see :class:`_Probe`).
+        """
         recording = _Recording()
         for name in request.record_layers:
             masks.setdefault(name, [])
-        probes = [([name], _Probe(name, recording, masks[name], stop=name == stop_at))
+        needs_alias = set(request.cond_layers) | {request.start_layer, stop_at}
+        probes = [([name], _Probe(name, recording, masks[name], stop=name == stop_at,
+                                  alias=not lean or name in needs_alias))
                   for name in request.record_layers]
         composite = Composite() if composite is None else composite
-        with preserved_tensors(self.model), composite.context(self.model), \
-                NameMapComposite(probes).context(self.model):
-            yield recording
+        try:
+            with preserved_tensors(self.model), composite.context(self.model), \
+                    NameMapComposite(probes).context(self.model):
+                yield recording
+        finally:
+            # zennit composites reference themselves (module_map=self.mapping) and are freed only by the cyclic
+            # garbage collector; without this, each call's recording (activations, relevances, graph) would
+            # stay alive until then
+            probes.clear()
 
     def _forward(self, x: torch.Tensor, recording: _Recording) -> Optional[torch.Tensor]:
         try:
@@ -454,16 +481,21 @@ class CondAttribution:
         x.retain_grad()
         targets = request.targets(rows, self.MODEL_OUTPUT_NAME)
         masks = self._masks_for(request, rows)
-        with self._hooks(composite, request, masks) as recording:
-            root = self._root(self.model(x), recording, request)
-            prediction = root.detach()
-            self._check_targets(prediction, targets)
-            grad = self.relevance_init(prediction, targets, request.init_rel)
-            if exclude_parallel:
-                layers = [name for name in request.cond_layers if any(name in row for row in rows)]
-                chain = self._chain(recording, layers, request.start_layer)
-                root, grad = self._relay(root, grad, chain, recording)
-            torch.autograd.backward(root, grad, inputs=[x, data] if data.is_leaf else [x])
+        for lean in (True, False):  # without copies of recorded-only outputs, unless the model edits them in place
+            with self._hooks(composite, request, masks, lean=lean) as recording:
+                output = self.model(x)
+                if lean and recording.edited_in_place():
+                    continue
+                root = self._root(output, recording, request)
+                prediction = root.detach()
+                self._check_targets(prediction, targets)
+                grad = self.relevance_init(prediction, targets, request.init_rel)
+                if exclude_parallel:
+                    layers = [name for name in request.cond_layers if any(name in row for row in rows)]
+                    chain = self._chain(recording, layers, request.start_layer)
+                    root, grad = self._relay(root, grad, chain, recording)
+                torch.autograd.backward(root, grad, inputs=[x, data] if data.is_leaf else [x])
+            break
         heatmap = self.heatmap_modifier(x, on_device)
         activations, relevances = _collect(recording, request.record_layers, on_device)
         return attrResult(heatmap, activations, relevances, _move(prediction, on_device))

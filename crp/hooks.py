@@ -49,7 +49,7 @@ class MaskHook:
         if isinstance(output, torch.Tensor) and output.requires_grad:
             hook_ref = weakref.ref(self)
 
-            @functools.wraps(self.backward)
+            @functools.wraps(type(self).backward)  # not the bound method: the tensor must not keep ``self`` alive
             def wrapper(grad: torch.Tensor) -> Optional[torch.Tensor]:
                 hook = hook_ref()
                 return None if hook is None else hook.backward(module, grad)

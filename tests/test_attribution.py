@@ -416,3 +416,19 @@ def test_model_unchanged_after_a_call_with_a_canonizer(exclude_parallel):
     for name, parameter in model.named_parameters():
         assert parameter is params[name][0] and torch.equal(parameter, params[name][1])
     assert not any(k in m.__dict__ for m in model.modules() for k in (*m._parameters, *m._buffers))
+
+
+def test_recorded_layer_followed_by_an_in_place_operation():
+    # outputs of recorded-only layers are not copied, unless the model edits them in place: then the call is
+    # redone with copies, so the activation stays the layer's own output
+    torch.manual_seed(0)
+    layers = [nn.Conv2d(1, 2, 3), nn.ReLU(inplace=True), nn.Flatten(), nn.Linear(2 * 4 * 4, 2)]
+    in_place = nn.Sequential(*layers).double()
+    plain = nn.Sequential(layers[0], nn.ReLU(), *layers[2:]).double()
+    x = torch.randn(1, 1, 6, 6, dtype=torch.float64)
+    results = [CondAttribution(model)(x.clone().requires_grad_(), [{"y": [1]}], record_layer=["0"])
+               for model in (in_place, plain)]
+    assert (results[0].activations["0"] < 0).any()
+    assert torch.equal(results[0].activations["0"], results[1].activations["0"])
+    assert torch.equal(results[0].relevances["0"], results[1].relevances["0"])
+    assert torch.equal(results[0].heatmap, results[1].heatmap)

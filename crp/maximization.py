@@ -1,0 +1,242 @@
+"""Relevance and Activation Maximization with per-class statistics, accumulated batch by batch.
+
+For every layer and every concept, :class:`Maximization` keeps the ``k`` dataset samples with the largest
+relevance (RelMax) or activation (ActMax) of the concept, overall and separately for every explained target
+class, together with the index of the concept's most relevant (most active) neuron in each sample, which
+locates its receptive field (Achtibat et al., Nature Machine Intelligence 2023, Sec. 4.2). How a layer's
+output is scored per concept is the concept's :meth:`crp.concepts.Concept.reference_sampling`.
+
+The concepts of all layers are the columns of one :class:`crp.topk.TopK` per mode for the overall ranking and
+one per mode for the per-target rankings: deterministic (ties go to the lower dataset index), independent of
+batch size and order, and mergeable.
+"""
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from crp.concepts import ChannelConcept, Concept
+from crp.store import RECORD
+from crp.topk import TopK
+
+__all__ = ["Maximization", "MODES", "empty_records", "concept_values"]
+
+#: The two rankings: by conditional relevance and by activation.
+MODES = ("relevance", "activation")
+
+Arrays = Dict[str, np.ndarray]
+
+
+def concept_values(concept: Concept, output: torch.Tensor, layer: str, max_target: str,
+                   abs_norm: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Score every concept of every row: values and most relevant (active) neuron indices, each ``(n, C)``.
+
+    The result is that of ``concept.reference_sampling`` in row order. For :class:`ChannelConcept` (unless a
+    subclass overrides ``reference_sampling``) it is computed directly, with one pass for the peak and its
+    index, and without sorting.
+    """
+    if isinstance(concept, ChannelConcept) and type(concept).reference_sampling is ChannelConcept.reference_sampling:
+        if not isinstance(output, torch.Tensor) or output.dim() < 2:
+            return concept.reference_sampling(output, layer, max_target, abs_norm)  # raises the concept's error
+        flat = output.reshape(*output.shape[:2], -1)
+        peak, neurons = flat.max(-1)  # the first maximum, as argmax
+        values = flat.sum(-1) if max_target == "sum" else peak
+        if abs_norm:
+            values = values / (values.abs().sum(-1, keepdim=True) + 1e-10)
+        return values, neurons
+    order, values, neurons = concept.reference_sampling(output, layer, max_target, abs_norm)
+    return torch.empty_like(values).scatter_(0, order, values), torch.empty_like(neurons).scatter_(0, order, neurons)
+
+
+class Maximization:
+    """Top-``k`` reference samples of every concept of every layer, overall and per target, for both modes.
+
+    Memory is bounded and does not grow with the dataset: per mode, ``k * C`` entries for the overall ranking
+    and at most ``(k + slack) * C`` per target seen (less while every target has fewer than ``k / 2`` samples),
+    at 12 bytes an entry, ``C`` being the number of concepts of all layers. Example: VGG16 on ImageNet with all
+    13 convolutional layers (4,224 channels), 1,000 classes, ``k=40`` and the default ``slack=10`` needs at most
+    ``2 modes * 1,000 * (40 + 10) * 4,224 * 12 B = 5.1 GB`` for the per-class statistics (4.1 GB with
+    ``slack=0``; with the three linear layers, 9,192 units more, 16.1 GB); the overall ranking is 1,000 times
+    smaller. Fewer layers or a smaller ``k`` reduce it proportionally. Writing a checkpoint needs another
+    ``2 * T * k * C * 12`` bytes for the exported arrays (the size of the stored results).
+
+    Parameters
+    ----------
+    layer_map : dict of str to Concept
+        The layers to analyze and how their outputs are split into concepts.
+    k : int
+        Number of samples kept per concept (and per target).
+    max_target : {"sum", "max"}
+        Rank by a concept's summed relevance (activation) or by its largest neuron.
+    abs_norm : bool
+        Divide each sample's concept values by their absolute sum over the layer first.
+    slack : int, optional
+        Extra slots per target, see :class:`crp.topk.TopK`: once the targets have ``k`` samples each, every
+        update costs about ``1 / slack`` of a full re-ranking of the targets it touches. Default ``k // 4``.
+    """
+
+    def __init__(self, layer_map: Mapping[str, Concept], k: int = 40, max_target: str = "sum",
+                 abs_norm: bool = True, slack: Optional[int] = None) -> None:
+        if max_target not in ("sum", "max"):
+            raise ValueError(f"max_target must be 'sum' or 'max', got {max_target!r}.")
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise ValueError(f"k must be a positive int, got {k!r}.")
+        self.layer_map = dict(layer_map)
+        slack = int(k) // 4 if slack is None else slack
+        self.k, self.max_target, self.abs_norm, self.slack = int(k), max_target, bool(abs_norm), int(slack)
+        #: Number of concepts of every layer, in layer_map order; known after the first update.
+        self.n_concepts: Dict[str, int] = {}
+        #: ``{mode: (overall TopK, per-target TopK)}`` over the concepts of all layers (columns).
+        self.accumulators: Dict[str, Tuple[TopK, TopK]] = {}
+
+    def update(self, mode: str, outputs: Mapping[str, torch.Tensor], indices: torch.Tensor,
+               targets: torch.Tensor) -> None:
+        """Rank the rows of one batch for every concept of every layer and merge them into the results.
+
+        Parameters
+        ----------
+        mode : {"relevance", "activation"}
+            Which ranking the rows belong to.
+        outputs : dict of str to torch.Tensor
+            Relevance (or activation) at every layer's output, ``(n, C, ...)``.
+        indices : torch.Tensor
+            ``(n,)`` dataset index of every row.
+        targets : torch.Tensor
+            ``(n,)`` target class of every row (the class the relevance was computed for).
+        """
+        scored = [concept_values(concept, outputs[layer], layer, self.max_target, self.abs_norm)
+                  for layer, concept in self.layer_map.items()]
+        self._set_columns([values.shape[1] for values, _ in scored])
+        values = torch.cat([values for values, _ in scored], 1)
+        neurons = torch.cat([neurons for _, neurons in scored], 1)
+        overall, per_target = self._accumulators(mode)
+        indices = torch.as_tensor(indices, device=values.device)
+        overall.add(values, indices, neurons)
+        per_target.add(values, indices, neurons, torch.as_tensor(targets, device=values.device))
+
+    def merge(self, other: "Maximization") -> "Maximization":
+        """Merge the results of ``other`` (e.g. of a disjoint part of the dataset) into these; return ``self``."""
+        if (other.k, other.max_target, other.abs_norm) != (self.k, self.max_target, self.abs_norm):
+            raise ValueError(
+                f"can only merge results with the same k, max_target and abs_norm; got "
+                f"{(other.k, other.max_target, other.abs_norm)} and {(self.k, self.max_target, self.abs_norm)}."
+            )
+        if other.n_concepts:
+            self._set_columns([other.n_concepts[layer] for layer in self.layer_map])
+        for mode, (overall, per_target) in other.accumulators.items():
+            mine = self._accumulators(mode)
+            mine[0].merge(overall)
+            mine[1].merge(per_target)
+        return self
+
+    def targets(self) -> List[int]:
+        """All target classes seen in any mode, sorted."""
+        return sorted({g for pair in self.accumulators.values() for g in pair[1].groups})
+
+    def counts(self) -> Dict[str, List[int]]:
+        """Rows seen per mode: ``[all, target_0, target_1, ...]`` in the order of :meth:`targets`."""
+        targets = self.targets()
+        result = {}
+        for mode in MODES:
+            pair = self.accumulators.get(mode)
+            result[mode] = [0] * (1 + len(targets)) if pair is None else \
+                [pair[0].count()] + [pair[1].count(t) for t in targets]
+        return result
+
+    def to_arrays(self) -> Dict[str, Arrays]:
+        """Export every layer as record arrays (fields ``index``, ``value``, ``neuron``, see :data:`RECORD`).
+
+        Returns
+        -------
+        dict
+            ``{layer: {"max": (2, R, C), "stats": (2, T, S, C)}}``: axis 0 is the mode (:data:`MODES`); ``max``
+            ranks all samples, ``stats`` those of each target of :meth:`targets`; then rank and concept.
+            ``R = min(k, samples)`` and ``S = min(k, samples of the largest target)``; empty slots hold index -1,
+            value NaN, neuron -1.
+        """
+        targets = self.targets()
+        pairs = [self.accumulators.get(mode) for mode in MODES]
+        present = [pair for pair in pairs if pair is not None]
+        if not present:
+            return {}
+        rows_max, rows_stats = max(p[0].rows() for p in present), max(p[1].rows() for p in present)
+        total = sum(self.n_concepts.values())
+        exported = {"max": empty_records((len(MODES), rows_max, total)),
+                    "stats": empty_records((len(MODES), len(targets), rows_stats, total))}
+        for m, pair in enumerate(pairs):
+            if pair is not None:
+                _fill_mode(exported, m, pair, targets)
+        return {layer: {kind: np.ascontiguousarray(array[..., columns]) for kind, array in exported.items()}
+                for layer, columns in self._columns().items()}
+
+    @classmethod
+    def from_arrays(cls, layer_map: Mapping[str, Concept], layers: Mapping[str, Arrays], targets: Sequence[int],
+                    counts: Mapping[str, Sequence[int]], k: int = 40, max_target: str = "sum", abs_norm: bool = True,
+                    slack: Optional[int] = None, device: Optional[torch.device] = None) -> "Maximization":
+        """Rebuild the results from :meth:`to_arrays`, :meth:`targets` and :meth:`counts` (e.g. a checkpoint)."""
+        result = cls(layer_map, k, max_target, abs_norm, slack)
+        slack = result.slack
+        missing = [layer for layer in layer_map if layer not in layers]
+        if missing:
+            raise KeyError(f"the arrays have no results for layers {missing}.")
+        result._set_columns([layers[layer]["max"].shape[-1] for layer in layer_map])
+        joined = {kind: np.concatenate([np.asarray(layers[layer][kind]) for layer in layer_map], -1)
+                  for kind in ("max", "stats")}
+        labels = np.asarray(targets, dtype=np.int64)
+        for m, mode in enumerate(MODES):
+            count = np.asarray(counts[mode], dtype=np.int64)
+            overall = TopK.from_arrays({"labels": np.zeros(1, np.int64), "counts": count[:1],
+                                        **_fields(joined["max"][m][None])}, k=k, device=device)
+            seen = count[1:] > 0
+            per_target = TopK.from_arrays({"labels": labels[seen], "counts": count[1:][seen],
+                                           **_fields(joined["stats"][m][seen])}, k=k, slack=slack, device=device)
+            result.accumulators[mode] = (overall, per_target)
+        return result
+
+    def _columns(self) -> Dict[str, slice]:
+        bounds = np.cumsum([0] + [self.n_concepts[layer] for layer in self.layer_map])
+        return {layer: slice(int(bounds[i]), int(bounds[i + 1])) for i, layer in enumerate(self.layer_map)}
+
+    def _set_columns(self, sizes: List[int]) -> None:
+        if not self.n_concepts:
+            self.n_concepts = dict(zip(self.layer_map, (int(s) for s in sizes)))
+            return
+        for layer, size in zip(self.layer_map, sizes):
+            if self.n_concepts[layer] != size:
+                raise ValueError(f"layer {layer!r} had {self.n_concepts[layer]} concepts before and now {size}; "
+                                 f"every sample must give the layer an output of the same number of concepts.")
+
+    def _accumulators(self, mode: str) -> Tuple[TopK, TopK]:
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}.")
+        if mode not in self.accumulators:
+            total = sum(self.n_concepts.values())
+            self.accumulators[mode] = (TopK(self.k, total), TopK(self.k, total, slack=self.slack))
+        return self.accumulators[mode]
+
+
+def empty_records(shape: Tuple[int, ...]) -> np.ndarray:
+    """A record array of ``shape`` with every slot empty (index -1, value NaN, neuron -1)."""
+    records = np.empty(shape, dtype=RECORD)
+    records["index"], records["value"], records["neuron"] = -1, np.nan, -1
+    return records
+
+
+def _fields(records: np.ndarray) -> Arrays:
+    return {name: np.asarray(records[name]) for name in ("index", "value", "neuron")}
+
+
+def _fill_mode(arrays: Arrays, m: int, pair: Tuple[TopK, TopK], targets: List[int]) -> None:
+    """Write one mode's overall and per-target results into the record arrays at ``[m]``."""
+    overall, per_target = pair
+    exported = overall.to_arrays()
+    if len(exported["labels"]):
+        rows = exported["index"].shape[1]
+        for name in ("index", "value", "neuron"):
+            arrays["max"][name][m, :rows] = exported[name][0]
+    exported = per_target.to_arrays()
+    position = {t: i for i, t in enumerate(targets)}
+    rows = exported["index"].shape[1]
+    for g, label in enumerate(exported["labels"].tolist()):
+        for name in ("index", "value", "neuron"):
+            arrays["stats"][name][m, position[label], :rows] = exported[name][g]

@@ -1,0 +1,405 @@
+"""Result stores of :class:`crp.visualization.FeatureVisualization`: a compact, resumable one, and a reader for
+the folders written by zennit-crp 0.6.
+
+Layout of a :class:`ResultStore` at ``path``::
+
+    path/manifest.json                      configuration, progress, targets, counts, file list
+    path/results-000007/{layer}.max.npy     (2, R, C):    top samples of every concept (RelMax, ActMax)
+    path/results-000007/{layer}.stats.npy   (2, T, S, C): top samples per target (RelStats, ActStats)
+
+Both hold records of :data:`RECORD` (``index`` int32: dataset index, ``value`` float32: relevance or
+activation, ``neuron`` int32: flat index of the most relevant neuron; -1, NaN, -1 in empty slots). Axis 0 is
+the mode (relevance, activation), then the target (``manifest["targets"]``, sorted), the rank and the concept;
+``R = min(k, samples)``, ``S = min(k, samples of the largest target)``; ``manifest["counts"]`` has the number
+of samples per mode, overall and per target. Two files per layer, readable with ``numpy.load`` (no pickle,
+memory-mappable): ``np.load(".../conv1.max.npy")["index"][0]`` are conv1's RelMax samples. Every checkpoint
+writes a new ``results-*`` folder (each file through a temporary file and :func:`os.replace`), then replaces
+the manifest atomically, then deletes the old folder: a process killed at any point leaves a consistent store.
+
+zennit-crp 0.6 wrote one ``.npy`` per layer and array (``RelMax_sum_normed/{layer}_data.npy``) and per class
+(``RelStats_sum_normed/{layer}/{class}_data.npy``); :class:`LegacyStore` reads such folders.
+"""
+import hashlib
+import json
+import os
+import re
+import shutil
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
+
+import numpy as np
+
+import crp
+from crp.helper import write_atomic
+
+__all__ = [
+    "ResultReader", "ResultStore", "LegacyStore", "CorruptStoreError", "open_results", "open_result_folder",
+    "legacy_folder_name", "MODES", "RECORD",
+]
+
+MODES = ("relevance", "activation")
+#: One entry of a ranking: dataset index, value, most relevant (active) neuron.
+RECORD = np.dtype([("index", "<i4"), ("value", "<f4"), ("neuron", "<i4")])
+KINDS = ("max", "stats")
+FORMAT = "crp.FeatureVisualization"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+_GENERATION = re.compile(r"^results-(\d{6})$")
+_LEGACY = re.compile(r"^(Rel|Act)(Max|Stats)_(sum|max)_(normed|unnormed)$")
+
+PathLike = Union[str, os.PathLike]
+Triple = Tuple[np.ndarray, np.ndarray, np.ndarray]
+
+
+class CorruptStoreError(ValueError):
+    """A store file is truncated, corrupt, or does not match the manifest."""
+
+
+def legacy_folder_name(mode: str, kind: str, max_target: str, abs_norm: bool) -> str:
+    """zennit-crp 0.6's sub-folder name, e.g. ``RelMax_sum_normed`` for ``("relevance", "max", "sum", True)``."""
+    _check_mode(mode)
+    prefix = "Rel" if mode == "relevance" else "Act"
+    middle = {"max": "Max", "stats": "Stats"}[kind]
+    return f"{prefix}{middle}_{max_target}_{'normed' if abs_norm else 'unnormed'}"
+
+
+class ResultReader(ABC):
+    """Read access to reference samples: the top samples per concept, overall and per target class."""
+
+    @abstractmethod
+    def maximization(self, layer: str, mode: str) -> Triple:
+        """Return ``(indices, values, neurons)``, each ``(n, C)``, sorted by rank (n = min(k, samples))."""
+
+    @abstractmethod
+    def statistics(self, layer: str, mode: str, target: int) -> Triple:
+        """Return ``(indices, values, neurons)`` of the samples of class ``target``, each ``(n, C)``."""
+
+    @abstractmethod
+    def targets(self, mode: str) -> np.ndarray:
+        """Return the target classes with statistics, as int64."""
+
+    def mean_values(self, layer: str, mode: str, concept: int, mean_n: int) -> Tuple[np.ndarray, np.ndarray]:
+        """Return the targets and, per target, the mean of the top ``mean_n`` values of ``concept`` (float32)."""
+        targets = self.targets(mode)
+        means = np.zeros(len(targets), np.float32)
+        for i, target in enumerate(targets):
+            values = self.statistics(layer, mode, int(target))[1]
+            means[i] = np.asarray(values[:mean_n, concept]).mean(dtype=np.float32)
+        return targets, means
+
+
+class LegacyStore(ResultReader):
+    """Reader for result folders written by zennit-crp 0.6.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The ``path`` given to zennit-crp's FeatureVisualization (holding ``RelMax_sum_normed`` etc.).
+    max_target, abs_norm
+        Select the sub-folders (``{Rel,Act}{Max,Stats}_{max_target}_{normed,unnormed}``).
+    """
+
+    def __init__(self, path: PathLike, max_target: str = "sum", abs_norm: bool = True) -> None:
+        self.path, self.max_target, self.abs_norm = Path(path), max_target, abs_norm
+
+    def folder(self, mode: str, kind: str) -> Path:
+        return self.path / legacy_folder_name(mode, kind, self.max_target, self.abs_norm)
+
+    def maximization(self, layer: str, mode: str) -> Triple:
+        folder = self.folder(mode, "max")
+        return _load_triple([folder / f"{layer}_{suffix}.npy" for suffix in ("data", "rel", "rf")], "run")
+
+    def statistics(self, layer: str, mode: str, target: int) -> Triple:
+        folder = self.folder(mode, "stats") / layer
+        triple = [folder / f"{int(target)}_{suffix}.npy" for suffix in ("data", "rel", "rf")]
+        if not triple[0].exists() and self.folder(mode, "stats").exists():
+            raise KeyError(f"no statistics for target {target!r} in {folder}; targets are "
+                           f"{self.targets(mode).tolist()}.")
+        return _load_triple(triple, "run")
+
+    def targets(self, mode: str) -> np.ndarray:
+        file = self.folder(mode, "stats") / "targets.npy"
+        array = _np_load(file, mmap=False)
+        try:
+            return np.asarray(array).astype(np.int64)  # zennit-crp may have saved them as strings
+        except ValueError:
+            raise CorruptStoreError(f"{file} does not hold integer targets: {array!r}.") from None
+
+    @staticmethod
+    def found(path: PathLike) -> bool:
+        """Whether ``path`` holds zennit-crp 0.6 result folders."""
+        path = Path(path)
+        return path.is_dir() and any(_LEGACY.match(p.name) and p.is_dir() for p in path.iterdir())
+
+
+class ResultStore(ResultReader):
+    """The compact, resumable store (see the module docstring for its layout).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Folder of the store; created on the first save.
+    """
+
+    def __init__(self, path: PathLike) -> None:
+        self.path = Path(path)
+        self._manifest: Optional[Dict[str, Any]] = None
+
+    # ------------------------------------------------------------------------------------------------------
+    # reading
+
+    def exists(self) -> bool:
+        """Whether the folder holds a manifest."""
+        return (self.path / MANIFEST).is_file()
+
+    @property
+    def manifest(self) -> Dict[str, Any]:
+        """The parsed manifest; FileNotFoundError if there is none, CorruptStoreError if it is unreadable."""
+        if self._manifest is None:
+            self._manifest = self._read_manifest()
+        return self._manifest
+
+    def reload(self) -> None:
+        """Forget the cached manifest (after another process wrote to the store)."""
+        self._manifest = None
+
+    def layer_arrays(self, layer: str, mmap: bool = True, verify: bool = False) -> Dict[str, np.ndarray]:
+        """Return the record arrays ``{"max": (2, R, C), "stats": (2, T, S, C)}`` of ``layer``.
+
+        Parameters
+        ----------
+        mmap : bool
+            Memory-map the files instead of reading them.
+        verify : bool
+            Check each file's SHA-256 against the manifest (reads the whole file).
+        """
+        layers = self.manifest["layers"]
+        if layer not in layers:
+            raise KeyError(f"layer {layer!r} has no results in {self.path}; stored layers: {list(layers)}.")
+        arrays = {}
+        for kind, entry in layers[layer]["files"].items():
+            file = self.path / self.manifest["directory"] / entry["name"]
+            array = _np_load(file, mmap)
+            _check_file(file, array, entry, RECORD, verify)
+            arrays[kind] = array
+        return arrays
+
+    def maximization(self, layer: str, mode: str) -> Triple:
+        m = _check_mode(mode)
+        rows = min(self.manifest["k"], self.manifest["counts"][mode][0])
+        return _triple(self.layer_arrays(layer)["max"][m, :rows])
+
+    def statistics(self, layer: str, mode: str, target: int) -> Triple:
+        m = _check_mode(mode)
+        targets = self.manifest["targets"]
+        count = self.manifest["counts"][mode]
+        if int(target) not in targets or count[1 + targets.index(int(target))] == 0:
+            raise KeyError(f"no {mode} statistics for target {target!r} in {self.path}; targets are "
+                           f"{self.targets(mode).tolist()}.")
+        group = targets.index(int(target))
+        rows = min(self.manifest["k"], count[1 + group])
+        return _triple(self.layer_arrays(layer)["stats"][m, group, :rows])
+
+    def targets(self, mode: str) -> np.ndarray:
+        _check_mode(mode)
+        counts = self.manifest["counts"][mode][1:]
+        return np.asarray([t for t, c in zip(self.manifest["targets"], counts) if c > 0], dtype=np.int64)
+
+    def mean_values(self, layer: str, mode: str, concept: int, mean_n: int) -> Tuple[np.ndarray, np.ndarray]:
+        m = _check_mode(mode)
+        stats = self.layer_arrays(layer)["stats"]
+        counts = np.asarray(self.manifest["counts"][mode][1:])
+        seen = np.flatnonzero(counts > 0)
+        means = np.zeros(len(seen), np.float32)
+        for i, group in enumerate(seen):
+            rows = min(mean_n, self.manifest["k"], int(counts[group]))
+            means[i] = np.asarray(stats[m, group, :rows, concept]["value"]).mean(dtype=np.float32)
+        return np.asarray(self.manifest["targets"], dtype=np.int64)[seen], means
+
+    # ------------------------------------------------------------------------------------------------------
+    # writing
+
+    def save(self, layers: Mapping[str, Mapping[str, np.ndarray]], targets: List[int],
+             counts: Mapping[str, List[int]], config: Mapping[str, Any], next_index: int, complete: bool) -> List[Path]:
+        """Write a checkpoint atomically; return the paths of the manifest and the array files.
+
+        Parameters
+        ----------
+        layers : dict
+            ``{layer: {"max": ..., "stats": ...}}`` record arrays (:data:`RECORD`) of shape ``(2, R, C)`` and
+            ``(2, T, S, C)``.
+        targets : list of int
+            The target of every entry of the stats' axis 1.
+        counts : dict
+            ``{mode: [samples overall, samples of target 0, ...]}``.
+        config : dict
+            JSON-serializable configuration of the run with at least ``"k"``; compared on resume.
+        next_index : int
+            First dataset index not yet included.
+        complete : bool
+            Whether the run has finished.
+        """
+        self.path.mkdir(parents=True, exist_ok=True)
+        previous = self._read_manifest() if self.exists() else None
+        generation = 1 + (previous["generation"] if previous else 0)
+        directory = f"results-{generation:06d}"
+        folder = self.path / directory
+        if folder.exists():
+            shutil.rmtree(folder)
+        folder.mkdir()
+        files, layer_entries = [], {}
+        for layer, arrays in layers.items():
+            entries = {}
+            for kind in KINDS:
+                name = f"{layer}.{kind}.npy"
+                array = np.ascontiguousarray(arrays[kind], dtype=RECORD)
+                _atomic_save(folder / name, array)
+                entries[kind] = {"name": name, "shape": list(array.shape), "sha256": _digest(array)}
+                files.append(folder / name)
+            layer_entries[layer] = {"n_concepts": int(arrays["max"].shape[-1]), "files": entries}
+        manifest = {
+            "format": FORMAT, "format_version": FORMAT_VERSION, "crp_version": crp.__version__,
+            "config": dict(config), "generation": generation, "directory": directory,
+            "next_index": int(next_index), "complete": bool(complete), "k": int(config.get("k", 0)),
+            "modes": list(MODES), "record": [list(item) for item in RECORD.descr],
+            "axes": {"max": ["mode", "rank", "concept"], "stats": ["mode", "target", "rank", "concept"]},
+            "targets": [int(t) for t in targets], "counts": {m: [int(c) for c in counts[m]] for m in MODES},
+            "layers": layer_entries,
+        }
+        write_atomic(self.path / MANIFEST, lambda temporary: temporary.write_text(json.dumps(manifest, indent=1)))
+        self._manifest = manifest
+        self.remove_stale()
+        return [self.path / MANIFEST] + files
+
+    def remove_stale(self) -> None:
+        """Delete ``results-*`` folders the manifest does not point to (left over by an interrupted save)."""
+        current = self.manifest["directory"] if self.exists() else None
+        for folder in self.path.glob("results-*"):
+            if folder.is_dir() and _GENERATION.match(folder.name) and folder.name != current:
+                shutil.rmtree(folder)
+
+    def saved_files(self) -> List[Path]:
+        """The manifest and the array files of the current checkpoint."""
+        folder = self.path / self.manifest["directory"]
+        return [self.path / MANIFEST] + [folder / entry["name"] for layer in self.manifest["layers"].values()
+                                         for entry in layer["files"].values()]
+
+    def _read_manifest(self) -> Dict[str, Any]:
+        file = self.path / MANIFEST
+        if not file.is_file():
+            raise FileNotFoundError(f"no results in {self.path} (no {MANIFEST}); call FeatureVisualization.run "
+                                    f"first.")
+        try:
+            manifest = json.loads(file.read_text())
+        except (ValueError, UnicodeDecodeError) as error:
+            raise CorruptStoreError(f"{file} is not valid JSON ({error}); the store is corrupt. Delete the "
+                                    f"folder and run again.") from None
+        if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+            raise CorruptStoreError(f"{file} is not a crp FeatureVisualization manifest.")
+        if manifest.get("format_version", 0) > FORMAT_VERSION:
+            raise CorruptStoreError(f"{file} has format version {manifest['format_version']}; this crp reads "
+                                    f"version {FORMAT_VERSION} or older. Update crp.")
+        return manifest
+
+
+def open_results(path: PathLike, max_target: str = "sum", abs_norm: bool = True) -> ResultReader:
+    """Return a reader for the results at ``path``: a :class:`ResultStore` or a zennit-crp 0.6 folder.
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``path`` holds neither.
+    """
+    store = ResultStore(path)
+    if store.exists():
+        return store
+    if LegacyStore.found(path):
+        return LegacyStore(path, max_target, abs_norm)
+    raise FileNotFoundError(f"no FeatureVisualization results in {Path(path)}; call FeatureVisualization.run "
+                            f"first (or pass the path of earlier results).")
+
+
+def open_result_folder(path_folder: PathLike) -> Tuple[ResultReader, Optional[str], Optional[str]]:
+    """Resolve a zennit-crp style result folder such as ``{path}/RelMax_sum_normed``.
+
+    Returns the reader, and the mode and kind (``"max"`` or ``"stats"``) named by the folder. A folder that is
+    itself a :class:`ResultStore` returns ``(store, None, None)``.
+    """
+    folder = Path(path_folder)
+    if ResultStore(folder).exists():
+        return ResultStore(folder), None, None
+    match = _LEGACY.match(folder.name)
+    if match is None:
+        raise FileNotFoundError(
+            f"{folder} is neither a result store nor a folder named like 'RelMax_sum_normed'; pass "
+            f"FeatureVisualization(...).RelMax.PATH (or the store path itself)."
+        )
+    mode = "relevance" if match.group(1) == "Rel" else "activation"
+    kind = "max" if match.group(2) == "Max" else "stats"
+    max_target, abs_norm = match.group(3), match.group(4) == "normed"
+    store = ResultStore(folder.parent)
+    if store.exists():
+        config = store.manifest["config"]
+        if (config.get("max_target"), config.get("abs_norm")) != (max_target, abs_norm):
+            raise FileNotFoundError(
+                f"{folder.parent} holds results for max_target={config.get('max_target')!r}, "
+                f"abs_norm={config.get('abs_norm')!r}, not those named by {folder.name!r}."
+            )
+        return store, mode, kind
+    return LegacyStore(folder.parent, max_target, abs_norm), mode, kind
+
+
+# ----------------------------------------------------------------------------------------------------------
+# helpers
+
+def _check_mode(mode: str) -> int:
+    if mode not in MODES:
+        raise ValueError(f"mode must be 'relevance' or 'activation', got {mode!r}.")
+    return MODES.index(mode)
+
+
+def _triple(records: np.ndarray) -> Triple:
+    """Dataset indices (int64), values (float32) and neurons (int64) of records, as plain arrays."""
+    return (np.asarray(records["index"], dtype=np.int64), np.array(records["value"], dtype=np.float32),
+            np.asarray(records["neuron"], dtype=np.int64))
+
+
+def _np_load(file: Path, mmap: bool) -> np.ndarray:
+    if not file.is_file():
+        raise FileNotFoundError(f"{file} is missing; call FeatureVisualization.run first (or the store is "
+                                f"incomplete).")
+    try:
+        return np.load(file, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as error:
+        raise CorruptStoreError(f"{file} is truncated or corrupt ({error}). Nothing was changed; delete the "
+                                f"results and run again.") from None
+
+
+def _load_triple(files: List[Path], hint: str) -> Triple:
+    index, value, neuron = (_np_load(file, mmap=True) for file in files)
+    if not index.shape == value.shape == neuron.shape:
+        raise CorruptStoreError(f"{files[0].parent}: the data/rel/rf arrays have different shapes "
+                                f"{index.shape}, {value.shape}, {neuron.shape}.")
+    return index, value, neuron
+
+
+def _check_file(file: Path, array: np.ndarray, entry: Mapping[str, Any], dtype, verify: bool) -> None:
+    if list(array.shape) != entry["shape"] or array.dtype != np.dtype(dtype):
+        raise CorruptStoreError(f"{file} holds {array.dtype} {list(array.shape)}, but the manifest lists "
+                                f"{np.dtype(dtype)} {entry['shape']}; the store is corrupt.")
+    if verify and _digest(np.asarray(array)) != entry["sha256"]:
+        raise CorruptStoreError(f"{file} does not match its checksum in the manifest; the file is corrupt. "
+                                f"Nothing was changed; delete the results and run again.")
+
+
+def _digest(array: np.ndarray) -> str:
+    return hashlib.sha256(memoryview(np.ascontiguousarray(array)).cast("B")).hexdigest()
+
+
+def _atomic_save(file: Path, array: np.ndarray) -> None:
+    def save(temporary: Path) -> None:
+        with open(temporary, "wb") as stream:  # a path would get ".npy" appended
+            np.save(stream, array, allow_pickle=False)
+
+    write_atomic(file, save)

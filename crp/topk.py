@@ -1,0 +1,369 @@
+"""A mergeable top-k accumulator: the k samples of largest value per (group, concept), with deterministic ties.
+
+Relevance Maximization (Achtibat et al., Nature Machine Intelligence 2023, Sec. 4.2) keeps, for every concept
+of a layer, the dataset samples on which it is most relevant (or most active); per-class statistics keep the
+same per explained class. Both are one :class:`TopK`: the overall ranking is a single group, the per-class
+one has one group per class.
+
+Every entry is ranked by one 64-bit key that holds its value (upper 32 bits, in an order-preserving integer
+form of the float32 value) and its dataset index (lower 32 bits, inverted so that the lower index ranks
+first). Keys of different samples are therefore distinct, the top-k set is unique, and it does not depend on
+the order in which entries arrive: results are identical for any batch size, checkpoint spacing, restart
+or merge of partial results.
+"""
+from typing import Dict, List, Optional, Tuple, Union
+
+import numpy as np
+import torch
+
+__all__ = ["TopK", "encode_keys", "decode_keys", "EMPTY_KEY", "MAX_INDEX"]
+
+#: Key of an empty slot; it ranks below every real entry.
+EMPTY_KEY = torch.iinfo(torch.int64).min
+#: Largest dataset index that fits into a key.
+MAX_INDEX = 2 ** 31 - 1
+_LOW = 0xFFFFFFFF
+_SIGN_FLIP = 0x7FFFFFFF
+
+Device = Union[str, torch.device, None]
+
+
+def encode_keys(values: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+    """Pack values ``(n, C)`` and dataset indices ``(n,)`` or ``(n, C)`` into sortable int64 keys ``(n, C)``.
+
+    A larger key means a larger value, or the same float32 value and a lower index. NaN ranks like ``-inf``
+    and ``-0.0`` like ``0.0``.
+
+    Parameters
+    ----------
+    values : torch.Tensor
+        Values of shape ``(n, C)``; they are ranked in float32.
+    indices : torch.Tensor
+        Dataset indices in ``[0, MAX_INDEX]``, one per row or one per entry.
+
+    Returns
+    -------
+    torch.Tensor
+        int64 keys of shape ``(n, C)``.
+    """
+    v = values.detach().to(torch.float32)
+    v = torch.nan_to_num(v, nan=-float("inf"), posinf=float("inf"), neginf=-float("inf")) + 0.0
+    bits = v.view(torch.int32).to(torch.int64)
+    ordered = torch.where(bits < 0, bits ^ _SIGN_FLIP, bits)
+    indices = indices.to(device=v.device, dtype=torch.int64)
+    if indices.dim() == 1:
+        indices = indices.unsqueeze(1)
+    return (ordered << 32) | (_LOW - indices)
+
+
+def decode_keys(keys: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Invert :func:`encode_keys`: return the float32 values and int64 indices of ``keys`` (NaN and -1 if empty)."""
+    ordered = keys >> 32
+    bits = torch.where(ordered < 0, ordered ^ _SIGN_FLIP, ordered).to(torch.int32)
+    values = bits.view(torch.float32).clone()
+    indices = _LOW - (keys & _LOW)
+    empty = keys == EMPTY_KEY
+    values[empty] = float("nan")
+    indices[empty] = -1
+    return values, indices
+
+
+class TopK:
+    """The ``k`` entries of largest value for every group and column, merged batch by batch.
+
+    Entries arrive as rows: a row is one sample (dataset index), a value and a neuron index per column
+    (concept), and a group label (e.g. the explained class). Each group keeps a buffer of up to ``k + slack``
+    slots per column; rows are written into free slots and the buffer is cut back to its top ``k`` (one
+    vectorized ``topk`` over all groups that overflow) only when it is full. A larger ``slack`` makes updates of
+    many small groups cheaper at ``(k + slack) / k`` times the memory. The buffers of all groups have the same
+    number of slots, which grows (doubling) with the largest group, so groups with few rows cost little.
+
+    Memory: ``n_groups * rows * n_columns * 12`` bytes (an int64 key and an int32 neuron index per slot), where
+    ``rows <= k + slack`` is at most twice the largest group's row count; it does not grow beyond that with the
+    number of rows added.
+
+    Parameters
+    ----------
+    k : int
+        Number of entries kept per group and column.
+    n_columns : int
+        Number of columns (concepts).
+    slack : int
+        Extra slots per group before it is cut back to ``k``.
+    device : str or torch.device, optional
+        Where the state lives; by default the device of the first rows added.
+
+    Examples
+    --------
+    >>> acc = TopK(k=2, n_columns=3)
+    >>> groups = torch.tensor([0, 1, 0, 1, 1])
+    >>> acc.add(torch.rand(5, 3), torch.arange(5), torch.zeros(5, 3, dtype=torch.long), groups=groups)
+    >>> indices, values, neurons = acc.result(group=1)  # each (2, 3), sorted by decreasing value
+    """
+
+    def __init__(self, k: int, n_columns: int, slack: int = 0, device: Device = None) -> None:
+        for name, value, low in (("k", k, 1), ("n_columns", n_columns, 1), ("slack", slack, 0)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+                raise ValueError(f"{name} must be an int >= {low}, got {value!r}.")
+        self.k, self.n_columns, self.slack = int(k), int(n_columns), int(slack)
+        self.device = None if device is None else torch.device(device)
+        self._slots: Dict[int, int] = {}
+        self._rows = 0  # slots per group and column in the buffers, grows up to ``capacity``
+        self._keys = self._neurons = None
+        self._fill = torch.zeros(0, dtype=torch.int64)
+        self._counts: List[int] = []
+
+    # ------------------------------------------------------------------------------------------------------
+    # public API
+
+    @property
+    def capacity(self) -> int:
+        """Slots per group and column, ``k + slack``."""
+        return self.k + self.slack
+
+    @property
+    def groups(self) -> List[int]:
+        """The group labels seen so far, sorted."""
+        return sorted(self._slots)
+
+    def count(self, group: int = 0) -> int:
+        """Number of rows added to ``group`` (0 if none)."""
+        slot = self._slots.get(int(group))
+        return 0 if slot is None else self._counts[slot]
+
+    def add(self, values: torch.Tensor, indices: torch.Tensor, neurons: torch.Tensor,
+            groups: Optional[torch.Tensor] = None) -> None:
+        """Add rows of entries.
+
+        Parameters
+        ----------
+        values : torch.Tensor
+            ``(n, C)`` values to rank by.
+        indices : torch.Tensor
+            ``(n,)`` dataset indices of the rows (or ``(n, C)``, one per entry), in ``[0, MAX_INDEX]``.
+        neurons : torch.Tensor
+            ``(n, C)`` neuron index stored with every entry (e.g. the most relevant neuron of the concept).
+        groups : torch.Tensor, optional
+            ``(n,)`` non-negative int group label of every row; all rows go to group 0 if None.
+        """
+        values, indices, neurons, groups = self._check_rows(values, indices, neurons, groups)
+        if len(values):
+            self._add_keys(encode_keys(values, indices), neurons, groups)
+
+    def merge(self, other: "TopK") -> "TopK":
+        """Add the entries of ``other`` (e.g. of a disjoint range of the dataset) to this accumulator.
+
+        The result equals that of one accumulator that saw the rows of both, in any order.
+
+        Returns
+        -------
+        TopK
+            ``self``.
+        """
+        if not isinstance(other, TopK) or (other.k, other.n_columns) != (self.k, self.n_columns):
+            raise ValueError(f"can only merge a TopK with k={self.k} and n_columns={self.n_columns}, got {other!r}.")
+        for group in other.groups:
+            slot = other._slots[group]
+            keys, neurons = other._keys[slot], other._neurons[slot]
+            filled = keys[:, 0] != EMPTY_KEY  # whole rows are filled or empty
+            rows = int(filled.sum())
+            if rows:
+                device = self._device_for(keys)
+                labels = torch.full((rows,), group, dtype=torch.int64, device=device)
+                self._add_keys(keys[filled].to(device), neurons[filled].to(device), labels)
+            self._counts[self._slots[group]] += other.count(group) - rows
+        return self
+
+    def result(self, group: int = 0) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Return the top entries of ``group``: dataset indices, values and neurons, each ``(min(k, count), C)``.
+
+        Rows are sorted by decreasing value (ties: lower dataset index first).
+        """
+        if int(group) not in self._slots:
+            raise KeyError(f"group {group!r} has no entries; groups are {self.groups}.")
+        self.compact()
+        slot = self._slots[int(group)]
+        rows = min(self.k, self._counts[slot])
+        values, indices = decode_keys(self._keys[slot, :rows])
+        return indices, values, self._neurons[slot, :rows].to(torch.int64)
+
+    def compact(self) -> None:
+        """Cut every group back to its top ``k`` entries, sorted."""
+        if self._keys is None or not self._slots:
+            return
+        used, keep = len(self._slots), min(self.k, self._rows)
+        keys, order = self._keys[:used].topk(keep, dim=1)
+        self._neurons[:used, :keep] = self._neurons[:used].gather(1, order)
+        self._keys[:used, :keep] = keys
+        self._keys[:used, keep:] = EMPTY_KEY
+        self._fill[:used] = torch.clamp(self._fill[:used], max=keep)
+
+    def rows(self) -> int:
+        """Rows of :meth:`to_arrays`: ``min(k, largest row count of a group)``."""
+        return min(self.k, max(self._counts, default=0))
+
+    def to_arrays(self) -> Dict[str, np.ndarray]:
+        """Export the compacted state as numpy arrays, groups sorted by label.
+
+        Returns
+        -------
+        dict
+            ``labels (G,)`` int64, ``counts (G,)`` int64, and ``index`` (int32, -1 if empty), ``value``
+            (float32, NaN if empty), ``neuron`` (int32, -1 if empty), each ``(G, rows(), C)``.
+        """
+        self.compact()
+        labels, rows = self.groups, self.rows()
+        if self._keys is None:
+            empty = np.zeros((len(labels), rows, self.n_columns))
+            return {"labels": np.asarray(labels, dtype=np.int64), "counts": np.zeros(len(labels), np.int64),
+                    "index": np.full(empty.shape, -1, np.int32), "value": np.full(empty.shape, np.nan, np.float32),
+                    "neuron": np.full(empty.shape, -1, np.int32)}
+        slots = torch.as_tensor([self._slots[g] for g in labels], dtype=torch.int64, device=self._keys.device)
+        keys = self._keys[slots, :rows]
+        values, indices = decode_keys(keys)
+        neurons = self._neurons[slots, :rows].clone()
+        neurons[keys == EMPTY_KEY] = -1
+        return {
+            "labels": np.asarray(labels, dtype=np.int64),
+            "counts": np.asarray([self._counts[self._slots[g]] for g in labels], dtype=np.int64),
+            "index": indices.to(torch.int32).cpu().numpy(), "value": values.cpu().numpy(),
+            "neuron": neurons.cpu().numpy(),
+        }
+
+    @classmethod
+    def from_arrays(cls, arrays: Dict[str, np.ndarray], k: Optional[int] = None, slack: int = 0,
+                    device: Device = None) -> "TopK":
+        """Rebuild an accumulator from :meth:`to_arrays` output (e.g. a checkpoint); ``k`` defaults to its rows."""
+        index, value, neuron = (np.asarray(arrays[name]) for name in ("index", "value", "neuron"))
+        if index.ndim != 3 or index.shape != value.shape or index.shape != neuron.shape:
+            raise ValueError(f"index, value and neuron must have one shape (G, rows, C), got {index.shape}, "
+                             f"{value.shape}, {neuron.shape}.")
+        labels, counts = np.asarray(arrays["labels"]), np.asarray(arrays["counts"])
+        k = index.shape[1] if k is None else k
+        if index.shape[1] > k:
+            raise ValueError(f"the arrays hold {index.shape[1]} rows per group, more than k={k}.")
+        accumulator = cls(k, index.shape[2], slack=slack, device=device)
+        for group, (label, count) in enumerate(zip(labels, counts)):
+            filled = index[group, :, 0] >= 0
+            rows = torch.as_tensor(index[group][filled].astype(np.int64))
+            if len(rows):
+                keys = encode_keys(torch.as_tensor(value[group][filled]), rows)
+                neurons = torch.as_tensor(neuron[group][filled])
+                device = accumulator._device_for(keys)
+                labels_t = torch.full((len(rows),), int(label), dtype=torch.int64, device=device)
+                accumulator._add_keys(keys.to(device), neurons.to(device), labels_t)
+            else:
+                accumulator._slot_of(int(label), torch.device("cpu") if device is None else torch.device(device))
+            accumulator._counts[accumulator._slots[int(label)]] = int(count)
+        return accumulator
+
+    def __repr__(self) -> str:
+        return f"TopK(k={self.k}, n_columns={self.n_columns}, slack={self.slack}, groups={len(self._slots)})"
+
+    # ------------------------------------------------------------------------------------------------------
+    # internals
+
+    def _check_rows(self, values, indices, neurons, groups):
+        if not isinstance(values, torch.Tensor) or values.dim() != 2 or values.shape[1] != self.n_columns:
+            shape = tuple(values.shape) if isinstance(values, torch.Tensor) else type(values).__name__
+            raise ValueError(f"values must be a tensor of shape (n, {self.n_columns}), got {shape}.")
+        n = len(values)
+        indices = torch.as_tensor(indices, device=values.device)
+        neurons = torch.as_tensor(neurons, device=values.device)
+        if indices.shape not in ((n,), values.shape):
+            raise ValueError(f"indices must have shape ({n},) or {tuple(values.shape)}, got {tuple(indices.shape)}.")
+        if neurons.shape != values.shape:
+            raise ValueError(f"neurons must have shape {tuple(values.shape)}, got {tuple(neurons.shape)}.")
+        if n and (int(indices.min()) < 0 or int(indices.max()) > MAX_INDEX):
+            raise ValueError(f"indices must lie in [0, {MAX_INDEX}], got values in "
+                             f"[{int(indices.min())}, {int(indices.max())}].")
+        if groups is None:
+            groups = torch.zeros(n, dtype=torch.int64, device=values.device)
+        groups = torch.as_tensor(groups, device=values.device).to(torch.int64)
+        if groups.shape != (n,):
+            raise ValueError(f"groups must have shape ({n},), got {tuple(groups.shape)}.")
+        if n and int(groups.min()) < 0:
+            raise ValueError(f"group labels must be non-negative ints, got {int(groups.min())}.")
+        return values, indices, neurons, groups
+
+    def _device_for(self, tensor: torch.Tensor) -> torch.device:
+        if self.device is None:
+            self.device = tensor.device
+        return self.device
+
+    def _slot_of(self, label: int, device: torch.device) -> int:
+        """Slot of ``label``, allocated (and the state grown) on first use."""
+        slot = self._slots.get(label)
+        if slot is not None:
+            return slot
+        slot = len(self._slots)
+        if self._keys is None or slot == len(self._keys):
+            self._grow(max(1, 2 * slot), self._rows, device)
+        self._slots[label] = slot
+        self._counts.append(0)
+        return slot
+
+    def _grow(self, n_slots: int, n_rows: int, device: torch.device) -> None:
+        """Enlarge the buffers to ``n_slots`` groups of ``n_rows`` slots, keeping their content."""
+        device = self._device_for(torch.empty(0, device=device))
+        keys = torch.full((n_slots, n_rows, self.n_columns), EMPTY_KEY, dtype=torch.int64, device=device)
+        neurons = torch.zeros((n_slots, n_rows, self.n_columns), dtype=torch.int32, device=device)
+        fill = torch.zeros(n_slots, dtype=torch.int64, device=device)
+        if self._keys is not None:
+            old_slots, old_rows = self._keys.shape[:2]
+            keys[:old_slots, :old_rows], neurons[:old_slots, :old_rows] = self._keys, self._neurons
+            fill[:old_slots] = self._fill
+        self._keys, self._neurons, self._fill, self._rows = keys, neurons, fill, n_rows
+
+    def _reserve_rows(self, needed: int) -> None:
+        """Grow the slots per group (doubling, at most ``capacity``) so that ``needed`` rows fit if possible."""
+        if needed > self._rows and self._rows < self.capacity:
+            self._grow(len(self._keys), min(self.capacity, max(needed, 2 * self._rows, 4)), self._keys.device)
+
+    def _add_keys(self, keys: torch.Tensor, neurons: torch.Tensor, labels: torch.Tensor) -> None:
+        """Write rows of keys into their groups' buffers; cut back the groups that overflow."""
+        device = self._device_for(keys)
+        keys, neurons, labels = keys.to(device), neurons.to(device, torch.int32), labels.to(device)
+        unique, inverse, per_group = torch.unique(labels, return_inverse=True, return_counts=True)
+        slots = torch.as_tensor([self._slot_of(int(u), device) for u in unique.tolist()], device=device)
+        for slot, m in zip(slots.tolist(), per_group.tolist()):
+            self._counts[slot] += m
+        order = torch.argsort(inverse, stable=True)
+        group_of_row = inverse[order]
+        starts = torch.cumsum(per_group, 0) - per_group
+        position = torch.arange(len(order), device=device) - starts[group_of_row]
+        fill = self._fill[slots]
+        self._reserve_rows(int((fill + per_group).max()))
+        over = fill + per_group > self._rows
+        direct = ~over[group_of_row]
+        if bool(direct.any()):
+            rows, g = order[direct], group_of_row[direct]
+            target_slot, target_pos = slots[g], fill[g] + position[direct]
+            self._keys[target_slot, target_pos] = keys[rows]
+            self._neurons[target_slot, target_pos] = neurons[rows]
+            self._fill[slots[~over]] += per_group[~over]
+        if bool(over.any()):
+            self._cut_back(keys, neurons, order[~direct], group_of_row[~direct], position[~direct],
+                           slots, fill, per_group, over)
+
+    def _cut_back(self, keys, neurons, rows, group_of_row, position, slots, fill, per_group, over) -> None:
+        """Merge the buffers of overflowing groups with their new rows and keep the top ``k`` of each."""
+        device = keys.device
+        over_groups = over.nonzero().squeeze(1)
+        local = torch.full((len(over),), -1, dtype=torch.int64, device=device)
+        local[over_groups] = torch.arange(len(over_groups), device=device)
+        over_slots = slots[over_groups]
+        width = int((fill[over_groups] + per_group[over_groups]).max())
+        cand_keys = torch.full((len(over_groups), width, self.n_columns), EMPTY_KEY, dtype=torch.int64,
+                               device=device)
+        cand_neurons = torch.zeros((len(over_groups), width, self.n_columns), dtype=torch.int32, device=device)
+        cand_keys[:, :self._rows] = self._keys[over_slots]
+        cand_neurons[:, :self._rows] = self._neurons[over_slots]
+        at = fill[group_of_row] + position
+        cand_keys[local[group_of_row], at] = keys[rows]
+        cand_neurons[local[group_of_row], at] = neurons[rows]
+        top, chosen = cand_keys.topk(self.k, dim=1)
+        self._keys[over_slots, :self.k] = top
+        self._keys[over_slots, self.k:] = EMPTY_KEY
+        self._neurons[over_slots, :self.k] = cand_neurons.gather(1, chosen)
+        self._fill[over_slots] = self.k

@@ -1,0 +1,91 @@
+"""Cache keys cover every setting that changes reference images; ImageCache stores and finds them by rank."""
+import functools
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from zennit.canonizers import SequentialMergeBatchNorm
+from zennit.composites import EpsilonGammaBox, EpsilonPlusFlat
+
+from crp.cache import Cache, CacheKey, ImageCache, describe
+from crp.image import vis_img_heatmap, vis_opaque_img
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def key(**changes):
+    settings = dict(func_name="get_max_reference", layer_name="features.3", mode="relevance", rf=False,
+                    plot=describe(vis_img_heatmap), composite=describe(EpsilonPlusFlat()), extra={"results": 1})
+    settings.update(changes)
+    return CacheKey(**settings)
+
+
+def test_digest_is_stable_across_processes():
+    code = ("from zennit.composites import EpsilonPlusFlat; from crp.cache import CacheKey, describe; "
+            "print(CacheKey('get_max_reference', 'features.3', 'relevance', False, None, "
+            "describe(EpsilonPlusFlat()), {'results': 1}).digest())")
+    other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT,
+                           env={"PYTHONPATH": str(ROOT), "PYTHONHASHSEED": "123"}).stdout.strip()
+    assert other == key(plot=None).digest()
+
+
+@pytest.mark.parametrize("changes", [
+    {"layer_name": "features.5"}, {"mode": "activation"}, {"rf": True}, {"func_name": "get_stats_reference"},
+    {"plot": describe(vis_opaque_img)}, {"plot": describe(functools.partial(vis_img_heatmap, cmap="hot"))},
+    {"composite": describe(EpsilonPlusFlat(epsilon=1e-3))},
+    {"composite": describe(EpsilonPlusFlat(canonizers=[SequentialMergeBatchNorm()]))},
+    {"composite": describe(EpsilonGammaBox(-3.0, 3.0))}, {"composite": None},
+    {"extra": {"results": 2}},
+])
+def test_every_setting_changes_the_key(changes):
+    assert key(**changes).digest() != key().digest()
+
+
+def test_equal_settings_give_equal_keys():
+    assert key().digest() == key(composite=describe(EpsilonPlusFlat())).digest()
+    assert describe(EpsilonGammaBox(-3.0, 3.0, gamma=0.5)) != describe(EpsilonGammaBox(-3.0, 3.0, gamma=0.25))
+    assert describe(EpsilonGammaBox(-3.0, 3.0)) == describe(EpsilonGammaBox(-3, 3))
+    assert key().plot_name == "vis_img_heatmap"
+    assert key(plot=describe(functools.partial(vis_opaque_img, alpha=0.1))).plot_name == "vis_opaque_img"
+
+
+def test_describe_basic_values():
+    assert describe([1, 2.5, None, True, "a", float("inf")]) == [1, 2.5, None, True, "a", "inf"]
+    assert describe(torch.nn.Linear(2, 2)) == {"module": "torch.nn.modules.linear.Linear"}
+    tensor = describe(torch.arange(3.0))
+    assert tensor["array"] == [3] and tensor != describe(torch.arange(1.0, 4.0))
+    assert describe({"b": 1, "a": {2, 1}}) == {"a": [1, 2], "b": 1}
+    cyclic = []
+    cyclic.append(cyclic)
+    assert describe(cyclic) == ["<builtins.list>"]
+
+
+def images(n, shade=0):
+    return [Image.new("L", (3, 2), shade + i) for i in range(n)]
+
+
+def test_image_cache_roundtrip(tmp_path):
+    cache = ImageCache(tmp_path)
+    cache.save({4: images(3), "4:1": (images(3), images(3, 50))}, key(), (2, 5))
+    found, missing = cache.load([4, "4:1", 7], key(), (2, 6))
+    assert [im.getpixel((0, 0)) for im in found[4]] == [0, 1, 2]
+    assert [im.getpixel((0, 0)) for im in found["4:1"][1]] == [50, 51, 52]
+    assert missing == {4: (5, 6), "4:1": (5, 6), 7: (2, 6)}
+    assert cache.load([4], key(rf=True), (2, 3)) == ({}, {4: (2, 3)})
+    assert (cache.folder(key()).parent / "key.json").is_file()
+    assert not list(tmp_path.rglob("*.tmp"))
+    merged = cache.extend_dict(found, {4: images(1, 9), "4:1": (images(1), images(1)), 8: images(1)})
+    assert len(merged[4]) == 4 and len(merged["4:1"][0]) == 4 and len(merged[8]) == 1
+
+
+def test_image_cache_errors(tmp_path):
+    cache = ImageCache(tmp_path)
+    with pytest.raises(TypeError, match="ImageCache saves PIL images, but the plot function returned int"):
+        cache.save({0: [1, 2]}, key(), (0, 2))
+    with pytest.raises(TypeError, match="cannot extend the references of id 0"):
+        cache.extend_dict({0: images(1)}, {0: "x"})
+    with pytest.raises(TypeError, match="abstract"):
+        Cache(tmp_path)
