@@ -364,3 +364,19 @@ def test_analyze_torchvision_weights_of_another_class_count(tmp_path, images, ca
     one_line_error(capsys, f"--weights '{weights}' does not fit --model resnet18 with 5 classes: fc.weight has "
                            f"shape [3, 512] in the file but [5, 512] in the model (and 1 more); check --model and "
                            f"--num-classes.")
+
+
+def test_analyze_results_do_not_depend_on_workers(tmp_path, images, capsys):
+    from crp.helper import load_maximization
+
+    runs = []
+    for workers in ("0", "1"):
+        out = tmp_path / f"w{workers}"
+        argv = ["analyze", *TINY, "--data", str(images), "--out", str(out), *SMALL, "--workers", workers,
+                "--no-normalize", "--device", "cpu", "--samples", "2"]
+        assert main(argv) == 0
+        summary = json.loads((out / "summary.json").read_text())
+        relmax = load_maximization(out / "fv" / "store", "3", "relevance")[0]
+        runs.append(([s["layers"] for s in summary["samples"]], summary["graph_edges"], relmax.tolist()))
+    capsys.readouterr()
+    assert runs[0] == runs[1]
