@@ -39,13 +39,21 @@ def concept_values(concept: Concept, output: torch.Tensor, layer: str, max_targe
         if not isinstance(output, torch.Tensor) or output.dim() < 2:
             return concept.reference_sampling(output, layer, max_target, abs_norm)  # raises the concept's error
         flat = output.reshape(*output.shape[:2], -1)
-        peak, neurons = flat.max(-1)  # the first maximum, as argmax
+        peak, neurons = _peaks(flat)
         values = flat.sum(-1) if max_target == "sum" else peak
         if abs_norm:
             values = values / (values.abs().sum(-1, keepdim=True) + 1e-10)
         return values, neurons
     order, values, neurons = concept.reference_sampling(output, layer, max_target, abs_norm)
     return torch.empty_like(values).scatter_(0, order, values), torch.empty_like(neurons).scatter_(0, order, neurons)
+
+
+def _peaks(flat: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The first maximum of every ``(row, concept)`` of ``flat`` ``(n, C, neurons)`` and its index; a single
+    neuron is its own peak."""
+    if flat.shape[-1] == 1:
+        return flat[..., 0], torch.zeros(flat.shape[:2], dtype=torch.int64, device=flat.device)
+    return flat.max(-1)
 
 
 class Maximization:
@@ -160,14 +168,19 @@ class Maximization:
         if not present:
             return {}
         rows_max, rows_stats = max(p[0].rows() for p in present), max(p[1].rows() for p in present)
-        total = sum(self.n_concepts.values())
-        exported = {"max": empty_records((len(MODES), rows_max, total)),
-                    "stats": empty_records((len(MODES), len(targets), rows_stats, total))}
-        for m, pair in enumerate(pairs):
-            if pair is not None:
-                _fill_mode(exported, m, pair, targets)
-        return {layer: {kind: np.ascontiguousarray(array[..., columns]) for kind, array in exported.items()}
-                for layer, columns in self._columns().items()}
+        position = {t: i for i, t in enumerate(targets)}
+        exported = [None if pair is None else (pair[0].to_arrays(), pair[1].to_arrays()) for pair in pairs]
+        layers = {}
+        for layer, columns in self._columns().items():
+            width = columns.stop - columns.start
+            records = {"max": np.empty((len(MODES), 1, rows_max, width), dtype=RECORD),
+                       "stats": np.empty((len(MODES), len(targets), rows_stats, width), dtype=RECORD)}
+            for m, pair in enumerate(exported):
+                overall, per_target = pair or (None, None)
+                _put(records["max"][m], overall, {0: 0}, columns)
+                _put(records["stats"][m], per_target, position, columns)
+            layers[layer] = {"max": records["max"][:, 0], "stats": records["stats"]}
+        return layers
 
     @classmethod
     def from_arrays(cls, layer_map: Mapping[str, Concept], layers: Mapping[str, Arrays], targets: Sequence[int],
@@ -226,17 +239,16 @@ def _fields(records: np.ndarray) -> Arrays:
     return {name: np.asarray(records[name]) for name in ("index", "value", "neuron")}
 
 
-def _fill_mode(arrays: Arrays, m: int, pair: Tuple[TopK, TopK], targets: List[int]) -> None:
-    """Write one mode's overall and per-target results into the record arrays at ``[m]``."""
-    overall, per_target = pair
-    exported = overall.to_arrays()
-    if len(exported["labels"]):
-        rows = exported["index"].shape[1]
+def _put(records: np.ndarray, exported: Optional[Arrays], position: Dict[int, int], columns: slice) -> None:
+    """Write the ``columns`` of a :meth:`TopK.to_arrays` export into ``records`` (``(groups, rows, concepts)``),
+    group ``label`` at ``position[label]``; every other slot is left empty."""
+    slots = [] if exported is None else [position[label] for label in exported["labels"].tolist()]
+    rows = 0 if exported is None else exported["index"].shape[1]
+    target = slice(None) if slots == list(range(len(records))) else slots
+    if isinstance(target, slice):
+        records[:, rows:] = empty_records(())
+    else:
+        records[...] = empty_records(())
+    if slots and rows:
         for name in ("index", "value", "neuron"):
-            arrays["max"][name][m, :rows] = exported[name][0]
-    exported = per_target.to_arrays()
-    position = {t: i for i, t in enumerate(targets)}
-    rows = exported["index"].shape[1]
-    for g, label in enumerate(exported["labels"].tolist()):
-        for name in ("index", "value", "neuron"):
-            arrays["stats"][name][m, position[label], :rows] = exported[name][g]
+            records[name][target, :rows] = exported[name][..., columns]

@@ -11,6 +11,7 @@ first). Keys of different samples are therefore distinct, the top-k set is uniqu
 the order in which entries arrive: results are identical for any batch size, checkpoint spacing, restart
 or merge of partial results.
 """
+import sys
 from typing import Dict, List, Optional, Tuple, Union
 
 import numpy as np
@@ -58,14 +59,18 @@ def encode_keys(values: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
 
 def decode_keys(keys: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     """Invert :func:`encode_keys`: return the float32 values and int64 indices of ``keys`` (NaN and -1 if empty)."""
-    ordered = keys >> 32
-    bits = torch.where(ordered < 0, ordered ^ _SIGN_FLIP, ordered).to(torch.int32)
-    values = bits.view(torch.float32).clone()
-    indices = _LOW - (keys & _LOW)
-    empty = keys == EMPTY_KEY
-    values[empty] = float("nan")
-    indices[empty] = -1
-    return values, indices
+    values, indices = _decode32(keys)
+    return values, indices.to(torch.int64)
+
+
+def _decode32(keys: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """:func:`decode_keys` with int32 indices, working on the two 32-bit halves of every key."""
+    halves = keys.contiguous().reshape(-1).view(torch.int32).view(-1, 2)
+    low, high = (halves[:, 0], halves[:, 1]) if sys.byteorder == "little" else (halves[:, 1], halves[:, 0])
+    bits = torch.where(high < 0, high ^ _SIGN_FLIP, high)
+    indices = torch.bitwise_not(low)  # _LOW - low as unsigned ints: the index, or -1 for an empty slot (low 0)
+    values = torch.where(indices < 0, float("nan"), bits.view(torch.float32))
+    return values.reshape(keys.shape), indices.reshape(keys.shape)
 
 
 class TopK:
@@ -220,13 +225,12 @@ class TopK:
                     "neuron": np.full(empty.shape, -1, np.int32)}
         slots = torch.as_tensor([self._slots[g] for g in labels], dtype=torch.int64, device=self._keys.device)
         keys = self._keys[slots, :rows]
-        values, indices = decode_keys(keys)
-        neurons = self._neurons[slots, :rows].clone()
-        neurons[keys == EMPTY_KEY] = -1
+        values, indices = _decode32(keys)
+        neurons = torch.where(indices < 0, -1, self._neurons[slots, :rows])
         return {
             "labels": np.asarray(labels, dtype=np.int64),
             "counts": np.asarray([self._counts[self._slots[g]] for g in labels], dtype=np.int64),
-            "index": indices.to(torch.int32).cpu().numpy(), "value": values.cpu().numpy(),
+            "index": indices.cpu().numpy(), "value": values.cpu().numpy(),
             "neuron": neurons.cpu().numpy(),
         }
 
