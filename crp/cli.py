@@ -23,6 +23,11 @@ class _Parser(argparse.ArgumentParser):
         raise _UsageError(f"{message} (see `{self.prog} --help`)")
 
 
+def _say(text: str, stream=None) -> None:
+    """Write one message of the command to the terminal (stdout, or ``stream``); the library itself never does."""
+    (sys.stdout if stream is None else stream).write(f"{text}\n")
+
+
 def _whole_number(low: int):
     def parse(text: str) -> int:
         try:
@@ -170,7 +175,7 @@ def _run_demo(args: argparse.Namespace) -> int:
     result = run_demo(args.out, samples=args.samples, layer=args.layer, top_k=args.top, quick=args.quick,
                       cache_dir=args.cache_dir, progress=not args.no_progress, force_train=args.retrain,
                       threads=args.threads, fresh=args.fresh)
-    print(summary(result))
+    _say(summary(result))
     return 0
 
 
@@ -193,13 +198,13 @@ def _run_analyze(args: argparse.Namespace) -> int:
     from crp.models import torch_threads
 
     if args.list_layers:
-        print(layer_table(load_model(args.model, args.num_classes)[0]))
+        _say(layer_table(load_model(args.model, args.num_classes)[0]))
         return 0
     if args.data is None:
         raise AnalyzeError("--data is required: an image folder DIR/<class>/<image>.png or module:callable.")
     with torch_threads(args.threads):
         result = run_analysis(_analyze_options(args))
-    print(format_analysis_summary(result))
+    _say(format_analysis_summary(result))
     return 0
 
 
@@ -240,7 +245,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.command is None:
             raise _UsageError(f"choose a command: demo or analyze (see `{PROG} --help`)")
     except _UsageError as error:
-        print(f"{PROG}: error: {error}", file=sys.stderr)
+        _say(f"{PROG}: error: {error}", sys.stderr)
         return 2
     except SystemExit as done:  # --help
         return int(done.code or 0)
@@ -272,21 +277,21 @@ def _run_command(args: argparse.Namespace) -> int:
     try:
         return _run_demo(args) if args.command == "demo" else _run_analyze(args)
     except UserError as error:
-        print(f"{command}: error: {one_line(error)}", file=sys.stderr)
+        _say(f"{command}: error: {one_line(error)}", sys.stderr)
         return 2
     except OSError as error:
         where = f" {error.filename!r}" if error.filename else ""
-        print(f"{command}: error: {error.strerror or one_line(error)}{where}; check the path and its permissions, "
-              f"or choose another --out{' or --cache-dir' if args.command == 'demo' else ''}", file=sys.stderr)
+        _say(f"{command}: error: {error.strerror or one_line(error)}{where}; check the path and its permissions, "
+             f"or choose another --out{' or --cache-dir' if args.command == 'demo' else ''}", sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print(f"{command}: {_interrupted(args.out)}", file=sys.stderr)
+        _say(f"{command}: {_interrupted(args.out)}", sys.stderr)
         return 130
     except Exception as error:  # the store of an interrupted run may be corrupt: that is the user's to fix
         if type(error).__name__ != "CorruptStoreError":
             raise
-        print(f"{command}: error: {one_line(error)}; run again with --fresh to start the reference-sample search "
-              f"over", file=sys.stderr)
+        _say(f"{command}: error: {one_line(error)}; run again with --fresh to start the reference-sample search "
+             f"over", sys.stderr)
         return 2
     finally:
         if handler is not None:
