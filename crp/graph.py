@@ -31,6 +31,8 @@ from typing import Any, Dict, Hashable, Iterable, Iterator, List, Optional, Sequ
 import torch
 from torch import fx
 
+from crp.conditions import check_layer_names
+
 __all__ = ["TRACE_METHODS", "ModelGraph", "trace_model_graph"]
 
 logger = logging.getLogger(__name__)
@@ -278,13 +280,7 @@ def _check_layer_names(model: torch.nn.Module, layer_names: Sequence[str]) -> Tu
     if not names:
         raise ValueError("layer_names is empty; pass the layers to connect, e.g. "
                          "crp.helper.get_layer_names(model, [torch.nn.Conv2d, torch.nn.Linear]).")
-    modules = {name for name, _ in model.named_modules() if name}
-    for name in names:
-        if name not in modules:
-            close = difflib.get_close_matches(name, sorted(modules), n=3, cutoff=0.5)
-            hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-            raise KeyError(f"layer_names: {name!r} is not a module of the model.{hint} "
-                           f"Use names from model.named_modules().")
+    check_layer_names(model, names, "layer_names")
     listed = set(names)
     for name in names:
         parts = name.split(".")
