@@ -55,6 +55,8 @@ class _Recording:
     relevances: Dict[str, torch.Tensor] = field(default_factory=dict)
     order: List[str] = field(default_factory=list)
     versions: Dict[str, int] = field(default_factory=dict)
+    #: The outputs themselves (``outputs`` holds the copies handed on to the model where a probe makes one).
+    sources: Dict[str, torch.Tensor] = field(default_factory=dict)
 
     def edited_in_place(self) -> bool:
         """Whether an in-place operation changed an output that was recorded without a copy."""
@@ -90,6 +92,7 @@ class _Probe(MaskHook):
             return None  # a module called twice: the first call is the one recorded and conditioned
         recording.order.append(self.name)
         recording.activations[self.name] = output.detach()
+        recording.sources[self.name] = output
         super().post_forward(module, output)
         if not self.alias:
             recording.outputs[self.name], recording.versions[self.name] = output, output._version
@@ -216,6 +219,13 @@ class CondAttribution:
         attrResult
             ``(heatmap, activations, relevances, prediction)``, one row per (sample, condition) pair.
         """
+        return self._call(data, conditions, composite, record_layer, mask_map, start_layer, init_rel, on_device,
+                          exclude_parallel)
+
+    def _call(self, data, conditions, composite, record_layer, mask_map, start_layer, init_rel, on_device,
+              exclude_parallel, heatmap: bool = True) -> attrResult:
+        """:meth:`__call__`; with ``heatmap=False`` the backward pass ends at the recorded layers (the part below
+        the lowest one, which only the input heatmap needs, is skipped) and the result's heatmap is None."""
         request = self._prepare(data, conditions, record_layer, mask_map, start_layer, init_rel)
         samples, conds = broadcast_rows(len(data), len(request.conditions))
         self._reset_data_grad(data)
@@ -224,7 +234,8 @@ class CondAttribution:
         for rows in groups:
             x = data[torch.as_tensor(samples[rows], device=data.device)]
             rows_conditions = [request.conditions[c] for c in conds[rows]]
-            parts.append(self._attribute(data, x, rows_conditions, request, composite, exclude_parallel, on_device))
+            parts.append(self._attribute(data, x, rows_conditions, request, composite, exclude_parallel, on_device,
+                                         heatmap))
         return _concat_rows(parts, np.concatenate(groups))
 
     def generate(
@@ -476,9 +487,10 @@ class CondAttribution:
             root = target
         return root, grad
 
-    def _attribute(self, data, x, rows, request, composite, exclude_parallel, on_device) -> attrResult:
+    def _attribute(self, data, x, rows, request, composite, exclude_parallel, on_device, heatmap=True) -> attrResult:
         """Forward and backward pass of one group of rows that condition the same layers."""
-        x.retain_grad()
+        if heatmap:
+            x.retain_grad()
         targets = request.targets(rows, self.MODEL_OUTPUT_NAME)
         masks = self._masks_for(request, rows)
         for lean in (True, False):  # without copies of recorded-only outputs, unless the model edits them in place
@@ -494,9 +506,12 @@ class CondAttribution:
                     layers = [name for name in request.cond_layers if any(name in row for row in rows)]
                     chain = self._chain(recording, layers, request.start_layer)
                     root, grad = self._relay(root, grad, chain, recording)
-                torch.autograd.backward(root, grad, inputs=[x, data] if data.is_leaf else [x])
+                if heatmap:
+                    torch.autograd.backward(root, grad, inputs=[x, data] if data.is_leaf else [x])
+                else:
+                    _backward_to_recorded(root, grad, recording)
             break
-        heatmap = self.heatmap_modifier(x, on_device)
+        heatmap = self.heatmap_modifier(x, on_device) if heatmap else None
         activations, relevances = _collect(recording, request.record_layers, on_device)
         return attrResult(heatmap, activations, relevances, _move(prediction, on_device))
 
@@ -623,6 +638,14 @@ class CondAttribution:
         return attrResult(heatmap, activations, relevances, _move(prediction, on_device))
 
 
+def _backward_to_recorded(root: torch.Tensor, grad: torch.Tensor, recording: _Recording) -> None:
+    """Propagate ``grad`` from ``root`` only as far down as the outputs of the recorded layers; their probes
+    record the relevance on the way."""
+    ends = [output for output in recording.sources.values() if output.requires_grad and output is not root]
+    if ends and root.requires_grad:
+        torch.autograd.grad(root, ends, grad, allow_unused=True)
+
+
 def _upper_keys(conditions: List[Condition], lowest: str, output_name: str) -> Tuple[np.ndarray, List[Condition]]:
     """Group conditions by everything but their ids at ``lowest``; return each one's group and a representative."""
     index: Dict[tuple, int] = {}
@@ -684,7 +707,7 @@ def _concat_rows(parts: List[attrResult], rows: np.ndarray) -> attrResult:
 
     names = [name for name in parts[0].activations]
     return attrResult(
-        join([p.heatmap for p in parts]),
+        None if parts[0].heatmap is None else join([p.heatmap for p in parts]),
         {name: join([p.activations[name] for p in parts]) for name in names},
         {name: join([p.relevances[name] for p in parts]) for name in names},
         join([p.prediction for p in parts]),

@@ -10,13 +10,14 @@ The concepts of all layers are the columns of one :class:`crp.topk.TopK` per mod
 one per mode for the per-target rankings: deterministic (ties go to the lower dataset index), independent of
 batch size and order, and mergeable.
 """
+import sys
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
 from crp.concepts import ChannelConcept, Concept
-from crp.store import RECORD
+from crp.store import RECORD, stats_offsets
 from crp.topk import TopK
 
 __all__ = ["Maximization", "MODES", "empty_records", "concept_values"]
@@ -50,10 +51,31 @@ def concept_values(concept: Concept, output: torch.Tensor, layer: str, max_targe
 
 def _peaks(flat: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     """The first maximum of every ``(row, concept)`` of ``flat`` ``(n, C, neurons)`` and its index; a single
-    neuron is its own peak."""
-    if flat.shape[-1] == 1:
+    neuron is its own peak.
+
+    Large maps are searched in two steps: the maximum of every block of ``_BLOCK`` neurons (a plain reduction,
+    several times faster than one that also tracks indices), then the index inside the first block that holds
+    the maximum. The result is that of ``flat.max(-1)``, NaN included.
+    """
+    n = flat.shape[-1]
+    if n == 1:
         return flat[..., 0], torch.zeros(flat.shape[:2], dtype=torch.int64, device=flat.device)
-    return flat.max(-1)
+    if n < _TWO_STEP_FROM:
+        return flat.max(-1)
+    blocks = n // _BLOCK
+    body = flat[..., :blocks * _BLOCK].unflatten(-1, (blocks, _BLOCK))
+    peak, block = body.amax(-1).max(-1)
+    inside = body.gather(-2, block[..., None, None].expand(*block.shape, 1, _BLOCK)).squeeze(-2).max(-1).indices
+    index = block * _BLOCK + inside
+    if blocks * _BLOCK < n:  # the neurons after the last whole block; ties stay with the earlier maximum
+        tail_peak, tail_index = flat[..., blocks * _BLOCK:].max(-1)
+        later = (tail_peak > peak) | (tail_peak.isnan() & ~peak.isnan())
+        peak, index = torch.where(later, tail_peak, peak), torch.where(later, tail_index + blocks * _BLOCK, index)
+    return peak, index
+
+
+#: Neurons per block of the two-step peak search, and the map size from which it is used.
+_BLOCK, _TWO_STEP_FROM = 64, 2048
 
 
 class Maximization:
@@ -66,7 +88,8 @@ class Maximization:
     ``2 modes * 1,000 * (40 + 10) * 4,224 * 12 B = 5.1 GB`` for the per-class statistics (4.1 GB with
     ``slack=0``; with the three linear layers, 9,192 units more, 16.1 GB); the overall ranking is 1,000 times
     smaller. Fewer layers or a smaller ``k`` reduce it proportionally. Writing a checkpoint needs another
-    ``2 * T * k * C * 12`` bytes for the exported arrays (the size of the stored results).
+    ``2 * N * C * 12`` bytes for the exported arrays (the size of the stored results), where ``N``, the sum over
+    targets of ``min(k, samples of the target)``, is at most the number of samples and at most ``T * k``.
 
     Parameters
     ----------
@@ -157,30 +180,26 @@ class Maximization:
         Returns
         -------
         dict
-            ``{layer: {"max": (2, R, C), "stats": (2, T, S, C)}}``: axis 0 is the mode (:data:`MODES`); ``max``
-            ranks all samples, ``stats`` those of each target of :meth:`targets`; then rank and concept.
-            ``R = min(k, samples)`` and ``S = min(k, samples of the largest target)``; empty slots hold index -1,
-            value NaN, neuron -1.
+            ``{layer: {"max": (2, R, C), "stats": (2, N, C)}}``: axis 0 is the mode (:data:`MODES`); ``max``
+            ranks all samples (``R = min(k, samples)``), ``stats`` the samples of each target of
+            :meth:`targets`, one target after another: the rows of target ``i`` are
+            ``offsets[i]:offsets[i + 1]`` with ``offsets = stats_offsets(counts(), k)`` (see
+            :func:`crp.store.stats_offsets`). Then the concept. Empty slots hold index -1, value NaN, neuron -1.
         """
-        targets = self.targets()
-        pairs = [self.accumulators.get(mode) for mode in MODES]
-        present = [pair for pair in pairs if pair is not None]
-        if not present:
+        if not any(mode in self.accumulators for mode in MODES):
             return {}
-        rows_max, rows_stats = max(p[0].rows() for p in present), max(p[1].rows() for p in present)
-        position = {t: i for i, t in enumerate(targets)}
-        exported = [None if pair is None else (pair[0].to_arrays(), pair[1].to_arrays()) for pair in pairs]
-        layers = {}
-        for layer, columns in self._columns().items():
-            width = columns.stop - columns.start
-            records = {"max": np.empty((len(MODES), 1, rows_max, width), dtype=RECORD),
-                       "stats": np.empty((len(MODES), len(targets), rows_stats, width), dtype=RECORD)}
-            for m, pair in enumerate(exported):
-                overall, per_target = pair or (None, None)
-                _put(records["max"][m], overall, {0: 0}, columns)
-                _put(records["stats"][m], per_target, position, columns)
-            layers[layer] = {"max": records["max"][:, 0], "stats": records["stats"]}
-        return layers
+        targets, counts = self.targets(), self.counts()
+        rows_max = min(self.k, max(counts[mode][0] for mode in MODES))
+        rows_stats = np.diff(stats_offsets(counts, self.k)).tolist()
+        parts = {"max": [], "stats": []}
+        for mode in MODES:
+            overall, per_target = self.accumulators.get(mode) or (_Empty(self._total()), _Empty(self._total()))
+            parts["max"].append(overall.to_tensors([0], [rows_max]))
+            parts["stats"].append(per_target.to_tensors(targets, rows_stats))
+        joined = {kind: {name: torch.stack([part[name].cpu() for part in exported])
+                         for name in ("index", "value", "neuron")} for kind, exported in parts.items()}
+        return {layer: {kind: _records(fields, columns) for kind, fields in joined.items()}
+                for layer, columns in self._columns().items()}
 
     @classmethod
     def from_arrays(cls, layer_map: Mapping[str, Concept], layers: Mapping[str, Arrays], targets: Sequence[int],
@@ -196,15 +215,22 @@ class Maximization:
         joined = {kind: np.concatenate([np.asarray(layers[layer][kind]) for layer in layer_map], -1)
                   for kind in ("max", "stats")}
         labels = np.asarray(targets, dtype=np.int64)
+        offsets = stats_offsets(counts, k)
         for m, mode in enumerate(MODES):
             count = np.asarray(counts[mode], dtype=np.int64)
             overall = TopK.from_arrays({"labels": np.zeros(1, np.int64), "counts": count[:1],
                                         **_fields(joined["max"][m][None])}, k=k, device=device)
-            seen = count[1:] > 0
+            seen = np.flatnonzero(count[1:] > 0)
+            rows = [np.arange(offsets[g], offsets[g + 1]) for g in seen]
+            selected = joined["stats"][m][np.concatenate(rows) if rows else np.zeros(0, np.int64)]
             per_target = TopK.from_arrays({"labels": labels[seen], "counts": count[1:][seen],
-                                           **_fields(joined["stats"][m][seen])}, k=k, slack=slack, device=device)
+                                           "offsets": np.cumsum([0] + [len(r) for r in rows]),
+                                           **_fields(selected)}, k=k, slack=slack, device=device)
             result.accumulators[mode] = (overall, per_target)
         return result
+
+    def _total(self) -> int:
+        return sum(self.n_concepts.values())
 
     def _columns(self) -> Dict[str, slice]:
         bounds = np.cumsum([0] + [self.n_concepts[layer] for layer in self.layer_map])
@@ -223,7 +249,7 @@ class Maximization:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}.")
         if mode not in self.accumulators:
-            total = sum(self.n_concepts.values())
+            total = self._total()
             self.accumulators[mode] = (TopK(self.k, total), TopK(self.k, total, slack=self.slack))
         return self.accumulators[mode]
 
@@ -239,16 +265,24 @@ def _fields(records: np.ndarray) -> Arrays:
     return {name: np.asarray(records[name]) for name in ("index", "value", "neuron")}
 
 
-def _put(records: np.ndarray, exported: Optional[Arrays], position: Dict[int, int], columns: slice) -> None:
-    """Write the ``columns`` of a :meth:`TopK.to_arrays` export into ``records`` (``(groups, rows, concepts)``),
-    group ``label`` at ``position[label]``; every other slot is left empty."""
-    slots = [] if exported is None else [position[label] for label in exported["labels"].tolist()]
-    rows = 0 if exported is None else exported["index"].shape[1]
-    target = slice(None) if slots == list(range(len(records))) else slots
-    if isinstance(target, slice):
-        records[:, rows:] = empty_records(())
-    else:
-        records[...] = empty_records(())
-    if slots and rows:
-        for name in ("index", "value", "neuron"):
-            records[name][target, :rows] = exported[name][..., columns]
+class _Empty:
+    """Stands in for the accumulator of a mode without rows: exports only empty slots."""
+
+    def __init__(self, n_columns: int) -> None:
+        self.n_columns = n_columns
+
+    def to_tensors(self, labels: Sequence[int], rows: Sequence[int]) -> Dict[str, torch.Tensor]:
+        shape = (int(sum(rows)), self.n_columns)
+        return {"index": torch.full(shape, -1, dtype=torch.int32), "value": torch.full(shape, float("nan")),
+                "neuron": torch.full(shape, -1, dtype=torch.int32)}
+
+
+def _records(fields: Mapping[str, torch.Tensor], columns: slice) -> np.ndarray:
+    """The ``columns`` of int32 ``index``, float32 ``value`` and int32 ``neuron`` tensors as one record array."""
+    index, value, neuron = (fields[name][..., columns] for name in ("index", "value", "neuron"))
+    if sys.byteorder != "little":  # RECORD is little-endian; build it field by field
+        records = np.empty(index.shape, RECORD)
+        records["index"], records["value"], records["neuron"] = index.numpy(), value.numpy(), neuron.numpy()
+        return records
+    packed = torch.stack([index, value.view(torch.int32), neuron], -1).numpy()  # (..., 3) int32, contiguous
+    return packed.view(RECORD)[..., 0]

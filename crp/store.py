@@ -4,15 +4,18 @@ the folders written by zennit-crp 0.6.
 Layout of a :class:`ResultStore` at ``path``::
 
     path/manifest.json                      configuration, progress, targets, counts, file list
-    path/results-000007/{layer}.max.npy     (2, R, C):    top samples of every concept (RelMax, ActMax)
-    path/results-000007/{layer}.stats.npy   (2, T, S, C): top samples per target (RelStats, ActStats)
+    path/results-000007/{layer}.max.npy     (2, R, C): top samples of every concept (RelMax, ActMax)
+    path/results-000007/{layer}.stats.npy   (2, N, C): top samples per target (RelStats, ActStats)
 
 Both hold records of :data:`RECORD` (``index`` int32: dataset index, ``value`` float32: relevance or
 activation, ``neuron`` int32: flat index of the most relevant neuron; -1, NaN, -1 in empty slots). Axis 0 is
-the mode (relevance, activation), then the target (``manifest["targets"]``, sorted), the rank and the concept;
-``R = min(k, samples)``, ``S = min(k, samples of the largest target)``; ``manifest["counts"]`` has the number
-of samples per mode, overall and per target. Two files per layer, readable with ``numpy.load`` (no pickle,
-memory-mappable): ``np.load(".../conv1.max.npy")["index"][0]`` are conv1's RelMax samples. Every checkpoint
+the mode (relevance, activation), then the rank (``max``, ``R = min(k, samples)``) or the rows of all targets
+one after another (``stats``), then the concept. The rows of target ``manifest["targets"][i]`` are
+``offsets[i]:offsets[i + 1]`` with ``offsets = manifest["stats_offsets"]`` (see :func:`stats_offsets`): each
+target has ``min(k, its samples)`` rows (the larger count of the two modes), so no target is padded to the
+size of the largest one. ``manifest["counts"]`` has the number of samples per mode, overall and per target.
+Two files per layer, readable with ``numpy.load`` (no pickle, memory-mappable):
+``np.load(".../conv1.max.npy")["index"][0]`` are conv1's RelMax samples. Every checkpoint
 writes a new ``results-*`` folder (each file through a temporary file and :func:`os.replace`), then replaces
 the manifest atomically, then deletes the old folder: a process killed at any point leaves a consistent store.
 
@@ -26,7 +29,7 @@ import re
 import shutil
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -35,7 +38,7 @@ from crp.helper import write_atomic
 
 __all__ = [
     "ResultReader", "ResultStore", "LegacyStore", "CorruptStoreError", "open_results", "open_result_folder",
-    "legacy_folder_name", "MODES", "RECORD",
+    "legacy_folder_name", "stats_offsets", "MODES", "RECORD",
 ]
 
 MODES = ("relevance", "activation")
@@ -43,7 +46,7 @@ MODES = ("relevance", "activation")
 RECORD = np.dtype([("index", "<i4"), ("value", "<f4"), ("neuron", "<i4")])
 KINDS = ("max", "stats")
 FORMAT = "crp.FeatureVisualization"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
 _GENERATION = re.compile(r"^results-(\d{6})$")
 _LEGACY = re.compile(r"^(Rel|Act)(Max|Stats)_(sum|max)_(normed|unnormed)$")
@@ -54,6 +57,20 @@ Triple = Tuple[np.ndarray, np.ndarray, np.ndarray]
 
 class CorruptStoreError(ValueError):
     """A store file is truncated, corrupt, or does not match the manifest."""
+
+
+def stats_offsets(counts: Mapping[str, Sequence[int]], k: int) -> np.ndarray:
+    """Where each target's rows start in the ``stats`` arrays: ``T + 1`` offsets (int64).
+
+    Parameters
+    ----------
+    counts : dict
+        ``{mode: [samples overall, samples of target 0, ...]}`` for both :data:`MODES`.
+    k : int
+        Samples kept per concept and target.
+    """
+    per_target = np.max([np.asarray(counts[mode][1:], dtype=np.int64) for mode in MODES], axis=0)
+    return np.concatenate([[0], np.cumsum(np.minimum(per_target, int(k)))]).astype(np.int64)
 
 
 def legacy_folder_name(mode: str, kind: str, max_target: str, abs_norm: bool) -> str:
@@ -165,7 +182,7 @@ class ResultStore(ResultReader):
         self._manifest = None
 
     def layer_arrays(self, layer: str, mmap: bool = True, verify: bool = False) -> Dict[str, np.ndarray]:
-        """Return the record arrays ``{"max": (2, R, C), "stats": (2, T, S, C)}`` of ``layer``.
+        """Return the record arrays ``{"max": (2, R, C), "stats": (2, N, C)}`` of ``layer``.
 
         Parameters
         ----------
@@ -198,8 +215,9 @@ class ResultStore(ResultReader):
             raise KeyError(f"no {mode} statistics for target {target!r} in {self.path}; targets are "
                            f"{self.targets(mode).tolist()}.")
         group = targets.index(int(target))
+        start = self.manifest["stats_offsets"][group]
         rows = min(self.manifest["k"], count[1 + group])
-        return _triple(self.layer_arrays(layer)["stats"][m, group, :rows])
+        return _triple(self.layer_arrays(layer)["stats"][m, start:start + rows])
 
     def targets(self, mode: str) -> np.ndarray:
         _check_mode(mode)
@@ -210,11 +228,13 @@ class ResultStore(ResultReader):
         m = _check_mode(mode)
         stats = self.layer_arrays(layer)["stats"]
         counts = np.asarray(self.manifest["counts"][mode][1:])
+        offsets = self.manifest["stats_offsets"]
         seen = np.flatnonzero(counts > 0)
         means = np.zeros(len(seen), np.float32)
         for i, group in enumerate(seen):
             rows = min(mean_n, self.manifest["k"], int(counts[group]))
-            means[i] = np.asarray(stats[m, group, :rows, concept]["value"]).mean(dtype=np.float32)
+            start = offsets[group]
+            means[i] = np.asarray(stats[m, start:start + rows, concept]["value"]).mean(dtype=np.float32)
         return np.asarray(self.manifest["targets"], dtype=np.int64)[seen], means
 
     # ------------------------------------------------------------------------------------------------------
@@ -228,7 +248,7 @@ class ResultStore(ResultReader):
         ----------
         layers : dict
             ``{layer: {"max": ..., "stats": ...}}`` record arrays (:data:`RECORD`) of shape ``(2, R, C)`` and
-            ``(2, T, S, C)``.
+            ``(2, N, C)``, ``N = stats_offsets(counts, k)[-1]``.
         targets : list of int
             The target of every entry of the stats' axis 1.
         counts : dict
@@ -240,6 +260,11 @@ class ResultStore(ResultReader):
         complete : bool
             Whether the run has finished.
         """
+        offsets = stats_offsets(counts, int(config.get("k", 0)))
+        for layer, arrays in layers.items():
+            if np.shape(arrays["stats"])[:2] != (len(MODES), offsets[-1]):
+                raise ValueError(f"the stats of layer {layer!r} have shape {np.shape(arrays['stats'])}; with these "
+                                 f"counts and k they need ({len(MODES)}, {offsets[-1]}, C).")
         self.path.mkdir(parents=True, exist_ok=True)
         previous = self._read_manifest() if self.exists() else None
         generation = 1 + (previous["generation"] if previous else 0)
@@ -263,8 +288,9 @@ class ResultStore(ResultReader):
             "config": dict(config), "generation": generation, "directory": directory,
             "next_index": int(next_index), "complete": bool(complete), "k": int(config.get("k", 0)),
             "modes": list(MODES), "record": [list(item) for item in RECORD.descr],
-            "axes": {"max": ["mode", "rank", "concept"], "stats": ["mode", "target", "rank", "concept"]},
+            "axes": {"max": ["mode", "rank", "concept"], "stats": ["mode", "row", "concept"]},
             "targets": [int(t) for t in targets], "counts": {m: [int(c) for c in counts[m]] for m in MODES},
+            "stats_offsets": offsets.tolist(),
             "layers": layer_entries,
         }
         write_atomic(self.path / MANIFEST, lambda temporary: temporary.write_text(json.dumps(manifest, indent=1)))
@@ -297,9 +323,11 @@ class ResultStore(ResultReader):
                                     f"folder and run again.") from None
         if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
             raise CorruptStoreError(f"{file} is not a crp FeatureVisualization manifest.")
-        if manifest.get("format_version", 0) > FORMAT_VERSION:
-            raise CorruptStoreError(f"{file} has format version {manifest['format_version']}; this crp reads "
-                                    f"version {FORMAT_VERSION} or older. Update crp.")
+        if manifest.get("format_version", 0) != FORMAT_VERSION:
+            advice = "Update crp." if manifest.get("format_version", 0) > FORMAT_VERSION else \
+                "It was written by a development version before the first release; run FeatureVisualization again."
+            raise CorruptStoreError(f"{file} has format version {manifest.get('format_version')}; this crp reads "
+                                    f"version {FORMAT_VERSION}. {advice}")
         return manifest
 
 

@@ -12,7 +12,7 @@ the order in which entries arrive: results are identical for any batch size, che
 or merge of partial results.
 """
 import sys
-from typing import Dict, List, Optional, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -196,9 +196,13 @@ class TopK:
         """Cut every group back to its top ``k`` entries, sorted."""
         if self._keys is None or not self._slots:
             return
-        used, keep = len(self._slots), min(self.k, self._rows)
-        keys, order = self._keys[:used].topk(keep, dim=1)
-        self._neurons[:used, :keep] = self._neurons[:used].gather(1, order)
+        used = len(self._slots)
+        filled = int(self._fill[:used].max())  # slots from a group's fill on are empty
+        keep = min(self.k, filled)
+        if keep == 0:
+            return
+        keys, order = self._keys[:used, :filled].topk(keep, dim=1)
+        self._neurons[:used, :keep] = self._neurons[:used, :filled].gather(1, order)
         self._keys[:used, :keep] = keys
         self._keys[:used, keep:] = EMPTY_KEY
         self._fill[:used] = torch.clamp(self._fill[:used], max=keep)
@@ -216,48 +220,86 @@ class TopK:
             ``labels (G,)`` int64, ``counts (G,)`` int64, and ``index`` (int32, -1 if empty), ``value``
             (float32, NaN if empty), ``neuron`` (int32, -1 if empty), each ``(G, rows(), C)``.
         """
-        self.compact()
         labels, rows = self.groups, self.rows()
-        if self._keys is None:
-            empty = np.zeros((len(labels), rows, self.n_columns))
-            return {"labels": np.asarray(labels, dtype=np.int64), "counts": np.zeros(len(labels), np.int64),
-                    "index": np.full(empty.shape, -1, np.int32), "value": np.full(empty.shape, np.nan, np.float32),
-                    "neuron": np.full(empty.shape, -1, np.int32)}
-        slots = torch.as_tensor([self._slots[g] for g in labels], dtype=torch.int64, device=self._keys.device)
-        keys = self._keys[slots, :rows]
-        values, indices = _decode32(keys)
-        neurons = torch.where(indices < 0, -1, self._neurons[slots, :rows])
+        exported = self.to_tensors(labels, [rows] * len(labels))
+        shape = (len(labels), rows, self.n_columns)
         return {
             "labels": np.asarray(labels, dtype=np.int64),
-            "counts": np.asarray([self._counts[self._slots[g]] for g in labels], dtype=np.int64),
-            "index": indices.cpu().numpy(), "value": values.cpu().numpy(),
-            "neuron": neurons.cpu().numpy(),
+            "counts": np.asarray([self.count(g) for g in labels], dtype=np.int64),
+            **{name: tensor.cpu().numpy().reshape(shape) for name, tensor in exported.items()},
         }
+
+    def to_tensors(self, labels: Sequence[int], rows: Sequence[int]) -> Dict[str, torch.Tensor]:
+        """Export the top ``rows[i]`` entries of group ``labels[i]``, the groups' rows one after another.
+
+        A group with fewer entries (or none, e.g. a label this accumulator has not seen) is padded with empty
+        slots, so the result has ``sum(rows)`` rows: a ragged export without the padding of :meth:`to_arrays`.
+
+        Returns
+        -------
+        dict
+            ``index`` (int32, -1 if empty), ``value`` (float32, NaN if empty) and ``neuron`` (int32, -1 if
+            empty), each ``(sum(rows), C)``, on the accumulator's device.
+        """
+        if len(labels) != len(rows):
+            raise ValueError(f"labels and rows must have the same length, got {len(labels)} and {len(rows)}.")
+        self.compact()
+        device = self.device or torch.device("cpu")
+        total = int(sum(rows))
+        keys = torch.full((total, self.n_columns), EMPTY_KEY, dtype=torch.int64, device=device)
+        neurons = torch.full((total, self.n_columns), -1, dtype=torch.int32, device=device)
+        if self._keys is not None and total:
+            # every output row's source: (slot, rank), for groups present and ranks inside the buffers
+            counts = torch.as_tensor([int(r) for r in rows], dtype=torch.int64)
+            slots = torch.as_tensor([self._slots.get(int(label), -1) for label in labels], dtype=torch.int64)
+            slot_of_row = torch.repeat_interleave(slots, counts)
+            rank = torch.arange(total) - torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
+            present = (slot_of_row >= 0) & (rank < self._rows)
+            source = (slot_of_row[present].to(device), rank[present].to(device))
+            present = present.to(device)
+            keys[present] = self._keys[source]
+            neurons[present] = self._neurons[source]
+        values, indices = _decode32(keys)
+        return {"index": indices, "value": values, "neuron": torch.where(indices < 0, -1, neurons)}
 
     @classmethod
     def from_arrays(cls, arrays: Dict[str, np.ndarray], k: Optional[int] = None, slack: int = 0,
                     device: Device = None) -> "TopK":
-        """Rebuild an accumulator from :meth:`to_arrays` output (e.g. a checkpoint); ``k`` defaults to its rows."""
+        """Rebuild an accumulator from :meth:`to_arrays` output (e.g. a checkpoint); ``k`` defaults to its rows.
+
+        With an ``offsets`` entry (``G + 1`` ints), ``index``, ``value`` and ``neuron`` are ragged ``(N, C)``
+        arrays (as from :meth:`to_tensors`): the rows of group ``g`` are ``offsets[g]:offsets[g + 1]``.
+        """
         index, value, neuron = (np.asarray(arrays[name]) for name in ("index", "value", "neuron"))
-        if index.ndim != 3 or index.shape != value.shape or index.shape != neuron.shape:
-            raise ValueError(f"index, value and neuron must have one shape (G, rows, C), got {index.shape}, "
-                             f"{value.shape}, {neuron.shape}.")
         labels, counts = np.asarray(arrays["labels"]), np.asarray(arrays["counts"])
-        k = index.shape[1] if k is None else k
-        if index.shape[1] > k:
-            raise ValueError(f"the arrays hold {index.shape[1]} rows per group, more than k={k}.")
-        accumulator = cls(k, index.shape[2], slack=slack, device=device)
-        for group, (label, count) in enumerate(zip(labels, counts)):
-            filled = index[group, :, 0] >= 0
-            rows = torch.as_tensor(index[group][filled].astype(np.int64))
-            if len(rows):
-                keys = encode_keys(torch.as_tensor(value[group][filled]), rows)
-                neurons = torch.as_tensor(neuron[group][filled])
-                device = accumulator._device_for(keys)
-                labels_t = torch.full((len(rows),), int(label), dtype=torch.int64, device=device)
-                accumulator._add_keys(keys.to(device), neurons.to(device), labels_t)
-            else:
-                accumulator._slot_of(int(label), torch.device("cpu") if device is None else torch.device(device))
+        if "offsets" in arrays:
+            offsets = np.asarray(arrays["offsets"], dtype=np.int64)
+            if index.ndim != 2 or len(offsets) != len(labels) + 1 or offsets[-1] != len(index):
+                raise ValueError(f"ragged arrays need index (N, C) and offsets of length {len(labels) + 1} ending "
+                                 f"at N; got index {index.shape} and offsets {offsets.tolist()}.")
+            blocks = [slice(int(a), int(b)) for a, b in zip(offsets[:-1], offsets[1:])]
+        else:
+            if index.ndim != 3:
+                raise ValueError(f"index, value and neuron must have one shape (G, rows, C), got {index.shape}.")
+            blocks = [slice(g * index.shape[1], (g + 1) * index.shape[1]) for g in range(index.shape[0])]
+            index, value, neuron = (a.reshape(-1, a.shape[-1]) for a in (index, value, neuron))
+        if index.shape != value.shape or index.shape != neuron.shape:
+            raise ValueError(f"index, value and neuron must have one shape, got {index.shape}, {value.shape}, "
+                             f"{neuron.shape}.")
+        longest = max((b.stop - b.start for b in blocks), default=0)
+        k = longest if k is None else k
+        if longest > k:
+            raise ValueError(f"the arrays hold {longest} rows per group, more than k={k}.")
+        accumulator = cls(k, index.shape[-1], slack=slack, device=device)
+        row_label = np.repeat(labels.astype(np.int64), [b.stop - b.start for b in blocks])
+        filled = index[:, 0] >= 0 if len(index) else np.zeros(0, bool)  # whole rows are filled or empty
+        if filled.any():
+            keys = encode_keys(torch.as_tensor(value[filled]), torch.as_tensor(index[filled].astype(np.int64)))
+            target = accumulator._device_for(keys)
+            accumulator._add_keys(keys.to(target), torch.as_tensor(neuron[filled]).to(target),
+                                  torch.as_tensor(row_label[filled]).to(target))
+        for label, count in zip(labels.tolist(), counts.tolist()):
+            accumulator._slot_of(int(label), torch.device("cpu") if accumulator.device is None else accumulator.device)
             accumulator._counts[accumulator._slots[int(label)]] = int(count)
         return accumulator
 

@@ -25,7 +25,7 @@ from zennit.core import Composite
 
 from crp.attribution import CondAttribution
 from crp.cache import Cache, CacheKey, describe
-from crp.concepts import Concept
+from crp.concepts import ChannelConcept, Concept
 from crp.conditions import check_layer_names
 from crp.image import vis_img_heatmap, vis_opaque_img
 from crp.maximization import MODES, Maximization
@@ -276,8 +276,9 @@ class FeatureVisualization:
         """Find the top-k samples of every concept by relevance and activation, overall and per target.
 
         Every sample is explained once per target with ``{"y": [target]}`` (one forward and one backward pass
-        per batch, ``exclude_parallel=False``); the relevance and the activation at every layer of the layer
-        map are ranked per concept with the concept's ``reference_sampling``. Results are identical for any
+        per batch, ``exclude_parallel=False``; no input heatmap is needed, so the backward pass ends at the
+        lowest layers of the layer map); the relevance and the activation at every layer of the layer map are
+        ranked per concept with the concept's ``reference_sampling``. Results are identical for any
         ``batch_size``, ``checkpoint`` spacing or interruption and resume; ties go to the lower dataset index.
 
         Parameters
@@ -408,8 +409,9 @@ class FeatureVisualization:
         rows_t = torch.as_tensor(rows, device=data.device)
         x = (data if len(rows) == len(data) and rows == list(range(len(data))) else data[rows_t]).requires_grad_()
         conditions = [{self.attribution.MODEL_OUTPUT_NAME: [t]} for t in row_targets]
-        result = self.attribution(x, conditions, None, record_layer=list(self.layer_map), exclude_parallel=False,
-                                  on_device=on_device)
+        # no input heatmap is needed: the backward pass stops at the lowest layer of the layer map
+        result = self.attribution._call(x, conditions, None, list(self.layer_map), ChannelConcept.mask, None, None,
+                                        on_device, exclude_parallel=False, heatmap=False)
         first = torch.as_tensor(np.unique(np.asarray(rows), return_index=True)[1])  # every sample's first row
         row_indices, row_targets_t = indices[rows], torch.as_tensor(row_targets)
         missing = [layer for layer in self.layer_map if layer not in result.relevances]

@@ -432,3 +432,20 @@ def test_recorded_layer_followed_by_an_in_place_operation():
     assert torch.equal(results[0].activations["0"], results[1].activations["0"])
     assert torch.equal(results[0].relevances["0"], results[1].relevances["0"])
     assert torch.equal(results[0].heatmap, results[1].heatmap)
+
+
+def test_relevances_without_heatmap_equal_the_full_pass(branch_model):
+    # FeatureVisualization needs no input heatmap: its backward pass ends at the recorded layers, also at the
+    # parallel branch "side" that the lowest recorded layer ("main") does not lead to
+    attribution = CondAttribution(branch_model)
+    x = torch.tensor([[1.0, -2.0], [0.5, 3.0]], dtype=torch.float64, requires_grad=True)
+    conditions = [{"y": [0]}, {"y": [1]}]
+    layers = ["main", "side", "head"]
+    full = attribution(x, conditions, record_layer=layers, exclude_parallel=False)
+    lean = attribution._call(x, conditions, None, layers, ChannelConcept.mask, None, None, None,
+                             exclude_parallel=False, heatmap=False)
+    assert lean.heatmap is None and x.grad is None
+    for name in layers:
+        assert torch.equal(lean.relevances[name], full.relevances[name])
+        assert torch.equal(lean.activations[name], full.activations[name])
+    assert full.relevances["side"].abs().sum() > 0

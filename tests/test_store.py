@@ -29,15 +29,17 @@ def records(rng, shape):
     return array
 
 
-def layer_arrays(seed):
-    """Records: max (2 modes, K, C), stats (2 modes, 2 targets, K, C); target 5 has no activation rows."""
-    rng = np.random.default_rng(seed)
-    arrays = {"max": records(rng, (2, K, C)), "stats": records(rng, (2, 2, K, C))}
-    arrays["stats"]["index"][1, 1] = -1
-    return arrays
-
-
 COUNTS = {"relevance": [10, 6, 2], "activation": [10, 10, 0]}
+#: Rows of the targets in the stats arrays: target 2 has min(K, 10) = 3 rows, target 5 min(K, 2) = 2.
+OFFSETS = [0, 3, 5]
+
+
+def layer_arrays(seed):
+    """Records: max (2 modes, K, C), stats (2 modes, 5 rows, C); target 5 has no activation rows."""
+    rng = np.random.default_rng(seed)
+    arrays = {"max": records(rng, (2, K, C)), "stats": records(rng, (2, OFFSETS[-1], C))}
+    arrays["stats"]["index"][1, 3:] = -1
+    return arrays
 
 
 @pytest.fixture
@@ -54,13 +56,14 @@ def test_layout_and_roundtrip(store):
                                          for kind in ("max", "stats")]
     manifest = json.loads((store.path / "manifest.json").read_text())
     assert manifest["targets"] == TARGETS and manifest["counts"] == COUNTS and manifest["complete"]
+    assert manifest["stats_offsets"] == OFFSETS and crp.store.stats_offsets(COUNTS, K).tolist() == OFFSETS
     plain = np.load(store.path / "results-000001" / "conv.stats.npy", allow_pickle=False)
     assert np.array_equal(plain, layer_arrays(0)["stats"]) and plain.dtype == RECORD
     indices, values, neurons = store.maximization("conv", "activation")
     assert indices.dtype == np.int64 and neurons.dtype == np.int64 and values.dtype == np.float32
     assert np.array_equal(indices, layer_arrays(0)["max"]["index"][1])
     indices, values, _ = store.statistics("fc", "relevance", 5)  # 2 rows seen: only 2 of K returned
-    assert np.array_equal(values, layer_arrays(1)["stats"]["value"][0, 1, :2])
+    assert np.array_equal(values, layer_arrays(1)["stats"]["value"][0, 3:5])
     assert store.targets("relevance").tolist() == [2, 5] and store.targets("activation").tolist() == [2]
 
 
@@ -106,6 +109,15 @@ def test_corrupt_bytes_fail_the_checksum(store):
         store.layer_arrays("fc", verify=True)
 
 
+def test_save_refuses_stats_that_do_not_fit_the_counts(tmp_path):
+    arrays = layer_arrays(0)
+    arrays["stats"] = arrays["stats"][:, :4]
+    with pytest.raises(ValueError, match=r"the stats of layer 'conv' have shape \(2, 4, 4\); with these counts and k "
+                                         r"they need \(2, 5, C\)"):
+        ResultStore(tmp_path / "fv").save({"conv": arrays}, TARGETS, COUNTS, CONFIG, next_index=10, complete=True)
+    assert not (tmp_path / "fv").exists()
+
+
 def test_shape_mismatch_with_manifest(store):
     np.save(store.path / "results-000001" / "conv.max.npy", np.zeros((2, K, C + 1), np.int32))
     with pytest.raises(CorruptStoreError, match=r"conv\.max\.npy holds int32 \[2, 3, 5\], but the manifest"):
@@ -114,7 +126,10 @@ def test_shape_mismatch_with_manifest(store):
 
 @pytest.mark.parametrize("text,match", [("{not json", "is not valid JSON"), ('{"format": "x"}', "is not a crp"),
                                         ('{"format": "crp.FeatureVisualization", "format_version": 99}',
-                                         "format version 99")])
+                                         "format version 99; this crp reads version 2. Update crp."),
+                                        ('{"format": "crp.FeatureVisualization", "format_version": 1}',
+                                         "format version 1; .* before the first release; run FeatureVisualization "
+                                         "again")])
 def test_bad_manifest(tmp_path, text, match):
     (tmp_path / "manifest.json").write_text(text)
     with pytest.raises(CorruptStoreError, match=match):
@@ -139,7 +154,7 @@ def test_helpers_read_the_store_through_zennit_crp_paths(store):
     assert np.array_equal(indices, layer_arrays(0)["max"]["index"][1])
     assert np.array_equal(load_maximization(store.path, "conv", mode="activation")[0], indices)
     _, values, _ = load_statistics(store.path / "RelStats_sum_normed", "fc", 2)
-    assert np.array_equal(values, layer_arrays(1)["stats"]["value"][0, 0])
+    assert np.array_equal(values, layer_arrays(1)["stats"]["value"][0, 0:3])
     assert load_stat_targets(store.path / "ActStats_sum_normed").tolist() == [2]
     with pytest.raises(FileNotFoundError, match="holds results for max_target='sum', abs_norm=True"):
         load_maximization(store.path / "RelMax_max_normed", "conv")

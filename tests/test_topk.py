@@ -158,3 +158,34 @@ def test_bad_merge_and_missing_group():
         TopK(2, 2).merge(TopK(3, 2))
     with pytest.raises(KeyError, match="group 5 has no entries"):
         TopK(2, 2).result(5)
+
+
+def test_ragged_export_and_rebuild(rows):
+    values, indices, neurons, groups = rows
+    accumulator = TopK(K, C, slack=2)
+    accumulator.add(values, indices, neurons, groups)
+    labels, lengths = [9, 3, 7, 0], [2, K, 1, 0]  # 7 was never seen: one empty row
+    exported = accumulator.to_tensors(labels, lengths)
+    assert exported["index"].shape == (sum(lengths), C) and exported["index"].dtype == torch.int32
+    starts = np.cumsum([0] + lengths)
+    for label, length, start in zip(labels, lengths, starts):
+        if label == 7:
+            assert (exported["index"][start] == -1).all() and (exported["neuron"][start] == -1).all()
+            assert exported["value"][start].isnan().all()
+            continue
+        expected = accumulator.result(label)
+        assert torch.equal(exported["index"][start:start + length].long(), expected[0][:length])
+        assert torch.equal(exported["value"][start:start + length], expected[1][:length])
+        assert torch.equal(exported["neuron"][start:start + length].long(), expected[2][:length])
+    full = [accumulator.count(g) for g in accumulator.groups]
+    ragged = accumulator.to_tensors(accumulator.groups, [min(K, n) for n in full])
+    rebuilt = TopK.from_arrays({"labels": np.asarray(accumulator.groups), "counts": np.asarray(full),
+                                "offsets": np.cumsum([0] + [min(K, n) for n in full]),
+                                **{name: tensor.numpy() for name, tensor in ragged.items()}}, k=K)
+    for group in accumulator.groups:
+        assert rebuilt.count(group) == accumulator.count(group)
+        assert all(torch.equal(a, b) for a, b in zip(rebuilt.result(group), accumulator.result(group)))
+    with pytest.raises(ValueError, match=r"offsets of length 5 ending at N; got index \(24, 5\) and offsets "
+                                         r"\[0, 1, 2, 3, 4\]"):
+        TopK.from_arrays({"labels": np.arange(4), "counts": np.ones(4), "offsets": [0, 1, 2, 3, 4],
+                          **{name: tensor.numpy() for name, tensor in ragged.items()}})
