@@ -241,7 +241,8 @@ class ResultStore(ResultReader):
     # writing
 
     def save(self, layers: Mapping[str, Mapping[str, np.ndarray]], targets: List[int],
-             counts: Mapping[str, List[int]], config: Mapping[str, Any], next_index: int, complete: bool) -> List[Path]:
+             counts: Mapping[str, List[int]], config: Mapping[str, Any], next_index: int, complete: bool,
+             dataset_fingerprint: Optional[Mapping[str, Any]] = None) -> List[Path]:
         """Write a checkpoint atomically; return the paths of the manifest and the array files.
 
         Parameters
@@ -259,6 +260,8 @@ class ResultStore(ResultReader):
             First dataset index not yet included.
         complete : bool
             Whether the run has finished.
+        dataset_fingerprint : dict, optional
+            JSON-serializable identification of the data analyzed so far, kept in the manifest.
         """
         offsets = stats_offsets(counts, int(config.get("k", 0)))
         for layer, arrays in layers.items():
@@ -291,6 +294,7 @@ class ResultStore(ResultReader):
             "axes": {"max": ["mode", "rank", "concept"], "stats": ["mode", "row", "concept"]},
             "targets": [int(t) for t in targets], "counts": {m: [int(c) for c in counts[m]] for m in MODES},
             "stats_offsets": offsets.tolist(),
+            "dataset_fingerprint": None if dataset_fingerprint is None else dict(dataset_fingerprint),
             "layers": layer_entries,
         }
         write_atomic(self.path / MANIFEST, lambda temporary: temporary.write_text(json.dumps(manifest, indent=1)))

@@ -10,6 +10,7 @@ optionally restricted to the receptive field of the concept's most relevant neur
 (:mod:`crp.cache`). The API follows zennit-crp 0.6.
 """
 import contextlib
+import hashlib
 import json
 import logging
 import numbers
@@ -384,7 +385,26 @@ class FeatureVisualization:
             logger.info("results in %s are complete; nothing to do", self.path)
             return None, config["data_end"]
         logger.info("resuming at dataset index %d", store.manifest["next_index"])
+        self._check_fingerprint(store.manifest.get("dataset_fingerprint"))
         return self._load_checkpoint(store, on_device), int(store.manifest["next_index"])
+
+    def _fingerprint(self, indices: Sequence[int]) -> Dict[str, Any]:
+        """SHA-256 of the dataset items at ``indices`` (samples and targets), to recognize the dataset on resume."""
+        digest = hashlib.sha256()
+        for index in indices:
+            sample, target = _split_item(index, self.dataset[index])
+            digest.update(np.ascontiguousarray(sample.detach().cpu().numpy()).tobytes())
+            digest.update(repr(target.tolist() if isinstance(target, torch.Tensor) else target).encode())
+        return {"indices": [int(i) for i in indices], "sha256": digest.hexdigest()}
+
+    def _check_fingerprint(self, stored: Optional[Dict[str, Any]]) -> None:
+        """Warn if the items the interrupted run analyzed first and last have changed (the configuration only
+        knows the dataset's class and length). A warning, not an error: random transforms change items too."""
+        if stored and self._fingerprint(stored["indices"]) != stored:
+            warnings.warn(
+                f"dataset items {stored['indices']} differ from those the interrupted run in {self.path} analyzed; "
+                f"if the dataset changed, the resumed results mix two datasets: run again without resume=True (or "
+                f"into another path). Datasets with random transforms always differ.", stacklevel=3)
 
     def _load_checkpoint(self, store: ResultStore, on_device) -> Maximization:
         manifest = store.manifest
@@ -427,7 +447,9 @@ class FeatureVisualization:
 
     def _save(self, store: ResultStore, analysis: Maximization, config: Dict[str, Any], next_index: int,
               complete: bool) -> List[Path]:
-        files = store.save(analysis.to_arrays(), analysis.targets(), analysis.counts(), config, next_index, complete)
+        fingerprint = self._fingerprint(sorted({config["data_start"], next_index - 1}))
+        files = store.save(analysis.to_arrays(), analysis.targets(), analysis.counts(), config, next_index, complete,
+                           dataset_fingerprint=fingerprint)
         logger.info("saved results up to dataset index %d to %s", next_index, store.path)
         return files
 

@@ -1,5 +1,7 @@
 """FeatureVisualization on a tiny CNN: exact top-k against brute force, invariances, resume, references, errors."""
 import json
+import shutil
+import warnings
 
 import numpy as np
 import pytest
@@ -157,8 +159,17 @@ def test_kill_and_resume_gives_identical_results(model, tmp_path):
         broken.run(EpsilonPlusFlat(), 0, N_SAMPLES, batch_size=8, checkpoint=2, verbose=False)
     manifest = ResultStore(tmp_path / "resumed").manifest
     assert manifest["next_index"] == 32 and not manifest["complete"]  # checkpoints after batches 2 and 4
-    make_fv(model, tmp_path / "resumed").run(EpsilonPlusFlat(), 0, N_SAMPLES, batch_size=5, checkpoint=3,
-                                             resume=True, verbose=False)
+    assert manifest["dataset_fingerprint"]["indices"] == [0, 31]
+    changed = TensorData()
+    changed.samples[31] += 1.0
+    shutil.copytree(tmp_path / "resumed", tmp_path / "changed")
+    with pytest.warns(UserWarning, match=r"dataset items \[0, 31\] differ from those the interrupted run"):
+        make_fv(model, tmp_path / "changed", changed).run(EpsilonPlusFlat(), 0, N_SAMPLES, batch_size=8,
+                                                          resume=True, verbose=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the same dataset: no warning
+        make_fv(model, tmp_path / "resumed").run(EpsilonPlusFlat(), 0, N_SAMPLES, batch_size=5, checkpoint=3,
+                                                 resume=True, verbose=False)
     assert_same_results(tmp_path / "full", tmp_path / "resumed")
     assert ResultStore(tmp_path / "resumed").manifest["complete"]
     # a finished run resumes without touching the data
