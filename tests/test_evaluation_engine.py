@@ -71,6 +71,14 @@ def test_forward_passes_per_call(perturbation, last):
     assert model.images == N + 4 * N + last
 
 
+def test_telea_fills_every_sample_alike_once_all_pixels_are_removed():
+    pytest.importorskip("cv2")
+    x, heat = data()
+    model = CountingNet()
+    PixelFlipping(perturbation="telea", steps=2)(model, x, heat, 0)
+    assert model.images == N + N + 1  # every channel +0.0, whatever the sign of its pixels
+
+
 def test_predicted_targets_cost_no_extra_forward_pass():
     x, heat = data()
     model = CountingNet()

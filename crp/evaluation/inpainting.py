@@ -168,7 +168,7 @@ def telea_inpaint(images: torch.Tensor, masks: torch.Tensor, radius: float = 3.0
         hole = holes[index, channel].astype("uint8")
         filled[index, channel] = cv2.inpaint(scaled[index, channel], hole, radius, cv2.INPAINT_TELEA)
     result = filled.astype("float64") / 65535.0 * span + low
-    result = np.where(holes.all((2, 3), keepdims=True), arrays * 0.0, result)  # nothing to fill from
+    result = np.where(holes.all((2, 3), keepdims=True), 0.0, result)  # nothing to fill from
     return torch.from_numpy(np.where(holes, result, arrays)).to(images.device, images.dtype)
 
 
