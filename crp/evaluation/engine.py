@@ -94,13 +94,14 @@ def perturbed_batches(
     """
     device = plan.inputs.device
     chosen = torch.arange(len(plan.counts), device=device) if steps is None else torch.as_tensor(steps, device=device)
-    n_steps = len(chosen)
-    total = len(plan.ranks) * n_steps
-    for start in tqdm(range(0, total, batch_size), desc=desc, disable=not verbose, unit="batch"):
-        flat = torch.arange(start, min(start + batch_size, total), device=device)
-        rows, steps_ = flat // n_steps, chosen[flat % n_steps]
-        masks = (plan.ranks.index_select(0, rows) < plan.counts.index_select(0, steps_)[:, None, None]).unsqueeze(1)
-        yield rows, steps_, plan.perturb(plan.sources.index_select(0, rows), masks)
+    # every pair's row, step, sample and region count, once: a batch takes slices of them
+    all_rows = torch.arange(len(plan.ranks), device=device).repeat_interleave(len(chosen))
+    all_steps = chosen.repeat(len(plan.ranks))
+    all_samples, all_counts = plan.sources.index_select(0, all_rows), plan.counts.index_select(0, all_steps)
+    for start in tqdm(range(0, len(all_rows), batch_size), desc=desc, disable=not verbose, unit="batch"):
+        rows, pair = all_rows[start:start + batch_size], slice(start, start + batch_size)
+        masks = (plan.ranks.index_select(0, rows) < all_counts[pair, None, None]).unsqueeze(1)
+        yield rows, all_steps[pair], plan.perturb(all_samples[pair], masks)
 
 
 def score_curves(plan: Plan, scorer: Scorer, batch_size: int, verbose: bool = False, desc: str = "") -> torch.Tensor:
@@ -202,10 +203,15 @@ def _compose(forward: Forward, reduce: Reduce) -> Scorer:
 def _score_steps(plan: Plan, scorer: Scorer, batch_size: int, curves: torch.Tensor,
                  steps: Optional[Sequence[int]], verbose: bool, desc: str) -> None:
     """Fill the columns ``steps`` of ``curves`` (all if None) pair by pair."""
-    if steps is not None and not steps:
+    columns = list(range(curves.shape[1])) if steps is None else list(steps)
+    if not columns:
         return
-    for rows, step_index, batch in perturbed_batches(plan, batch_size, verbose, desc, steps):
-        curves[rows.cpu(), step_index.cpu()] = check_scores(scorer(batch, rows), len(rows))
+    scores = torch.empty(len(curves) * len(columns), dtype=curves.dtype)  # the pairs in the order of the batches
+    start = 0
+    for rows, _, batch in perturbed_batches(plan, batch_size, verbose, desc, columns):
+        scores[start:start + len(rows)] = check_scores(scorer(batch, rows), len(rows))
+        start += len(rows)
+    curves[:, columns] = scores.view(len(curves), len(columns))
 
 
 def _score_shared_step(plan: Plan, forward: Forward, reduce: Reduce, batch_size: int, curves: torch.Tensor,
