@@ -63,7 +63,7 @@ class PixelFlipping(PerturbationMetric):
         "logit", "probability", "log_probability", or ``score(outputs, targets) -> (B,)``.
     batch_size : int, optional
         Perturbed inputs per forward pass; by default about ``2**16`` input values per batch on the CPU (at least
-        16 inputs up to ``2**20`` values), ``2**24`` on a GPU (see :class:`~crp.evaluation.base.PerturbationMetric`).
+        32 inputs up to ``2**20`` values), ``2**24`` on a GPU (see :class:`~crp.evaluation.base.PerturbationMetric`).
     seed : int, default 0
         Seed for the random order and the random perturbation.
     verbose : bool, default False
