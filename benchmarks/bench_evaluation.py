@@ -1,9 +1,9 @@
 """Speed of crp.evaluation's pixel flipping against Quantus and lrp-pf-auc, side by side.
 
 All implementations run in this process on the same model (a small seeded CNN), the same images, heatmaps and
-targets, and the same number of perturbation steps (and so the same number of forward passes per image). Each
-measurement is repeated, the implementations of a case in turns, and the best time kept; the table gives
-milliseconds per image and the ratio ``their time / our time`` (above 1: crp.evaluation is faster). Quantus and
+targets, and the same number of perturbation steps. Each measurement is repeated, the implementations of a case
+in turns after one untimed run each, and the best time kept; the table gives milliseconds per image and the ratio
+of each row's time to the time of the case's first row, crp's default (above 1: crp.evaluation is faster). Quantus and
 lrp-pf-auc are optional: a row is skipped when its package does not import. They pull other versions of several
 packages, so give them their own environment and run this script with its python, e.g.::
 
@@ -18,16 +18,31 @@ Cases (32 x 32 RGB images by default):
 * ``flip-uniform``: the same with uniform noise (Quantus ``perturb_baseline="uniform"``).
 * ``region-inpaint``: region perturbation of ``--region`` patches with inpainting and lrp-pf-auc's quadratic
   schedule (``W / region`` steps); ours with the torch harmonic fill and, if OpenCV imports, with Telea,
-  the method lrp-pf-auc uses.
+  the method lrp-pf-auc uses (crp inpaints each channel as a 16-bit image, lrp-pf-auc the RGB image at 8 bits:
+  three OpenCV calls per image against one; compare these two rows' ms/image for Telea against Telea).
 * ``region-random``: the same regions and schedule with random values (lrp-pf-auc's random mode).
 
-With the default CNN the model's forward passes take most of the time, the same for everyone; ``--model linear``
-makes them nearly free, so that the time is the implementations' own. The overhead column subtracts the forward
-passes (timed alone, in batches of ``--n``) from the total.
+With the default CNN the model's forward passes take most of the time; ``--model linear`` makes them nearly free,
+so that the time is the implementations' own. The ``fwd/img`` column counts the images each implementation passes
+through the model per image (one untimed run with a forward hook): crp and lrp-pf-auc score the unperturbed input
+too (``steps + 1``), Quantus does not (``steps``), and crp forwards an input that is identical by construction only
+once (the fully perturbed input of a constant or inpainting fill, the same for every image: ``steps + 1 / n``).
+The overhead column subtracts that many forward passes (timed alone, in batches of ``--n``) from the total.
+
+Memory: by default (``--malloc tuned``) the script asks glibc to keep freed memory (``mallopt``: trim threshold
+1 GiB, mmap threshold 32 MiB) for every implementation alike. With glibc's adaptive defaults, whether the model's
+activations of a batch are handed back to the system after each forward pass, and faulted in again for the next,
+depends on the sizes of earlier allocations in the process, among them those of the other implementations; those
+page faults cost up to a third of a run here and made the ratios depend on the order of the cases (PyTorch's
+performance tuning guide recommends an allocator that reuses memory, jemalloc or TCMalloc, on the CPU for the same
+reason). ``--malloc default`` keeps glibc's behaviour; then the implementation with the largest batches (crp) tends
+to pay those page faults while the others do not.
 """
 
 import argparse
 import contextlib
+import ctypes
+import ctypes.util
 import io
 import sys
 import time
@@ -120,6 +135,32 @@ def lrp_pf_auc(model, x, heat, targets, steps: int, region: int, mode: str) -> O
     return run
 
 
+def count_forwards(model: torch.nn.Module, run: Callable[[], object], n: int) -> float:
+    """Images passed through ``model`` per input image during one (untimed, silenced) ``run()``."""
+    seen = [0]
+
+    def count(module: torch.nn.Module, args: tuple) -> None:
+        seen[0] += len(args[0])
+
+    handle = model.register_forward_pre_hook(count)
+    try:
+        best_time(run, 1)
+    finally:
+        handle.remove()
+    return seen[0] / n
+
+
+def keep_freed_memory() -> bool:
+    """Ask glibc to keep freed memory in the process (no trimming, large blocks from the heap); False if not glibc."""
+    name = ctypes.util.find_library("c")
+    try:
+        mallopt = ctypes.CDLL(name).mallopt
+    except (OSError, AttributeError, TypeError):
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    return bool(mallopt(m_trim_threshold, 2**30)) and bool(mallopt(m_mmap_threshold, 2**25))
+
+
 def forward_time(model, x, repeats: int) -> float:
     """Seconds of one forward pass of one image, in batches of ``len(x)``: the floor all implementations share."""
 
@@ -132,7 +173,7 @@ def forward_time(model, x, repeats: int) -> float:
 
 
 def cases(args, model, x, heat, targets) -> Dict[str, List[tuple]]:
-    """Per case, ``(implementation, steps, forward passes per image, runner or None)``; ours first."""
+    """Per case, ``(implementation, steps, runner or None)``; ours first."""
     schedule = quadratic_per_step((args.size // args.region) ** 2)
     flip, region = args.steps, len(schedule)
 
@@ -142,26 +183,23 @@ def cases(args, model, x, heat, targets) -> Dict[str, List[tuple]]:
     def regions(perturbation: str) -> Callable[[], object]:
         return mine(perturbation, region_size=args.region, per_step=schedule)
 
-    # crp and lrp-pf-auc score the unperturbed input too (steps + 1 forward passes), Quantus does not
     return {
         "flip-black": [
-            ("crp constant", flip, flip + 1, mine("constant", steps=flip)),
-            ("quantus black", flip, flip, quantus_flip(model, x, heat, targets, flip, "black")),
+            ("crp constant", flip, mine("constant", steps=flip)),
+            ("quantus black", flip, quantus_flip(model, x, heat, targets, flip, "black")),
         ],
         "flip-uniform": [
-            ("crp random", flip, flip + 1, mine("random", steps=flip)),
-            ("quantus uniform", flip, flip, quantus_flip(model, x, heat, targets, flip, "uniform")),
+            ("crp random", flip, mine("random", steps=flip)),
+            ("quantus uniform", flip, quantus_flip(model, x, heat, targets, flip, "uniform")),
         ],
         "region-inpaint": [
-            ("crp inpainting", region, region + 1, regions("inpainting")),
-            ("crp telea", region, region + 1, _if_cv2(lambda: regions("telea"))),
-            ("lrp-pf-auc inpainting", region, region + 1,
-             lrp_pf_auc(model, x, heat, targets, region, args.region, "inpainting")),
+            ("crp inpainting", region, regions("inpainting")),
+            ("crp telea", region, _if_cv2(lambda: regions("telea"))),
+            ("lrp-pf-auc inpainting", region, lrp_pf_auc(model, x, heat, targets, region, args.region, "inpainting")),
         ],
         "region-random": [
-            ("crp random", region, region + 1, regions("random")),
-            ("lrp-pf-auc random", region, region + 1,
-             lrp_pf_auc(model, x, heat, targets, region, args.region, "random")),
+            ("crp random", region, regions("random")),
+            ("lrp-pf-auc random", region, lrp_pf_auc(model, x, heat, targets, region, args.region, "random")),
         ],
     }
 
@@ -187,6 +225,8 @@ def parse(argv: Optional[List[str]]) -> argparse.Namespace:
                         help="crp.evaluation's perturbed inputs per forward (default: its automatic choice)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--malloc", choices=("tuned", "default"), default="tuned",
+                        help="keep freed memory in the process for all implementations (glibc), or glibc's defaults")
     args = parser.parse_args(argv)
     features = 3 * args.size ** 2 // args.steps
     if 3 * args.size ** 2 % args.steps or args.size ** 2 % features:
@@ -197,27 +237,37 @@ def parse(argv: Optional[List[str]]) -> argparse.Namespace:
 
 def main(argv: Optional[List[str]] = None) -> None:
     args = parse(argv)
+    malloc = "glibc defaults"
+    if args.malloc == "tuned":
+        malloc = "freed memory kept (mallopt)" if keep_freed_memory() else "allocator defaults (no glibc mallopt)"
     torch.set_num_threads(args.threads)
     model = build_model(args.size, args.model)
     x, heat, targets = make_data(model, args.n, args.size)
     forward = forward_time(model, x, args.repeats)
     print(f"{args.n} images 3x{args.size}x{args.size}, {args.model} model ({1000 * forward:.3f} ms per forward image), "
-          f"{args.threads} thread(s), best of {args.repeats}; torch {torch.__version__}, numpy {np.__version__}")
-    print("ms/image: total time per image; overhead: the same less the model's forward passes; ratios: theirs / crp")
-    print(f"{'case':<15} {'implementation':<23} {'steps':>5} {'ms/image':>9} {'ratio':>6} {'overhead':>9} {'ratio':>6}")
+          f"{args.threads} thread(s), best of {args.repeats}, {malloc}; torch {torch.__version__}, "
+          f"numpy {np.__version__}")
+    print("ms/image: total time per image; fwd/img: images forwarded per image; overhead: ms/image less those "
+          "forward passes; ratios: theirs / crp")
+    print(f"{'case':<15} {'implementation':<23} {'steps':>5} {'fwd/img':>7} {'ms/image':>9} {'ratio':>6} "
+          f"{'overhead':>9} {'ratio':>6}")
     for case, rows in cases(args, model, x, heat, targets).items():
-        runners = [runner for _, _, _, runner in rows if runner is not None]
+        runners = [runner for _, _, runner in rows if runner is not None]
+        counts = iter([count_forwards(model, runner, args.n) for runner in runners])  # also a warm-up run
         times = iter(round_robin(runners, args.repeats))
         reference = None
-        for name, steps, forwards, runner in rows:
+        for name, steps, runner in rows:
             if runner is None:
-                print(f"{case:<15} {name:<23} {steps:>5} {'(not installed)':>16}")
+                print(f"{case:<15} {name:<23} {steps:>5} {'(not installed)':>24}")
                 continue
+            forwards = next(counts)
             total = next(times) / args.n
             overhead = total - forwards * forward
             reference = reference or (total, overhead)
-            print(f"{case:<15} {name:<23} {steps:>5} {1000 * total:>9.2f} {total / reference[0]:>5.1f}x "
-                  f"{1000 * overhead:>9.2f} {overhead / reference[1]:>5.1f}x")
+            # an overhead within the timing noise (under 5% of the total) has no meaningful ratio
+            ratio = f"{overhead / reference[1]:>5.2f}x" if reference[1] > 0.05 * reference[0] else f"{'-':>6}"
+            print(f"{case:<15} {name:<23} {steps:>5} {forwards:>7.2f} {1000 * total:>9.2f} "
+                  f"{total / reference[0]:>5.2f}x {1000 * overhead:>9.2f} {ratio}")
 
 
 def round_robin(runners: List[Callable[[], object]], repeats: int) -> List[float]:

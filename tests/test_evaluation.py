@@ -362,7 +362,9 @@ def test_progress_bar_only_when_verbose(capsys):
 
 def test_automatic_batch_size_bounds_the_input_values_per_batch():
     metric = PixelFlipping()
-    assert metric.batch_for(torch.zeros(2, 3, 32, 32)) == 2**16 // (3 * 32 * 32)
+    assert metric.batch_for(torch.zeros(2, 1, 28, 28)) == 2**16 // (28 * 28)
+    assert metric.batch_for(torch.zeros(2, 3, 32, 32)) == metric.batch_for(torch.zeros(2, 3, 64, 64)) == 32  # at least
+    assert metric.batch_for(torch.zeros(2, 3, 224, 224)) == 2**20 // (3 * 224 * 224)  # ... while under 2**20 values
     assert metric.batch_for(torch.zeros(2, 3, 512, 512)) == 1
     assert metric.batch_for(torch.zeros(2, 1, 8, 8)) == 1024
     assert PixelFlipping(batch_size=7).batch_for(torch.zeros(2, 3, 32, 32)) == 7

@@ -19,6 +19,7 @@ __all__ = [
     "check_region_size",
     "check_region_fit",
     "check_positive_int",
+    "check_scores",
 ]
 
 #: Side of a square region, or its ``(height, width)``.
@@ -221,3 +222,32 @@ def named_or_callable(spec: Any, registry: Dict[str, Callable], argument: str) -
     if callable(spec):
         return getattr(spec, "__name__", type(spec).__name__), spec
     raise ValueError(f"`{argument}` must be one of {sorted(registry)} or a callable, got {spec!r}.")
+
+
+def check_scores(scores: object, n_rows: int) -> torch.Tensor:
+    """Check that a score function returned one value per input and return them as float64 on the CPU.
+
+    Parameters
+    ----------
+    scores : object
+        What the score function returned.
+    n_rows : int
+        The number of inputs it scored.
+
+    Returns
+    -------
+    torch.Tensor
+        float64 scores of shape ``(n_rows,)`` on the CPU.
+
+    Raises
+    ------
+    ValueError
+        If ``scores`` is not a tensor of shape ``(n_rows,)``.
+    """
+    if not isinstance(scores, torch.Tensor) or tuple(scores.shape) != (n_rows,):
+        shape = tuple(scores.shape) if isinstance(scores, torch.Tensor) else type(scores).__name__
+        raise ValueError(
+            f"`score` must return one value per input, shape ({n_rows},), got {shape}; "
+            "reduce the model output to the target's score."
+        )
+    return scores.detach().to("cpu", torch.float64)

@@ -15,13 +15,13 @@ Example
 """
 
 import warnings
-from typing import Any, Dict, Optional, Sequence, Union
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import torch
 
-from ._checks import RegionSize, TargetsLike, check_attributions, check_inputs, check_targets
+from ._checks import RegionSize, TargetsLike, check_attributions, check_inputs, check_scores, check_targets
 from .base import PerturbationMetric
-from .engine import score_curves
+from .engine import score_curves, score_curves_once
 from .ordering import Order
 from .perturbation import Perturbation
 from .result import FlippingResult
@@ -37,6 +37,13 @@ class PixelFlipping(PerturbationMetric):
     Settings go to the constructor, data to the call (as in Quantus). Every (sample, step) pair is an
     independent perturbation of the original input, batched ``batch_size`` at a time under
     :func:`torch.no_grad`, so the curves do not depend on the batch size.
+
+    Inputs that are identical by construction are forwarded once
+    (:func:`~crp.evaluation.engine.score_curves_once`): the forward pass of the unperturbed inputs that checks
+    the outputs and predicts the targets also gives step 0, and a last step that removes every pixel forwards
+    one input in all when the fill is the same for every sample (a constant baseline, the inpainting fallback),
+    else one per sample. With ``S`` steps a call thus costs ``S`` forward passes per sample plus one (shared fill)
+    or ``S + 1``, instead of ``S + 2``.
 
     Parameters
     ----------
@@ -55,8 +62,8 @@ class PixelFlipping(PerturbationMetric):
     score : str or callable, default "logit"
         "logit", "probability", "log_probability", or ``score(outputs, targets) -> (B,)``.
     batch_size : int, optional
-        Perturbed inputs per forward pass; by default about ``2**16`` input values per batch on the CPU,
-        ``2**24`` on a GPU (see :meth:`~crp.evaluation.base.PerturbationMetric.batch_for`).
+        Perturbed inputs per forward pass; by default about ``2**16`` input values per batch on the CPU (at least
+        32 inputs up to ``2**20`` values), ``2**24`` on a GPU (see :class:`~crp.evaluation.base.PerturbationMetric`).
     seed : int, default 0
         Seed for the random order and the random perturbation.
     verbose : bool, default False
@@ -115,35 +122,45 @@ class PixelFlipping(PerturbationMetric):
         attributions = check_attributions(attributions, inputs)
         if getattr(model, "training", False):
             warnings.warn("`model` is in training mode; call model.eval() for reproducible curves.", stacklevel=2)
-        targets = self._targets(model, inputs, targets)
+        batch_size = self.batch_for(inputs)
+        targets, first = self._unperturbed(model, inputs, targets, batch_size)
         plan, counts = self._plan(inputs, attributions, None)
         device_targets = targets.to(inputs.device)
 
-        def scorer(batch: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-            return self.score(model(batch), device_targets[rows])
+        def reduce(outputs: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+            return self.score(outputs, device_targets[rows])
 
-        curves = score_curves(plan, scorer, self.batch_for(inputs), self.verbose, f"{self.order_name} flipping")
+        desc = f"{self.order_name} flipping"
+        if first is None:  # outputs that are no tensor: score every (sample, step) pair as it comes
+            curves = score_curves(plan, lambda batch, rows: reduce(model(batch), rows), batch_size, self.verbose, desc)
+        else:
+            curves = score_curves_once(plan, model, reduce, batch_size, self.verbose, desc, first=first)
         return self._result(curves, counts, targets, plan.sources, self.score_name, shape=inputs.shape[-2:])
 
-    def _targets(self, model: torch.nn.Module, inputs: torch.Tensor, targets: TargetsLike) -> torch.Tensor:
-        """The checked targets, or the predicted classes if none are given."""
-        batch_size = self.batch_for(inputs)
-        with torch.no_grad():
-            outputs = model(inputs[:batch_size])
-        is_named = isinstance(self._score_spec, str)
-        if is_named and (not isinstance(outputs, torch.Tensor) or outputs.dim() != 2):
-            shape = tuple(outputs.shape) if isinstance(outputs, torch.Tensor) else type(outputs).__name__
-            raise ValueError(f"`score` {self.score_name!r} needs model outputs of shape (B, K), got {shape}.")
-        if targets is not None:
-            n_classes = outputs.shape[1] if is_named else None
-            return check_targets(targets, len(inputs), n_classes)
-        return torch.cat([self._predict(model, inputs[start:start + batch_size])
-                          for start in range(0, len(inputs), batch_size)]).cpu()
+    def _unperturbed(
+        self, model: torch.nn.Module, inputs: torch.Tensor, targets: TargetsLike, batch_size: int
+    ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """The checked targets (the predicted classes if None) and the scores of the unperturbed inputs.
 
-    @staticmethod
-    def _predict(model: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
+        One forward pass per input serves the check of the output shape, the predicted targets and step 0 of the
+        curves; the scores are None if the model's outputs are no tensor (then step 0 is scored with the rest).
+        """
         with torch.no_grad():
-            return model(batch).argmax(1)
+            outputs = [model(inputs[:batch_size])]
+        is_named = isinstance(self._score_spec, str)
+        if is_named and (not isinstance(outputs[0], torch.Tensor) or outputs[0].dim() != 2):
+            shape = tuple(outputs[0].shape) if isinstance(outputs[0], torch.Tensor) else type(outputs[0]).__name__
+            raise ValueError(f"`score` {self.score_name!r} needs model outputs of shape (B, K), got {shape}.")
+        checked = check_targets(targets, len(inputs), outputs[0].shape[1] if is_named else None)
+        with torch.no_grad():
+            outputs += [model(inputs[start:start + batch_size]) for start in range(batch_size, len(inputs), batch_size)]
+        if checked is None:
+            checked = torch.cat([output.argmax(1) for output in outputs]).cpu()
+        if not all(isinstance(output, torch.Tensor) for output in outputs):
+            return checked, None
+        with torch.no_grad():
+            first = self.score(torch.cat(outputs), checked.to(outputs[0].device))
+        return checked, check_scores(first, len(inputs))
 
 
 class RegionPerturbation(PixelFlipping):

@@ -9,6 +9,7 @@ brings the large-scale part of the fill in a few iterations per level. :func:`te
 those who have ``opencv-python-headless`` installed.
 """
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -128,8 +129,9 @@ def _conjugate_gradient(values, known, start, iterations, tolerance=1e-6, check_
 def telea_inpaint(images: torch.Tensor, masks: torch.Tensor, radius: float = 3.0) -> torch.Tensor:
     """Replace the masked pixels with OpenCV's Telea inpainting, one image and channel at a time.
 
-    Each channel is scaled to its own range and inpainted as a 16-bit image (OpenCV 5.0's float path of Telea
-    returns noise); the unmasked pixels are copied from ``images`` unchanged.
+    Each channel is scaled to the range of its known pixels and inpainted as a 16-bit image (OpenCV 5.0's float
+    path of Telea returns noise); the unmasked pixels are copied from ``images`` unchanged, and a channel without
+    any known pixel becomes 0.
 
     Parameters
     ----------
@@ -159,21 +161,23 @@ def telea_inpaint(images: torch.Tensor, masks: torch.Tensor, radius: float = 3.0
         ) from error
     arrays = images.detach().to("cpu", torch.float64).numpy()
     holes = masks.detach().to("cpu").bool().expand_as(images).numpy()
-    out = arrays.copy()
-    for index in range(arrays.shape[0]):
-        for channel in range(arrays.shape[1]):
-            hole = holes[index, channel]
-            if hole.any():
-                out[index, channel][hole] = _telea_channel(cv2, arrays[index, channel], hole, radius)[hole]
-    return torch.from_numpy(out).to(images.device, images.dtype)
+    scaled, low, span = _to_uint16(arrays, holes)
+    filled = scaled.copy()
+    partial = holes.any((2, 3)) & ~holes.all((2, 3))  # the channels that have pixels to fill and to fill from
+    for index, channel in zip(*np.nonzero(partial)):
+        hole = holes[index, channel].astype("uint8")
+        filled[index, channel] = cv2.inpaint(scaled[index, channel], hole, radius, cv2.INPAINT_TELEA)
+    result = filled.astype("float64") / 65535.0 * span + low
+    result = np.where(holes.all((2, 3), keepdims=True), 0.0, result)  # nothing to fill from
+    return torch.from_numpy(np.where(holes, result, arrays)).to(images.device, images.dtype)
 
 
-def _telea_channel(cv2, channel, hole, radius: float):
-    """Telea inpainting of one channel through a 16-bit image scaled to the range of its known pixels."""
-    if hole.all():
-        return channel * 0.0  # nothing to fill from
-    low, high = channel[~hole].min(), channel[~hole].max()
-    span = high - low if high > low else 1.0
-    scaled = ((channel - low) / span * 65535.0).clip(0.0, 65535.0).round().astype("uint16")
-    filled = cv2.inpaint(scaled, hole.astype("uint8"), radius, cv2.INPAINT_TELEA)
-    return filled.astype("float64") / 65535.0 * span + low
+def _to_uint16(arrays: np.ndarray, holes: np.ndarray) -> tuple:
+    """Each image channel as 16 bits spanning the range of its known pixels, with that range's low end and width."""
+    low = np.where(holes, np.inf, arrays).min((2, 3), keepdims=True)
+    high = np.where(holes, -np.inf, arrays).max((2, 3), keepdims=True)
+    empty = np.isinf(low)  # no known pixel: any scale serves, the channel becomes 0
+    low, high = np.where(empty, 0.0, low), np.where(empty, 0.0, high)
+    span = np.where(high > low, high - low, 1.0)
+    scaled = ((arrays - low) / span * 65535.0).clip(0.0, 65535.0).round().astype("uint16")
+    return scaled, low, span

@@ -63,7 +63,8 @@ class Perturbation(ABC):
     """Replace the masked pixels of a batch of inputs.
 
     Subclasses implement :meth:`perturb`; those that need randomness or per-sample statistics override
-    :meth:`prepare`, which is called once per metric call on all samples.
+    :meth:`prepare`, which is called once per metric call on all samples. :meth:`perturb` must keep the pixels
+    outside the mask: the metrics score an empty mask (step 0) as the unperturbed input itself.
     """
 
     name: ClassVar[str] = ""
@@ -101,7 +102,7 @@ class Perturbation(ABC):
         Returns
         -------
         torch.Tensor
-            The perturbed inputs, shape ``(B, C, H, W)``.
+            The perturbed inputs, shape ``(B, C, H, W)``, equal to ``inputs`` outside the masks.
         """
 
     def __repr__(self) -> str:
@@ -133,7 +134,7 @@ class FillPerturbation(Perturbation, ABC):
         """
 
     def perturb(self, inputs: torch.Tensor, masks: torch.Tensor, state: Optional[torch.Tensor]) -> torch.Tensor:
-        return torch.where(masks, state, inputs)
+        return _replace_masked(inputs, masks, state)
 
 
 @register_perturbation("inpainting")
@@ -225,6 +226,33 @@ class Mean(FillPerturbation):
 
     def fill(self, inputs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         return inputs.mean((2, 3), keepdim=True)
+
+
+def _replace_masked(inputs: torch.Tensor, masks: torch.Tensor, fill: torch.Tensor) -> torch.Tensor:
+    """``torch.where(masks, fill, inputs)``, computed as a blend with weights 0 and 1 where that is exact.
+
+    ``torch.lerp`` returns its start for weight 0 and its end for weight 1 exactly when both are finite (up to
+    the sign of a zero), and on the CPU it runs several times faster than ``torch.where``, which serves inputs
+    or fills that are not finite.
+
+    Parameters
+    ----------
+    inputs : torch.Tensor
+        Inputs of shape ``(B, C, H, W)``.
+    masks : torch.Tensor
+        Boolean masks broadcastable to the inputs, True where the fill replaces the input.
+    fill : torch.Tensor
+        The fill, broadcastable to the inputs.
+
+    Returns
+    -------
+    torch.Tensor
+        A new tensor of the inputs' shape.
+    """
+    fill = fill.to(inputs.dtype)
+    if not bool(torch.isfinite(fill.sum() + inputs.sum())):  # a non-finite value, or sums that overflow
+        return torch.where(masks, fill, inputs)
+    return torch.lerp(inputs, fill.expand_as(inputs), masks.to(inputs.dtype))
 
 
 def get_perturbation(spec: Union[str, Perturbation]) -> Perturbation:
