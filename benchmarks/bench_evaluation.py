@@ -92,6 +92,8 @@ def best_time(run: Callable[[], object], repeats: int) -> float:
             warnings.simplefilter("ignore")
             start = time.perf_counter()
             run()
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
             times.append(time.perf_counter() - start)
     return min(times)
 
@@ -102,6 +104,8 @@ def ours(model, x, heat, targets, **settings) -> Callable[[], object]:
 
 
 def quantus_flip(model, x, heat, targets, steps: int, baseline: str) -> Optional[Callable[[], object]]:
+    if x.device.type != "cpu":
+        return None
     try:
         import quantus
     except ImportError:
@@ -115,6 +119,8 @@ def quantus_flip(model, x, heat, targets, steps: int, baseline: str) -> Optional
 
 
 def lrp_pf_auc(model, x, heat, targets, steps: int, region: int, mode: str) -> Optional[Callable[[], object]]:
+    if x.device.type != "cpu":
+        return None
     try:
         from pf.core import PixelFlipping as LrpPixelFlipping
         from pf.perturbation_modes.constants import PerturbModes
@@ -225,6 +231,9 @@ def parse(argv: Optional[List[str]]) -> argparse.Namespace:
                         help="crp.evaluation's perturbed inputs per forward (default: its automatic choice)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default="cpu",
+                        help="run the model and crp.evaluation there, e.g. cuda (Quantus and lrp-pf-auc stay on the "
+                             "CPU and are skipped unless --device cpu)")
     parser.add_argument("--malloc", choices=("tuned", "default"), default="tuned",
                         help="keep freed memory in the process for all implementations (glibc), or glibc's defaults")
     args = parser.parse_args(argv)
@@ -243,9 +252,11 @@ def main(argv: Optional[List[str]] = None) -> None:
     torch.set_num_threads(args.threads)
     model = build_model(args.size, args.model)
     x, heat, targets = make_data(model, args.n, args.size)
+    device = torch.device(args.device)
+    model, x, heat, targets = model.to(device), x.to(device), heat.to(device), targets.to(device)
     forward = forward_time(model, x, args.repeats)
     print(f"{args.n} images 3x{args.size}x{args.size}, {args.model} model ({1000 * forward:.3f} ms per forward image), "
-          f"{args.threads} thread(s), best of {args.repeats}, {malloc}; torch {torch.__version__}, "
+          f"{args.threads} thread(s), device {device}, best of {args.repeats}, {malloc}; torch {torch.__version__}, "
           f"numpy {np.__version__}")
     print("ms/image: total time per image; fwd/img: images forwarded per image; overhead: ms/image less those "
           "forward passes; ratios: theirs / crp")
@@ -258,7 +269,8 @@ def main(argv: Optional[List[str]] = None) -> None:
         reference = None
         for name, steps, runner in rows:
             if runner is None:
-                print(f"{case:<15} {name:<23} {steps:>5} {'(not installed)':>24}")
+                reason = "(not installed)" if device.type == "cpu" else "(CPU only)"
+                print(f"{case:<15} {name:<23} {steps:>5} {reason:>24}")
                 continue
             forwards = next(counts)
             total = next(times) / args.n

@@ -1,5 +1,6 @@
 """Cache keys cover every setting that changes reference images; ImageCache stores and finds them by rank."""
 import functools
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -27,8 +28,9 @@ def test_digest_is_stable_across_processes():
     code = ("from zennit.composites import EpsilonPlusFlat; from crp.cache import CacheKey, describe; "
             "print(CacheKey('get_max_reference', 'features.3', 'relevance', False, None, "
             "describe(EpsilonPlusFlat()), {'results': 1}).digest())")
+    path = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])  # keeps a zennit found through it
     other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT,
-                           env={"PYTHONPATH": str(ROOT), "PYTHONHASHSEED": "123"}).stdout.strip()
+                           env={**os.environ, "PYTHONPATH": path, "PYTHONHASHSEED": "123"}).stdout.strip()
     assert other == key(plot=None).digest()
 
 
