@@ -20,7 +20,7 @@ from crp.concepts import ChannelConcept, Concept
 from crp.store import RECORD, stats_offsets
 from crp.topk import TopK
 
-__all__ = ["Maximization", "MODES", "empty_records", "concept_values"]
+__all__ = ["Maximization", "MODES", "concept_values"]
 
 #: The two rankings: by conditional relevance and by activation.
 MODES = ("relevance", "activation")
@@ -252,13 +252,6 @@ class Maximization:
             total = self._total()
             self.accumulators[mode] = (TopK(self.k, total), TopK(self.k, total, slack=self.slack))
         return self.accumulators[mode]
-
-
-def empty_records(shape: Tuple[int, ...]) -> np.ndarray:
-    """A record array of ``shape`` with every slot empty (index -1, value NaN, neuron -1)."""
-    records = np.empty(shape, dtype=RECORD)
-    records["index"], records["value"], records["neuron"] = -1, np.nan, -1
-    return records
 
 
 def _fields(records: np.ndarray) -> Arrays:

@@ -430,8 +430,9 @@ class FeatureVisualization:
         x = (data if len(rows) == len(data) and rows == list(range(len(data))) else data[rows_t]).requires_grad_()
         conditions = [{self.attribution.MODEL_OUTPUT_NAME: [t]} for t in row_targets]
         # no input heatmap is needed: the backward pass stops at the lowest layer of the layer map
-        result = self.attribution._call(x, conditions, None, list(self.layer_map), ChannelConcept.mask, None, None,
-                                        on_device, exclude_parallel=False, heatmap=False)
+        result = self.attribution._call(x, conditions, composite=None, record_layer=list(self.layer_map),
+                                        mask_map=ChannelConcept.mask, start_layer=None, init_rel=None,
+                                        on_device=on_device, exclude_parallel=False, heatmap=False)
         first = torch.as_tensor(np.unique(np.asarray(rows), return_index=True)[1])  # every sample's first row
         row_indices, row_targets_t = indices[rows], torch.as_tensor(row_targets)
         missing = [layer for layer in self.layer_map if layer not in result.relevances]
