@@ -56,8 +56,7 @@ def bench_tracing(name, size, repeat, methods):
 def bench_attribution_graph(name, size, exclude_parallel):
     from zennit.composites import EpsilonPlusFlat
 
-    from crp.attribution import CondAttribution
-    from crp.concept_graph import AttributionGraph
+    from crp.attribution import AttributionGraph, CondAttribution
     from crp.concepts import ChannelConcept
     from crp.graph import trace_model_graph
 

@@ -94,8 +94,8 @@ def summarize(report: dict) -> dict:
 
 
 def compare(tmp: str) -> dict:
+    from crp._features.store import legacy_folder_name
     from crp.helper import load_maximization, load_stat_targets, load_statistics
-    from crp.store import legacy_folder_name
 
     report = {}
     for max_target, abs_norm in CONFIGS:

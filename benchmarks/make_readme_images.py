@@ -24,8 +24,8 @@ sys.path.insert(0, str(ROOT))
 
 from PIL import Image  # noqa: E402
 
-from crp.data import CLASS_NAMES  # noqa: E402
-from crp.helper import write_atomic  # noqa: E402
+from crp._utils.files import write_atomic  # noqa: E402
+from crp.app.shapes import CLASS_NAMES  # noqa: E402
 
 IMAGES = ROOT / "images"
 LIMIT = 300_000  # bytes per figure
@@ -103,7 +103,7 @@ def main() -> None:
     if args.source:
         print(make_images(Path(args.source), Path(args.out)))
         return
-    from crp.demo import run_demo
+    from crp.app.demo import run_demo
 
     with tempfile.TemporaryDirectory() as folder:
         run_demo(Path(folder) / "demo", threads=1, progress=False)

@@ -1,7 +1,7 @@
-"""``python -m crp``: the command-line interface (see :mod:`crp.cli`)."""
+"""``python -m crp``: the command-line interface (see :mod:`crp.app.cli`)."""
 import sys
 
-from crp.cli import main
+from crp.app.cli import main
 
 __all__ = ["main"]
 

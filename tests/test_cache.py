@@ -11,7 +11,8 @@ from PIL import Image
 from zennit.canonizers import SequentialMergeBatchNorm
 from zennit.composites import EpsilonGammaBox, EpsilonPlusFlat
 
-from crp.cache import Cache, CacheKey, ImageCache, describe
+from crp._features.cache import describe
+from crp.cache import Cache, CacheKey, ImageCache
 from crp.image import vis_img_heatmap, vis_opaque_img
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -25,7 +26,7 @@ def key(**changes):
 
 
 def test_digest_is_stable_across_processes():
-    code = ("from zennit.composites import EpsilonPlusFlat; from crp.cache import CacheKey, describe; "
+    code = ("from zennit.composites import EpsilonPlusFlat; from crp._features.cache import CacheKey, describe; "
             "print(CacheKey('get_max_reference', 'features.3', 'relevance', False, None, "
             "describe(EpsilonPlusFlat()), {'results': 1}).digest())")
     path = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])  # keeps a zennit found through it

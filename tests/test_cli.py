@@ -16,9 +16,9 @@ import pytest
 import torch
 from PIL import Image
 
-from crp.cli import build_parser, main, one_line
-from crp.models import torch_threads
-from crp.output import MANIFEST_NAME
+from crp.app.cli import build_parser, main, one_line
+from crp.app.output import MANIFEST_NAME
+from crp.app.shapes_model import torch_threads
 
 ROOT = Path(__file__).resolve().parents[1]
 # small settings for every analyze run (the defaults suit real models)

@@ -1,11 +1,11 @@
-"""Tests of crp.concept_report: the steps of a concept report on small models, and its pictures."""
+"""Tests of crp.app.concept_report: the steps of a concept report on small models, and its pictures."""
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 from zennit.composites import EpsilonPlusFlat
 
-from crp.concept_report import (
+from crp.app.concept_report import (
     ConceptAnalysis,
     _Preprocessed,
     fingerprint,
@@ -15,10 +15,10 @@ from crp.concept_report import (
     region_size_for,
     resumable_feature_visualization,
 )
+from crp.app.output import OutputFolder
+from crp.app.shapes import ShapesDataset
+from crp.app.shapes_model import ShapesNet, torch_threads
 from crp.concepts import ChannelConcept
-from crp.data import ShapesDataset
-from crp.models import ShapesNet, torch_threads
-from crp.output import OutputFolder
 
 
 @pytest.fixture(autouse=True)

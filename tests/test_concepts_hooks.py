@@ -6,10 +6,11 @@ from conftest import hooks_left
 from torch import nn
 from zennit.composites import NameMapComposite
 
+from crp._attribution.conditions import broadcast_rows, canonical_conditions, canonical_ids
+from crp._attribution.hooks import apply_masks
 from crp.concepts import ChannelConcept, ChannelMask, Concept, NeuronMask
-from crp.conditions import broadcast_rows, canonical_conditions, canonical_ids
 from crp.helper import abs_norm, get_layer_names, get_output_shapes, max_norm
-from crp.hooks import MaskHook, apply_masks
+from crp.hooks import MaskHook
 
 
 def test_concept_is_abstract():

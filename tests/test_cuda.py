@@ -10,11 +10,11 @@ from conftest import small_cnn
 from test_visualization import LAYERS, TensorData, TinyNet
 from zennit.composites import EpsilonPlusFlat
 
+from crp._features.store import ResultStore
+from crp._features.topk import TopK
 from crp.attribution import CondAttribution
 from crp.concepts import ChannelConcept
 from crp.evaluation import ConceptFaithfulness, PixelFlipping, RegionPerturbation
-from crp.store import ResultStore
-from crp.topk import TopK
 from crp.visualization import FeatureVisualization
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")

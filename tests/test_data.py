@@ -1,11 +1,11 @@
-"""Tests of crp.data: determinism, shapes and the planted artifact's statistics."""
+"""Tests of crp.app.shapes: determinism, shapes and the planted artifact's statistics."""
 import hashlib
 
 import numpy as np
 import pytest
 import torch
 
-from crp.data import ARTIFACT_BOX, CLASS_NAMES, DATA_VERSION, ShapesDataset, _masks
+from crp.app.shapes import ARTIFACT_BOX, CLASS_NAMES, DATA_VERSION, ShapesDataset, _masks
 
 MAGENTA = torch.tensor([255, 0, 255], dtype=torch.uint8)
 
@@ -153,7 +153,7 @@ def test_validation_split_is_drawn_like_train_but_apart():
 
 def test_generator_output_is_pinned():
     # Obtained by running this generator (DATA_VERSION 1) with numpy 2.4. If it changes, cached models were
-    # trained on other images: bump crp.data.DATA_VERSION (part of the cache key) and update these values.
+    # trained on other images: bump crp.app.shapes.DATA_VERSION (part of the cache key) and update these values.
     dataset = ShapesDataset("test", n=16, seed=0)
     assert DATA_VERSION == 1
     assert dataset.labels.tolist() == [3, 3, 2, 1, 0, 3, 0, 1, 0, 2, 1, 1, 1, 1, 1, 3]

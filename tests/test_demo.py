@@ -1,4 +1,4 @@
-"""Tests of crp.demo: the artifact search on a hand-built model, sample picking, arguments, a quick run."""
+"""Tests of crp.app.demo: the artifact search on a hand-built model, sample picking, arguments, a quick run."""
 import contextlib
 import io
 import json
@@ -9,9 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from crp.attribution import CondAttribution
-from crp.data import ShapesDataset
-from crp.demo import (
+from crp.app.demo import (
     MANIFEST_NAME,
     QUICK_SETTINGS,
     DemoError,
@@ -21,7 +19,9 @@ from crp.demo import (
     format_summary,
     run_demo,
 )
-from crp.models import ShapesNet, torch_threads
+from crp.app.shapes import ShapesDataset
+from crp.app.shapes_model import ShapesNet, torch_threads
+from crp.attribution import CondAttribution
 
 MARK_CHANNEL, MID_CHANNEL, ARTIFACT_CHANNEL = 5, 7, 11
 

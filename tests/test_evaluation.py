@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from crp._evaluation.ordering import pixel_ranks, pool_regions
 from crp.evaluation import (
     PERTURBATIONS,
     Constant,
@@ -16,7 +17,6 @@ from crp.evaluation import (
     quadratic_per_step,
     region_counts,
 )
-from crp.evaluation.ordering import pixel_ranks, pool_regions
 
 H = W = 8
 PLANTED = torch.zeros(H, W, dtype=torch.bool)

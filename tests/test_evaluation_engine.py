@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
+from crp._evaluation.engine import score_curves, score_curves_once
+from crp._evaluation.perturbation import _replace_masked
 from crp.evaluation import Constant, FillPerturbation, Inpainting, Mean, PixelFlipping, RandomUniform
-from crp.evaluation.engine import score_curves, score_curves_once
-from crp.evaluation.perturbation import _replace_masked
 
 N, C, H, W = 4, 2, 8, 8
 

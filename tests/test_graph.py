@@ -254,7 +254,7 @@ def test_shortcut_model_like_the_fashion_model(method):
 
 def test_data_dependent_control_flow_falls_back_to_autograd(caplog):
     model = BranchingNet()
-    with caplog.at_level(logging.DEBUG, logger="crp.graph"):
+    with caplog.at_level(logging.DEBUG, logger="crp._graph.tracing"):
         graph = trace_model_graph(model, torch.ones(1, 4), ["stem", "up", "head"])
     assert graph.method == "autograd"
     assert "TraceError" in graph.fallback_reason
@@ -341,7 +341,7 @@ def test_autograd_tracing_cleans_up_after_an_exception():
 
 
 def test_summary_and_debug_log(caplog):
-    with caplog.at_level(logging.INFO, logger="crp.graph"):
+    with caplog.at_level(logging.INFO, logger="crp._graph.tracing"):
         graph = trace_model_graph(FunctionalNet(), torch.rand(1, 1, 5, 5), ["a", "c", "fc"], debug=True)
     text = str(graph)
     assert text.splitlines() == [

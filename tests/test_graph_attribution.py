@@ -1,11 +1,10 @@
-"""Tests of crp.concept_graph.AttributionGraph: shares against a naive float64 gradient and direct CRP calls."""
+"""Tests of crp.graph.AttributionGraph: shares against a naive float64 gradient and direct CRP calls."""
 import pytest
 import torch
 from torch import nn
 from zennit.composites import EpsilonPlusFlat
 
-from crp.attribution import CondAttribution
-from crp.concept_graph import AttributionGraph, attrGraphResult
+from crp.attribution import AttributionGraph, CondAttribution, attrGraphResult
 from crp.concepts import ChannelConcept
 from crp.graph import trace_model_graph
 

@@ -1,4 +1,4 @@
-"""Tests of crp.graph_plot: layout, drawing, atomic saving and reference images for attribution graphs."""
+"""Tests of crp.graph: layout, drawing, atomic saving and reference images for attribution graphs."""
 import subprocess
 import sys
 from pathlib import Path
@@ -8,8 +8,8 @@ import pytest
 import torch
 from PIL import Image
 
-from crp.concept_graph import attrGraphResult
-from crp.graph_plot import collect_reference_images, layout_attribution_graph, plot_attribution_graph
+from crp.attribution import attrGraphResult
+from crp.graph import collect_reference_images, layout_attribution_graph, plot_attribution_graph
 
 RESULT = attrGraphResult(
     nodes=[("fc", 3), ("conv2", 1), ("conv2", 4), ("skip", 0), ("conv1", 2), ("conv1", 5)],
@@ -153,7 +153,7 @@ def test_bad_input(tmp_path):
 
 
 def test_import_does_not_load_matplotlib():
-    code = "import sys, crp.graph_plot; print('matplotlib' in sys.modules)"
+    code = "import sys, crp.graph; print('matplotlib' in sys.modules)"
     root = Path(__file__).resolve().parents[1]
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, check=True)
     assert out.stdout.strip() == "False"

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from crp.maximization import _BLOCK, _TWO_STEP_FROM, _peaks
+from crp._features.ranking import _BLOCK, _TWO_STEP_FROM, _peaks
 
 
 @pytest.mark.parametrize("neurons", [1, 7, _TWO_STEP_FROM - 1, _TWO_STEP_FROM, 4096, _TWO_STEP_FROM + _BLOCK + 5])

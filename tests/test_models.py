@@ -1,14 +1,14 @@
-"""Tests of crp.models: the network's layout, seeded training, the weight cache and the shortcut metrics."""
+"""Tests of crp.app.shapes_model: the network's layout, seeded training, the weight cache and the shortcut metrics."""
 import logging
 from dataclasses import replace
 
 import pytest
 import torch
 
-import crp.models as models
-from crp.data import ARTIFACT_BOX, ShapesDataset
-from crp.helper import write_atomic
-from crp.models import (
+import crp.app.shapes_model as models
+from crp._utils.files import write_atomic
+from crp.app.shapes import ARTIFACT_BOX, ShapesDataset
+from crp.app.shapes_model import (
     ShapesNet,
     TrainSettings,
     cache_path,
@@ -96,7 +96,7 @@ def test_stale_file_under_the_right_name_is_retrained(tmp_path, caplog):
     payload = torch.load(info.cache_file, weights_only=True)
     payload["settings"]["lr"] = 0.5  # a file whose content does not match its name
     torch.save(payload, info.cache_file)
-    with caplog.at_level(logging.WARNING, logger="crp.models"):
+    with caplog.at_level(logging.WARNING, logger="crp.app.shapes_model"):
         again, info2 = train_tiny(tmp_path)
     assert not info2.from_cache and "belongs to other settings" in caplog.text
     assert torch.load(info.cache_file, weights_only=True)["settings"]["lr"] == TINY.lr  # overwritten
@@ -115,7 +115,7 @@ def test_unreadable_or_unsafe_file_is_retrained(tmp_path, caplog, content):
         path.write_bytes(b"not a torch file")
     else:
         torch.save({"key": TINY.key(), "state_dict": NotWeights()}, path)
-    with caplog.at_level(logging.WARNING, logger="crp.models"):
+    with caplog.at_level(logging.WARNING, logger="crp.app.shapes_model"):
         _, info = train_tiny(tmp_path)
     assert not info.from_cache and "cannot read cache file" in caplog.text
     assert torch.load(path, weights_only=True)["key"] == TINY.key()

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from crp.output import MANIFEST_NAME, OutputFolder, UserError
+from crp.app.output import MANIFEST_NAME, OutputFolder, UserError
 
 
 def manifest(folder):

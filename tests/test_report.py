@@ -8,7 +8,7 @@ import pytest
 from browser import chromium, render
 from PIL import Image
 
-from crp.report import Report
+from crp.app.report import Report
 
 
 def _image(color, size=(6, 4)):

@@ -9,8 +9,8 @@ import pytest
 from browser import chromium, render
 from PIL import Image
 
-from crp.demo import run_demo
-from crp.models import torch_threads
+from crp.app.demo import run_demo
+from crp.app.shapes_model import torch_threads
 
 pytestmark = pytest.mark.skipif(chromium() is None,
                                 reason="Chromium is not installed (.ci/run installs Debian's chromium package)")

@@ -4,17 +4,10 @@ import json
 import numpy as np
 import pytest
 
-import crp.store
+import crp._features.store
+from crp._features.store import RECORD, LegacyStore, ResultStore, legacy_folder_name, open_result_folder, open_results
 from crp.helper import load_maximization, load_receptive_field, load_stat_targets, load_statistics
-from crp.store import (
-    RECORD,
-    CorruptStoreError,
-    LegacyStore,
-    ResultStore,
-    legacy_folder_name,
-    open_result_folder,
-    open_results,
-)
+from crp.visualization import CorruptStoreError
 
 K, C = 3, 4
 TARGETS = [2, 5]
@@ -56,7 +49,7 @@ def test_layout_and_roundtrip(store):
                                          for kind in ("max", "stats")]
     manifest = json.loads((store.path / "manifest.json").read_text())
     assert manifest["targets"] == TARGETS and manifest["counts"] == COUNTS and manifest["complete"]
-    assert manifest["stats_offsets"] == OFFSETS and crp.store.stats_offsets(COUNTS, K).tolist() == OFFSETS
+    assert manifest["stats_offsets"] == OFFSETS and crp._features.store.stats_offsets(COUNTS, K).tolist() == OFFSETS
     plain = np.load(store.path / "results-000001" / "conv.stats.npy", allow_pickle=False)
     assert np.array_equal(plain, layer_arrays(0)["stats"]) and plain.dtype == RECORD
     indices, values, neurons = store.maximization("conv", "activation")
@@ -78,8 +71,8 @@ def test_checkpoints_replace_the_previous_one_atomically(store, monkeypatch):
             raise OSError("disk full")
         original(file, array)
 
-    original = crp.store._atomic_save
-    monkeypatch.setattr(crp.store, "_atomic_save", failing_save)
+    original = crp._features.store._atomic_save
+    monkeypatch.setattr(crp._features.store, "_atomic_save", failing_save)
     with pytest.raises(OSError, match="disk full"):
         store.save({"conv": layer_arrays(3)}, TARGETS, COUNTS, CONFIG, next_index=10, complete=True)
     monkeypatch.undo()

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from crp.topk import EMPTY_KEY, MAX_INDEX, TopK, decode_keys, encode_keys
+from crp._features.topk import EMPTY_KEY, MAX_INDEX, TopK, decode_keys, encode_keys
 
 N, C, K, GROUPS = 120, 5, 6, 4
 

@@ -9,12 +9,12 @@ heatmap and tracks the concept's relevance or activation at its layer. Plots liv
 :mod:`crp.evaluation.plot` (matplotlib is imported only there, when a plot is drawn).
 """
 
-from .base import PerturbationMetric
-from .concept import ConceptFaithfulness, concept_faithfulness, top_concepts
-from .flipping import PixelFlipping, RegionPerturbation, compare_orders
-from .inpainting import harmonic_inpaint, telea_inpaint
-from .ordering import ORDERS
-from .perturbation import (
+from crp._evaluation.base import PerturbationMetric
+from crp._evaluation.concept import ConceptFaithfulness, concept_faithfulness, top_concepts
+from crp._evaluation.flipping import PixelFlipping, RegionPerturbation, compare_orders
+from crp._evaluation.inpainting import harmonic_inpaint, telea_inpaint
+from crp._evaluation.ordering import ORDERS
+from crp._evaluation.perturbation import (
     PERTURBATIONS,
     Constant,
     FillPerturbation,
@@ -26,9 +26,9 @@ from .perturbation import (
     get_perturbation,
     register_perturbation,
 )
-from .result import FlippingResult, area_under_curve
-from .schedule import quadratic_per_step, region_counts
-from .scores import SCORES
+from crp._evaluation.result import FlippingResult, area_under_curve
+from crp._evaluation.schedule import quadratic_per_step, region_counts
+from crp._evaluation.scores import SCORES
 
 __all__ = [
     "PerturbationMetric",

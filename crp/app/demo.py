@@ -1,8 +1,8 @@
 """The end-to-end demo behind ``python -m crp demo``: find a Clever-Hans shortcut with CRP.
 
-:func:`run_demo` trains (or loads) :class:`crp.models.ShapesNet` on :class:`crp.data.ShapesDataset`, whose
-training split pairs a magenta corner mark with the class "cross", and writes a concept report (CRP, Achtibat
-et al., Nature Machine Intelligence 2023) into one folder:
+:func:`run_demo` trains (or loads) :class:`crp.app.shapes_model.ShapesNet` on
+:class:`crp.app.shapes.ShapesDataset`, whose training split pairs a magenta corner mark with the class
+"cross", and writes a concept report (CRP, Achtibat et al., Nature Machine Intelligence 2023) into one folder:
 
 - the channel of the chosen layer that responds to the mark: the one whose activation rises most when the
   mark is painted on test images of the other classes, how much of the "cross" relevance it carries, and its
@@ -30,8 +30,7 @@ import torch
 from tqdm import tqdm
 from zennit.composites import EpsilonPlusFlat
 
-from crp.attribution import CondAttribution
-from crp.concept_report import (
+from crp.app.concept_report import (
     FV_FOLDER,
     ConceptAnalysis,
     FlippingSummary,
@@ -52,16 +51,17 @@ from crp.concept_report import (
     statistics_figure,
     write_sample,
 )
+from crp.app.output import MANIFEST_NAME, OutputFolder, UserError
+from crp.app.shapes import ARTIFACT_BOX, ShapesDataset
+from crp.app.shapes_model import ShapesNet, TrainInfo, TrainSettings, torch_threads, train_default_model
+from crp.attribution import CondAttribution
 from crp.concepts import ChannelConcept
-from crp.data import ARTIFACT_BOX, ShapesDataset
 from crp.helper import get_layer_names
-from crp.models import ShapesNet, TrainInfo, TrainSettings, torch_threads, train_default_model
-from crp.output import MANIFEST_NAME, OutputFolder, UserError
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
 
-    from crp.report import Report
+    from crp.app.report import Report
 
 __all__ = ["run_demo", "format_summary", "DemoError", "DemoResult", "SampleResult", "ArtifactFinding",
            "DemoSettings", "QUICK_SETTINGS", "DEFAULT_LAYER", "MANIFEST_NAME", "FV_FOLDER"]
@@ -421,7 +421,7 @@ class _Run:
         concept = explanation.layers[self.layer].concepts[0]
         result, refs = self.analysis.attribution_graph(image, self.layer, concept, explanation.prediction,
                                                        self.demo.graph_width)
-        from crp.graph_plot import plot_attribution_graph
+        from crp.graph import plot_attribution_graph
 
         figure = plot_attribution_graph(result, reference_images=refs,
                                         title=f"test #{index}: {self.layer} #{concept} for "
@@ -470,7 +470,7 @@ def run_demo(
     force_train : bool
         Retrain the model even if the cache holds it.
     threads : int, optional
-        torch threads for the whole run (restored afterwards); default :func:`crp.models.default_threads`.
+        torch threads for the whole run (restored afterwards); default :func:`crp.app.shapes_model.default_threads`.
     settings : DemoSettings, optional
         How many references, graph levels and pixel-flipping curves; default :class:`DemoSettings` (with
         ``quick``, fewer).
@@ -611,7 +611,7 @@ def _summary_json(result: DemoResult) -> str:
 def _report(result: DemoResult, pictures: Dict[str, Any], explained: List[WrittenSample], graph: Tuple[Any, Any],
             flipping: Tuple[FlippingSummary, Any]) -> "Report":
     """Assemble the HTML report from the written pictures."""
-    from crp.report import Report
+    from crp.app.report import Report
 
     art, info = result.artifact, result.info
     report = Report("CRP demo: a shortcut found by concepts",

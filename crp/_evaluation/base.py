@@ -40,7 +40,7 @@ class PerturbationMetric:
     Parameters
     ----------
     perturbation : str or Perturbation, default "inpainting"
-        A name from :data:`~crp.evaluation.perturbation.PERTURBATIONS` ("inpainting", "telea", "random",
+        A name from :data:`~crp._evaluation.perturbation.PERTURBATIONS` ("inpainting", "telea", "random",
         "constant", "mean") or an instance with non-default settings.
     order : str or callable, default "morf"
         "morf" (most relevant first), "lrf" (least relevant first), "random" (seeded), or a callable
@@ -52,7 +52,7 @@ class PerturbationMetric:
         The number of perturbation steps, spread evenly over all regions (default ``min(100, n_regions)``).
     per_step : int or sequence of int, optional
         Instead of ``steps``: regions per step, constant or one number per step
-        (e.g. :func:`~crp.evaluation.schedule.quadratic_per_step`).
+        (e.g. :func:`~crp._evaluation.schedule.quadratic_per_step`).
     batch_size : int, optional
         The number of perturbed inputs per forward pass; bounds the memory. By default (None) on the CPU about
         ``2**16`` input values per batch (much larger batches of light models run slower per input once their

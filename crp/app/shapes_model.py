@@ -1,9 +1,9 @@
-"""A small CNN for :class:`crp.data.ShapesDataset`, its seeded training on the CPU, and a weight cache.
+"""A small CNN for :class:`crp.app.shapes.ShapesDataset`, its seeded training on the CPU, and a weight cache.
 
 :func:`train_default_model` trains :class:`ShapesNet` on the training split (where the artifact is a
 shortcut for "cross") or loads it from the cache, and measures on the test split (where the artifact is
 independent of the class) how much the model relies on the artifact. The cache file's name holds a hash of
-every training setting, :data:`crp.data.DATA_VERSION`, :data:`MODEL_VERSION` and the crp version, so weights
+every training setting, :data:`crp.app.shapes.DATA_VERSION`, :data:`MODEL_VERSION` and the crp version, so weights
 trained with other settings are never loaded.
 """
 import contextlib
@@ -22,8 +22,8 @@ from torch import nn
 from tqdm import tqdm
 
 from crp import __version__
-from crp.data import CLASS_NAMES, DATA_VERSION, ShapesDataset
-from crp.helper import write_atomic
+from crp._utils.files import write_atomic
+from crp.app.shapes import CLASS_NAMES, DATA_VERSION, ShapesDataset
 
 __all__ = [
     "ShapesNet", "TrainSettings", "TrainInfo", "train_default_model", "evaluate_shortcut", "default_cache_dir",
@@ -305,7 +305,7 @@ def train_default_model(
     cache_dir: Optional[PathLike] = None, force: bool = False, epochs: Optional[int] = None,
     progress: bool = True, settings: Optional[TrainSettings] = None, threads: Optional[int] = None,
 ) -> Tuple[ShapesNet, TrainInfo]:
-    """Train :class:`ShapesNet` on the default :class:`~crp.data.ShapesDataset`, or load it from the cache.
+    """Train :class:`ShapesNet` on the default :class:`~crp.app.shapes.ShapesDataset`, or load it from the cache.
 
     With the default settings (12 epochs of Adam on 4000 training images, batch size 32, one-cycle learning
     rate up to 3e-3) training takes about 17 s with one thread of a busy two-core machine. The model reaches

@@ -16,13 +16,13 @@ from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Mapping, Optional, 
 
 import torch
 
-from crp.graph import ModelGraph
+from crp._graph.tracing import ModelGraph
 
 if TYPE_CHECKING:  # pragma: no cover
     from zennit.core import Composite
 
-    from crp.attribution import CondAttribution
-    from crp.concepts import Concept
+    from crp._attribution.concepts import Concept
+    from crp._attribution.engine import CondAttribution
 
 __all__ = ["AttributionGraph", "attrGraphResult", "Node", "Edge"]
 

@@ -39,7 +39,7 @@ class PixelFlipping(PerturbationMetric):
     :func:`torch.no_grad`, so the curves do not depend on the batch size.
 
     Inputs that are identical by construction are forwarded once
-    (:func:`~crp.evaluation.engine.score_curves_once`): the forward pass of the unperturbed inputs that checks
+    (:func:`~crp._evaluation.engine.score_curves_once`): the forward pass of the unperturbed inputs that checks
     the outputs and predicts the targets also gives step 0, and a last step that removes every pixel forwards
     one input in all when the fill is the same for every sample (a constant baseline, the inpainting fallback),
     else one per sample. With ``S`` steps a call thus costs ``S`` forward passes per sample plus one (shared fill)
@@ -50,7 +50,7 @@ class PixelFlipping(PerturbationMetric):
     perturbation : str or Perturbation, default "inpainting"
         What replaces removed pixels: "inpainting" (harmonic fill from the remaining pixels, in torch),
         "telea" (OpenCV), "random" (seeded uniform noise), "constant" (0 by default), "mean" (the input's
-        channel means), or a :class:`~crp.evaluation.perturbation.Perturbation` instance.
+        channel means), or a :class:`~crp._evaluation.perturbation.Perturbation` instance.
     order : str or callable, default "morf"
         "morf", "lrf", "random", or a callable ``(region_relevance, generator) -> permutation``.
     region_size : int or tuple of int, default 1
@@ -63,7 +63,7 @@ class PixelFlipping(PerturbationMetric):
         "logit", "probability", "log_probability", or ``score(outputs, targets) -> (B,)``.
     batch_size : int, optional
         Perturbed inputs per forward pass; by default about ``2**16`` input values per batch on the CPU (at least
-        32 inputs up to ``2**20`` values), ``2**24`` on a GPU (see :class:`~crp.evaluation.base.PerturbationMetric`).
+        32 inputs up to ``2**20`` values), ``2**24`` on a GPU (see :class:`~crp._evaluation.base.PerturbationMetric`).
     seed : int, default 0
         Seed for the random order and the random perturbation.
     verbose : bool, default False

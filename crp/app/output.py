@@ -12,7 +12,7 @@ import shutil
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence, Union
 
-from crp.helper import write_atomic
+from crp._utils.files import write_atomic
 
 __all__ = ["OutputFolder", "UserError", "MANIFEST_NAME"]
 

@@ -15,7 +15,7 @@ Propagation", Nature Machine Intelligence 5, 2023):
   (:meth:`ConceptAnalysis.pixel_flipping`).
 
 The functions ``*_figure`` and ``*_mosaic`` draw these results; :func:`add_sample_section` and friends put
-them into a :class:`crp.report.Report`. Images are shown as the dataset returns them; ``preprocess`` (e.g. a
+them into a :class:`crp.app.report.Report`. Images are shown as the dataset returns them; ``preprocess`` (e.g. a
 normalization) is applied before the model.
 """
 import hashlib
@@ -29,19 +29,19 @@ import numpy as np
 import torch
 from PIL import Image
 
+from crp._utils.files import write_atomic
 from crp.attribution import CondAttribution
 from crp.concepts import ChannelConcept
-from crp.helper import write_atomic
 from crp.image import imgify
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
     from zennit.core import Composite
 
-    from crp.concept_graph import attrGraphResult
+    from crp.app.output import OutputFolder
+    from crp.app.report import Report
+    from crp.attribution import attrGraphResult
     from crp.evaluation import FlippingResult
-    from crp.output import OutputFolder
-    from crp.report import Report
     from crp.visualization import FeatureVisualization
 
 __all__ = [
@@ -254,9 +254,8 @@ class ConceptAnalysis:
     def attribution_graph(self, image: torch.Tensor, layer: str, concept: int, target: int,
                           width: Sequence[int] = (3, 2)) -> Tuple["attrGraphResult", Dict[Tuple[str, int], Any]]:
         """Decompose ``concept`` of ``layer`` for ``image`` and class ``target``; return it and a reference per node."""
-        from crp.concept_graph import AttributionGraph
-        from crp.graph import trace_model_graph
-        from crp.graph_plot import collect_reference_images
+        from crp.attribution import AttributionGraph
+        from crp.graph import collect_reference_images, trace_model_graph
         from crp.image import vis_opaque_img
 
         x = self.model_input(image[None])
@@ -409,7 +408,7 @@ def flipping_figure(summary: FlippingSummary) -> "Figure":
 
 
 def figure_saver(figure: "Figure", dpi: int = 100) -> Callable[[Any], None]:
-    """A ``save(path)`` that writes ``figure`` as PNG (for :class:`crp.output.OutputFolder`)."""
+    """A ``save(path)`` that writes ``figure`` as PNG (for :class:`crp.app.output.OutputFolder`)."""
     return lambda path: figure.savefig(path, format="png", dpi=dpi, bbox_inches="tight")
 
 

@@ -158,8 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def format_summary(result) -> str:
-    """The one-screen summary of a demo result (:func:`crp.demo.format_summary`)."""
-    from crp.demo import format_summary as summary
+    """The one-screen summary of a demo result (:func:`crp.app.demo.format_summary`)."""
+    from crp.app.demo import format_summary as summary
 
     return summary(result)
 
@@ -169,8 +169,8 @@ def format_summary(result) -> str:
 
 
 def _run_demo(args: argparse.Namespace) -> int:
-    from crp.demo import format_summary as summary
-    from crp.demo import run_demo
+    from crp.app.demo import format_summary as summary
+    from crp.app.demo import run_demo
 
     result = run_demo(args.out, samples=args.samples, layer=args.layer, top_k=args.top, quick=args.quick,
                       cache_dir=args.cache_dir, progress=not args.no_progress, force_train=args.retrain,
@@ -180,7 +180,7 @@ def _run_demo(args: argparse.Namespace) -> int:
 
 
 def _analyze_options(args: argparse.Namespace):
-    from crp.analyze import AnalyzeOptions
+    from crp.app.analyze import AnalyzeOptions
 
     return AnalyzeOptions(
         model=args.model, data=args.data, weights=args.weights, num_classes=args.num_classes,
@@ -194,8 +194,8 @@ def _analyze_options(args: argparse.Namespace):
 
 
 def _run_analyze(args: argparse.Namespace) -> int:
-    from crp.analyze import AnalyzeError, format_analysis_summary, layer_table, load_model, run_analysis
-    from crp.models import torch_threads
+    from crp.app.analyze import AnalyzeError, format_analysis_summary, layer_table, load_model, run_analysis
+    from crp.app.shapes_model import torch_threads
 
     if args.list_layers:
         _say(layer_table(load_model(args.model, args.num_classes)[0]))
@@ -269,7 +269,7 @@ def one_line(error: BaseException) -> str:
 
 
 def _run_command(args: argparse.Namespace) -> int:
-    from crp.output import UserError
+    from crp.app.output import UserError
 
     command = f"{PROG} {args.command}"
     handler = _log_to_stderr(not args.no_progress)
@@ -303,7 +303,7 @@ def _interrupted(out: str) -> str:
     """What an interrupted run left, and how to continue."""
     from pathlib import Path
 
-    from crp.concept_report import FV_FOLDER, fv_state
+    from crp.app.concept_report import FV_FOLDER, fv_state
 
     done = fv_state(out)
     folder = Path(out) / FV_FOLDER

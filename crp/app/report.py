@@ -13,7 +13,7 @@ from typing import Any, List, Optional, Sequence, Union
 
 from PIL import Image
 
-from crp.helper import write_atomic
+from crp._utils.files import write_atomic
 
 __all__ = ["Report"]
 

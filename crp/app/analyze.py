@@ -3,7 +3,7 @@
 :func:`run_analysis` loads a model (a torchvision architecture by name, or any ``module:callable``), its weights
 (``torch.load(weights_only=True)``), a dataset (an image folder in torchvision's ``ImageFolder`` layout, or any
 ``module:callable``), builds a zennit composite by name with the canonizers the architecture needs, and writes
-the same kind of report as the demo (:mod:`crp.concept_report`): heatmaps and the most relevant concepts of a
+the same kind of report as the demo (:mod:`crp.app.concept_report`): heatmaps and the most relevant concepts of a
 few samples with their conditional heatmaps and reference samples, the attribution graph of the top concept,
 and pixel-flipping curves. Every user error raises :class:`AnalyzeError` with a one-line message naming the
 fix.
@@ -21,7 +21,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
-from crp.output import OutputFolder, UserError
+from crp.app.output import OutputFolder, UserError
 
 __all__ = [
     "AnalyzeError", "AnalyzeOptions", "AnalysisResult", "AnalysisSetup", "DataSpec", "run_analysis", "prepare",
@@ -581,7 +581,7 @@ def run_analysis(options: AnalyzeOptions, setup: Optional[AnalysisSetup] = None)
     setup = prepare(options) if setup is None else setup
     fv_data = _fv_dataset(setup, options)
     _verify_images(setup.data, fv_data, options)
-    from crp.concept_report import ConceptAnalysis
+    from crp.app.concept_report import ConceptAnalysis
 
     analysis = ConceptAnalysis(setup.model, setup.composite, fv_data, setup.graph_layers,
                                setup.data.preprocess, setup.data.class_names, setup.device)
@@ -619,7 +619,7 @@ def _verify_images(data: DataSpec, fv_data: Any, options: AnalyzeOptions) -> Non
 
 def _report_run(options: AnalyzeOptions, setup: AnalysisSetup, analysis: Any, output: OutputFolder,
                 start: float) -> AnalysisResult:
-    from crp.concept_report import fingerprint, resumable_feature_visualization
+    from crp.app.concept_report import fingerprint, resumable_feature_visualization
 
     key = fingerprint("crp analyze", setup.data.identity, setup.graph_layers, setup.composite_description,
                       len(analysis.dataset), options.references, model=setup.model)
@@ -649,7 +649,7 @@ def _report_run(options: AnalyzeOptions, setup: AnalysisSetup, analysis: Any, ou
 def _write_samples(options: AnalyzeOptions, setup: AnalysisSetup, analysis: Any, output: OutputFolder) -> List[Any]:
     from tqdm import tqdm
 
-    from crp.concept_report import write_sample
+    from crp.app.concept_report import write_sample
 
     dataset = setup.data.dataset
     indices = spread_indices(len(dataset), options.samples)
@@ -664,8 +664,8 @@ def _write_samples(options: AnalyzeOptions, setup: AnalysisSetup, analysis: Any,
 
 
 def _write_graph(options: AnalyzeOptions, setup: AnalysisSetup, analysis: Any, output: OutputFolder, sample: Any):
-    from crp.concept_report import figure_saver
-    from crp.graph_plot import plot_attribution_graph
+    from crp.app.concept_report import figure_saver
+    from crp.graph import plot_attribution_graph
 
     layer = setup.layers[-1]
     concept = sample.explanation.layers[layer].concepts[0]
@@ -679,7 +679,7 @@ def _write_graph(options: AnalyzeOptions, setup: AnalysisSetup, analysis: Any, o
 
 
 def _write_flipping(options: AnalyzeOptions, setup: AnalysisSetup, analysis: Any, output: OutputFolder):
-    from crp.concept_report import figure_saver, flipping_figure
+    from crp.app.concept_report import figure_saver, flipping_figure
 
     if options.flip_samples == 0:
         return None
@@ -716,8 +716,8 @@ def _write_summary(output: OutputFolder, result: AnalysisResult) -> None:
 
 
 def _assemble(result: AnalysisResult, setup: AnalysisSetup, samples: List[Any], graph: Tuple[Any, Any], flipping):
-    from crp.concept_report import add_flipping_section, add_graph_section, add_sample_section
-    from crp.report import Report
+    from crp.app.concept_report import add_flipping_section, add_graph_section, add_sample_section
+    from crp.app.report import Report
 
     report = Report("CRP concept report", lead=f"{result.model}; {result.data}; {result.composite}.")
     report.section("Summary").preformatted(format_analysis_summary(result))

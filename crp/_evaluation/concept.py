@@ -44,10 +44,10 @@ class ConceptFaithfulness(PerturbationMetric):
         Normalise the concept values of a row by their absolute sum before picking the concept (a share of
         the layer's relevance instead of an absolute value).
     perturbation, order, region_size, steps, per_step, seed, verbose
-        As for :class:`~crp.evaluation.flipping.PixelFlipping`.
+        As for :class:`~crp._evaluation.flipping.PixelFlipping`.
     batch_size : int, optional
         Perturbed inputs per attribution (or forward) pass; automatic by default, as for
-        :class:`~crp.evaluation.flipping.PixelFlipping`.
+        :class:`~crp._evaluation.flipping.PixelFlipping`.
     """
 
     def __init__(
@@ -218,7 +218,7 @@ class ConceptFaithfulness(PerturbationMetric):
 
 
 def _default_concept() -> Any:
-    from crp.concepts import ChannelConcept
+    from crp._attribution.concepts import ChannelConcept
 
     return ChannelConcept()
 

@@ -152,7 +152,7 @@ class Inpainting(Perturbation):
 
     See Also
     --------
-    crp.evaluation.inpainting.harmonic_inpaint : the method.
+    crp._evaluation.inpainting.harmonic_inpaint : the method.
     """
 
     def __init__(self, iterations: int = 8, tolerance: float = 1e-6, fallback: float = 0.0) -> None:

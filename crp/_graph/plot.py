@@ -1,6 +1,6 @@
 """Draw an attribution graph (a concept and the lower concepts that feed it) with matplotlib.
 
-:func:`plot_attribution_graph` lays the result of :class:`crp.concept_graph.AttributionGraph` out level by
+:func:`plot_attribution_graph` lays the result of :class:`crp.graph.AttributionGraph` out level by
 level, the decomposed concept on top, and draws each concept as a box (optionally with a reference image,
 e.g. from :func:`collect_reference_images` and a FeatureVisualization) and each edge with a width and label
 given by its relevance share. It writes PNG, SVG or PDF without a system graphviz. matplotlib is imported
@@ -13,13 +13,13 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, 
 
 import numpy as np
 
-from crp.helper import write_atomic
+from crp._utils.files import write_atomic
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-    from crp.concept_graph import attrGraphResult
+    from crp._graph.attribution_graph import attrGraphResult
 
 __all__ = ["plot_attribution_graph", "layout_attribution_graph", "collect_reference_images", "SAVE_FORMATS"]
 
@@ -40,7 +40,7 @@ def layout_attribution_graph(result: "attrGraphResult") -> Dict[Node, Tuple[floa
     Parameters
     ----------
     result : attrGraphResult
-        ``(nodes, connections)`` from :class:`crp.concept_graph.AttributionGraph`.
+        ``(nodes, connections)`` from :class:`crp.graph.AttributionGraph`.
 
     Returns
     -------
@@ -66,7 +66,7 @@ def plot_attribution_graph(
     Parameters
     ----------
     result : attrGraphResult
-        ``(nodes, connections)`` from :class:`crp.concept_graph.AttributionGraph`.
+        ``(nodes, connections)`` from :class:`crp.graph.AttributionGraph`.
     path : str or path-like, optional
         Write the figure there (atomically); the suffix picks the format, one of :data:`SAVE_FORMATS`.
     reference_images : dict or callable, optional
@@ -165,7 +165,7 @@ def _levels(result: "attrGraphResult") -> List[List[Node]]:
 
 def _check_result(result: Any) -> "attrGraphResult":
     """Return ``result`` as an attrGraphResult; a plain ``(nodes, connections)`` pair is accepted too."""
-    from crp.concept_graph import attrGraphResult
+    from crp._graph.attribution_graph import attrGraphResult
 
     if not (hasattr(result, "nodes") and hasattr(result, "connections")):
         if not (isinstance(result, (tuple, list)) and len(result) == 2 and isinstance(result[1], Mapping)):

@@ -3,33 +3,18 @@
 Every user-facing argument that accepts several forms is turned into one canonical form here, or rejected
 with an error that names the argument, echoes the value and says what fixes it.
 """
-import difflib
 import numbers
-from typing import Dict, List, Sequence, Tuple, Union
+from typing import Dict, List, Tuple, Union
 
 import numpy as np
 import torch
 
-__all__ = ["Ids", "Condition", "check_layer_names", "canonical_ids", "canonical_conditions", "broadcast_rows"]
+__all__ = ["Ids", "Condition", "canonical_ids", "canonical_conditions", "broadcast_rows"]
 
 #: Canonical concept ids: a list of ints (channels) or a dict of channel -> list of flat neuron indices.
 Ids = Union[List[int], Dict[int, List[int]]]
 #: A canonical condition: layer name (or the model output name) -> ids.
 Condition = Dict[str, Ids]
-
-
-def check_layer_names(model: torch.nn.Module, names: Sequence[str], argument: str) -> Dict[str, torch.nn.Module]:
-    """Return ``{name: module}`` for ``names``; raise a KeyError naming the closest existing layers otherwise."""
-    modules = dict(model.named_modules())
-    for name in names:
-        if name not in modules:
-            close = difflib.get_close_matches(str(name), [m for m in modules if m], n=3, cutoff=0.5)
-            hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-            raise KeyError(
-                f"{argument}: layer {name!r} is not a module of the model.{hint} "
-                f"Use names from model.named_modules()."
-            )
-    return {name: modules[name] for name in names}
 
 
 def _int_list(value, where: str) -> List[int]:

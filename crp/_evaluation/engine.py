@@ -144,7 +144,7 @@ def score_curves_once(
 
     Two kinds of perturbed inputs are the same by construction, whatever the order, and are forwarded once:
 
-    * step 0 perturbs nothing (a :class:`~crp.evaluation.perturbation.Perturbation` keeps the pixels outside
+    * step 0 perturbs nothing (a :class:`~crp._evaluation.perturbation.Perturbation` keeps the pixels outside
       its mask), so its input is the sample itself: one forward pass per sample, not per row, and none if
       ``first`` already holds its scores;
     * a last step that removes every region leaves nothing of the ordering: its input is the fill of the

@@ -1,0 +1,1 @@
+"""The conditional-attribution engine: argument coercion, concepts and masks, probes, backward passes."""

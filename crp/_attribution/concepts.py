@@ -1,0 +1,258 @@
+"""Concepts: how a layer's output is split into latent concepts, and how relevance is masked to one of them.
+
+A :class:`Concept` answers four questions for a layer: which part of the gradient (relevance) flow belongs
+to given concept ids (:meth:`Concept.mask`, :meth:`Concept.mask_rf`), how much relevance each concept
+received (:meth:`Concept.attribute`), how samples rank for each concept (:meth:`Concept.reference_sampling`)
+and which neurons make up a concept's spatial extent (:meth:`Concept.get_rf_indices`).
+:class:`ChannelConcept` treats every channel (conv) or unit (linear) as one concept, as in the CRP paper
+(Achtibat et al., Nature Machine Intelligence 2023, Sec. 4.1).
+"""
+from abc import ABC, abstractmethod
+from typing import Callable, Dict, Iterable, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+
+__all__ = ["Concept", "ChannelConcept", "RowMask", "ChannelMask", "NeuronMask"]
+
+ConceptIds = Union[int, Sequence[int]]
+NeuronMap = Dict[int, Union[int, Sequence[int]]]
+MaskFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+class RowMask(ABC):
+    """A multiplicative mask on one row (sample) of a batched gradient.
+
+    Calling it returns a new tensor: the gradient with row ``batch_id`` multiplied by :meth:`row_mask`; the
+    incoming gradient is never edited in place. :class:`crp.hooks.MaskHook` combines several row masks into
+    one multiplication.
+
+    Parameters
+    ----------
+    batch_id : int
+        The row of the batch the mask applies to.
+    layer_name : str, optional
+        The layer the mask belongs to, used in error messages.
+    """
+
+    def __init__(self, batch_id: int, layer_name: Optional[str] = None) -> None:
+        self.batch_id = int(batch_id)
+        self.layer_name = layer_name
+
+    @abstractmethod
+    def row_mask(self, row_shape: torch.Size, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """Return the mask for one row, broadcastable to ``row_shape`` (the gradient without batch axis)."""
+
+    def check_rows(self, n_rows: int) -> None:
+        """Raise an IndexError if ``batch_id`` is not a row of a gradient with ``n_rows`` rows."""
+        if not 0 <= self.batch_id < n_rows:
+            raise IndexError(
+                f"mask for {self._name()}: batch_id {self.batch_id} is out of range for a gradient of {n_rows} rows."
+            )
+
+    def __call__(self, grad: torch.Tensor) -> torch.Tensor:
+        self.check_rows(len(grad))
+        factor = torch.ones_like(grad)
+        factor[self.batch_id] = self.row_mask(grad.shape[1:], grad.dtype, grad.device)
+        return grad * factor
+
+    def _name(self) -> str:
+        return "a layer" if self.layer_name is None else f"layer {self.layer_name!r}"
+
+
+class ChannelMask(RowMask):
+    """Keep only the given channels (axis 1) of one row; an empty list masks the whole row."""
+
+    def __init__(self, batch_id: int, channels: Iterable[int], layer_name: Optional[str] = None) -> None:
+        super().__init__(batch_id, layer_name)
+        self.channels = [int(c) for c in np.atleast_1d(np.asarray(channels, dtype=np.int64))]
+
+    def row_mask(self, row_shape: torch.Size, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        n_channels = row_shape[0]
+        bad = [c for c in self.channels if not -n_channels <= c < n_channels]
+        if bad:
+            raise IndexError(
+                f"concept ids {bad} are out of range for {self._name()} with {n_channels} channels; "
+                f"use ids in [0, {n_channels - 1}]."
+            )
+        mask = torch.zeros(n_channels, dtype=dtype, device=device)
+        mask[self.channels] = 1
+        return mask.view(n_channels, *([1] * (len(row_shape) - 1)))
+
+
+class NeuronMask(RowMask):
+    """Keep only chosen neurons of chosen channels of one row.
+
+    Neurons are flat indices into a channel's spatial extent: for an output of shape ``(C, H, W)`` they run
+    from 0 to ``H * W - 1`` in row-major order.
+    """
+
+    def __init__(self, batch_id: int, c_n_map: NeuronMap, layer_name: Optional[str] = None) -> None:
+        super().__init__(batch_id, layer_name)
+        self.c_n_map = {
+            int(channel): [int(n) for n in np.atleast_1d(np.asarray(neurons, dtype=np.int64))]
+            for channel, neurons in c_n_map.items()
+        }
+
+    def row_mask(self, row_shape: torch.Size, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        n_channels, n_neurons = row_shape[0], int(np.prod(row_shape[1:], dtype=np.int64))
+        mask = torch.zeros(n_channels, n_neurons, dtype=dtype, device=device)
+        for channel, neurons in self.c_n_map.items():
+            if not -n_channels <= channel < n_channels:
+                raise IndexError(
+                    f"channel {channel} is out of range for {self._name()} with {n_channels} channels; "
+                    f"use channels in [0, {n_channels - 1}]."
+                )
+            bad = [n for n in neurons if not -n_neurons <= n < n_neurons]
+            if bad:
+                raise IndexError(
+                    f"neuron ids {bad} of channel {channel} are out of range for {self._name()} with {n_neurons} "
+                    f"neurons per channel; use flat indices in [0, {n_neurons - 1}]."
+                )
+            mask[channel, neurons] = 1
+        return mask.view(row_shape)
+
+
+class Concept(ABC):
+    """Base class of concept definitions for one or more layers.
+
+    Subclasses decide what a concept is (a channel, a neuron, a direction, ...). The mask factories are
+    used by :class:`crp.attribution.CondAttribution` as ``mask_map``; the others by
+    :class:`crp.visualization.FeatureVisualization` and :class:`crp.attribution.AttributionGraph`.
+    """
+
+    @staticmethod
+    @abstractmethod
+    def mask(batch_id: int, concept_ids: ConceptIds, layer_name: Optional[str] = None) -> MaskFn:
+        """Return a function that keeps only the relevance of ``concept_ids`` in row ``batch_id``."""
+
+    @staticmethod
+    @abstractmethod
+    def mask_rf(batch_id: int, c_n_map: NeuronMap, layer_name: Optional[str] = None) -> MaskFn:
+        """Return a function that keeps only the relevance of single neurons of concepts in row ``batch_id``."""
+
+    @abstractmethod
+    def attribute(
+        self, relevance: torch.Tensor, mask: Optional[torch.Tensor] = None, layer_name: Optional[str] = None,
+        abs_norm: bool = True,
+    ) -> torch.Tensor:
+        """Return the relevance of every concept, shape ``(N, n_concepts)``."""
+
+    @abstractmethod
+    def reference_sampling(
+        self, relevance: torch.Tensor, layer_name: Optional[str] = None, max_target: str = "sum",
+        abs_norm: bool = True,
+    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Rank the samples of a batch for every concept; return sample order, values and neuron indices."""
+
+    @abstractmethod
+    def get_rf_indices(self, output_shape: Sequence[int], layer_name: Optional[str] = None) -> np.ndarray:
+        """Return the flat indices of the neurons of one concept for an output of shape ``output_shape``."""
+
+
+class ChannelConcept(Concept):
+    """Every channel of a convolutional output ``(N, C, ...)`` or unit of a linear output ``(N, C)`` is a concept."""
+
+    @staticmethod
+    def mask(batch_id: int, concept_ids: ConceptIds, layer_name: Optional[str] = None) -> MaskFn:
+        """Mask all but the channels ``concept_ids`` (an int or a list; ``[]`` masks all) of row ``batch_id``.
+
+        Returns
+        -------
+        ChannelMask
+            A callable ``grad -> masked grad`` that returns a new tensor.
+        """
+        return ChannelMask(batch_id, concept_ids, layer_name)
+
+    @staticmethod
+    def mask_rf(batch_id: int, c_n_map: NeuronMap, layer_name: Optional[str] = None) -> MaskFn:
+        """Mask all but single neurons: ``c_n_map`` maps channels to flat neuron indices (or one index).
+
+        Returns
+        -------
+        NeuronMask
+            A callable ``grad -> masked grad`` that returns a new tensor.
+        """
+        return NeuronMask(batch_id, c_n_map, layer_name)
+
+    def attribute(
+        self, relevance: torch.Tensor, mask: Optional[torch.Tensor] = None, layer_name: Optional[str] = None,
+        abs_norm: bool = True,
+    ) -> torch.Tensor:
+        """Sum the relevance of every channel over its spatial extent.
+
+        Parameters
+        ----------
+        relevance : torch.Tensor
+            Relevance of shape ``(N, C, ...)``.
+        mask : torch.Tensor, optional
+            Multiplied with ``relevance`` first (e.g. to restrict to a region).
+        layer_name : str, optional
+            Unused; part of the :class:`Concept` interface.
+        abs_norm : bool
+            Divide every row by the sum of its absolute values (plus 1e-10).
+
+        Returns
+        -------
+        torch.Tensor
+            Channel relevances of shape ``(N, C)``.
+        """
+        _check_batched(relevance, "relevance")
+        if mask is not None:
+            relevance = relevance * mask
+        per_channel = relevance.reshape(*relevance.shape[:2], -1).sum(-1)
+        return _abs_normalize(per_channel) if abs_norm else per_channel
+
+    def reference_sampling(
+        self, relevance: torch.Tensor, layer_name: Optional[str] = None, max_target: str = "sum",
+        abs_norm: bool = True,
+    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Sort the samples of a batch by their relevance (or activation) for every channel.
+
+        Parameters
+        ----------
+        relevance : torch.Tensor
+            Relevance or activation of shape ``(N, C, ...)``.
+        layer_name : str, optional
+            Unused; part of the :class:`Concept` interface.
+        max_target : {"sum", "max"}
+            Rank by the channel's summed value or by its largest neuron.
+        abs_norm : bool
+            Normalize every sample's channel values by their absolute sum first.
+
+        Returns
+        -------
+        sample_order, values, neurons : torch.Tensor
+            Each of shape ``(N, C)``: column ``c`` lists the batch indices sorted by decreasing value for
+            channel ``c`` (ties keep the lower index first), the sorted values, and for each the flat index of
+            the channel's most relevant neuron in that sample.
+        """
+        _check_batched(relevance, "relevance")
+        flat = relevance.reshape(*relevance.shape[:2], -1)
+        neurons = flat.argmax(-1)
+        if max_target == "sum":
+            values = flat.sum(-1)
+        elif max_target == "max":
+            values = flat.gather(-1, neurons.unsqueeze(-1)).squeeze(-1)
+        else:
+            raise ValueError(f"max_target must be 'sum' or 'max', got {max_target!r}.")
+        if abs_norm:
+            values = _abs_normalize(values)
+        values, order = torch.sort(values, dim=0, descending=True, stable=True)
+        return order, values, neurons.gather(0, order)
+
+    def get_rf_indices(self, output_shape: Sequence[int], layer_name: Optional[str] = None) -> np.ndarray:
+        """Flat neuron indices of one channel: ``[0]`` for a linear output ``(C,)``, else ``0 .. prod(shape[1:])-1``."""
+        if len(output_shape) == 1:
+            return np.array([0])
+        return np.arange(int(np.prod(output_shape[1:])))
+
+
+def _abs_normalize(values: torch.Tensor) -> torch.Tensor:
+    return values / (values.abs().sum(-1, keepdim=True) + 1e-10)
+
+
+def _check_batched(relevance: torch.Tensor, name: str) -> None:
+    if not isinstance(relevance, torch.Tensor) or relevance.dim() < 2:
+        shape = tuple(relevance.shape) if isinstance(relevance, torch.Tensor) else type(relevance).__name__
+        raise ValueError(f"{name} must be a tensor of shape (N, C, ...), got {shape}.")

@@ -1,0 +1,1 @@
+"""Implementation of :mod:`crp.evaluation`: metrics, perturbations, orders, scores, curves."""

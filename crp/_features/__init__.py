@@ -1,0 +1,1 @@
+"""The feature-visualization engine: run loop, top-k state, result store, image cache, result readers."""

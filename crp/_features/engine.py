@@ -1,0 +1,753 @@
+"""Feature visualization: find the reference samples of every concept and draw them with conditional heatmaps.
+
+:class:`FeatureVisualization` runs Relevance Maximization and Activation Maximization (Achtibat et al., "From
+attribution maps to human-understandable explanations through Concept Relevance Propagation", Nature Machine
+Intelligence 5, 2023, Sec. 4.2) over a dataset: one forward and one backward pass per (sample, target) yield
+the relevance and activation of every concept of every chosen layer; the top-k samples per concept are kept
+overall and per target class (:class:`crp.maximization.Maximization`) in a compact, resumable store
+(:class:`crp._features.store.ResultStore`). Reference samples are then shown with their concept-conditional heatmaps,
+optionally restricted to the receptive field of the concept's most relevant neuron, and cached
+(:mod:`crp.cache`). The API follows zennit-crp 0.6.
+"""
+import contextlib
+import hashlib
+import json
+import logging
+import numbers
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+from tqdm import tqdm
+from zennit.core import Composite
+
+from crp._attribution.concepts import ChannelConcept, Concept
+from crp._attribution.engine import CondAttribution
+from crp._features.cache import Cache, CacheKey, describe
+from crp._features.ranking import MODES, Maximization
+from crp._features.store import LegacyStore, ResultReader, ResultStore, legacy_folder_name, open_results
+from crp._image.render import vis_img_heatmap, vis_opaque_img
+from crp._utils.modules import check_layer_names
+
+__all__ = ["FeatureVisualization", "ResultFolder"]
+
+logger = logging.getLogger(__name__)
+
+LayerMap = Mapping[str, Concept]
+PlotFn = Callable[[torch.Tensor, torch.Tensor, bool], Any]
+Range = Tuple[int, int]
+
+
+@dataclass(frozen=True)
+class ResultFolder:
+    """zennit-crp style handle of one kind of result, e.g. ``fv.RelMax``.
+
+    ``PATH`` (e.g. ``{path}/RelMax_sum_normed``) is accepted by :func:`crp.helper.load_maximization`,
+    :func:`crp.helper.load_statistics` and :func:`crp.helper.load_stat_targets`, for the new store and for
+    folders written by zennit-crp 0.6.
+    """
+
+    PATH: Path
+    mode: str
+    kind: str
+
+
+class _SampleRange(torch.utils.data.Dataset):
+    """Items ``start .. stop - 1`` of a dataset, each returned with its dataset index."""
+
+    def __init__(self, dataset, start: int, stop: int) -> None:
+        self.dataset, self.start, self.stop = dataset, start, stop
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def __getitem__(self, i: int):
+        index = self.start + i
+        return index, self.dataset[index]
+
+
+def _collate(batch) -> Tuple[torch.Tensor, torch.Tensor, List[Any]]:
+    """Stack ``(index, (sample, target))`` items; reject items that are not ``(tensor, target)`` pairs."""
+    indices, samples, targets = [], [], []
+    for index, item in batch:
+        sample, target = _split_item(index, item)
+        indices.append(index)
+        samples.append(sample)
+        targets.append(target)
+    try:
+        data = torch.stack(samples)
+    except RuntimeError:
+        shapes = sorted({tuple(s.shape) for s in samples})
+        raise ValueError(f"dataset samples {indices[0]}..{indices[-1]} have different shapes {shapes}; every "
+                         f"sample must have the same shape.") from None
+    return torch.as_tensor(indices, dtype=torch.int64), data, targets
+
+
+def _split_item(index: int, item) -> Tuple[torch.Tensor, Any]:
+    if not isinstance(item, (tuple, list)) or len(item) != 2 or not isinstance(item[0], torch.Tensor):
+        raise TypeError(f"dataset[{index}] must be a (torch.Tensor, target) pair, got {_brief(item)}; wrap the "
+                        f"dataset so that it returns (sample, target).")
+    return item[0], item[1]
+
+
+def _brief(item) -> str:
+    if isinstance(item, (tuple, list)):
+        return f"{type(item).__name__} of ({', '.join(type(x).__name__ for x in item)})"
+    return type(item).__name__
+
+
+def _int_target(target, index: Any) -> int:
+    if isinstance(target, torch.Tensor) and target.numel() == 1 and not target.is_floating_point():
+        target = target.item()
+    if isinstance(target, np.ndarray) and target.size == 1 and np.issubdtype(target.dtype, np.integer):
+        target = target.item()
+    if isinstance(target, bool) or not isinstance(target, numbers.Integral) or target < 0:
+        raise TypeError(
+            f"the target of dataset[{index}] must be a non-negative int, got {target!r}; for multi-label targets "
+            f"override FeatureVisualization.multitarget_to_single."
+        )
+    return int(target)
+
+
+def _positive_int(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}.")
+    return int(value)
+
+
+def _check_mode(mode: str) -> None:
+    if mode not in MODES:
+        raise ValueError(f"mode must be 'relevance' or 'activation', got {mode!r}.")
+
+
+def _check_plot_fn(plot_fn) -> None:
+    if plot_fn is not None and not callable(plot_fn):
+        raise TypeError(f"plot_fn must be a function (samples, heatmaps, rf) -> images, or None for the raw tensors; "
+                        f"got {plot_fn!r}.")
+
+
+def _check_range(r_range) -> Range:
+    ok = isinstance(r_range, (tuple, list)) and len(r_range) == 2 and all(
+        isinstance(r, numbers.Integral) and not isinstance(r, bool) for r in r_range)
+    if not ok or not 0 <= r_range[0] < r_range[1]:
+        raise ValueError(f"r_range must be a pair of ints (start, stop) with 0 <= start < stop, got {r_range!r}; "
+                         f"e.g. (0, 8) for the top 8 samples.")
+    return int(r_range[0]), int(r_range[1])
+
+
+class FeatureVisualization:
+    """Relevance and Activation Maximization over a dataset, and reference images of concepts.
+
+    Parameters
+    ----------
+    attribution : CondAttribution
+        Computes the relevances; its model is analyzed.
+    dataset : torch.utils.data.Dataset
+        ``dataset[i]`` returns ``(sample, target)``: a tensor (without batch axis) and an int (or any target,
+        see :meth:`multitarget_to_single`).
+    layer_map : dict of str to Concept
+        Layers to analyze and their concept definitions, e.g. ``{"features.28": ChannelConcept()}``.
+    preprocess_fn : callable, optional
+        Applied to a batch of samples (on ``device``) before the model; the reference images are drawn from
+        the samples before it.
+    max_target : {"sum", "max"}
+        Rank samples by a concept's summed relevance (activation) or by its largest neuron.
+    abs_norm : bool
+        Normalize each sample's concept relevances by their absolute sum over the layer before ranking.
+    path : str or os.PathLike
+        Folder of the results (:class:`crp._features.store.ResultStore`); it may also hold results written by
+        zennit-crp 0.6, which :meth:`get_max_reference` and friends read.
+    device : torch.device, optional
+        Device of the data; by default that of ``attribution``.
+    cache : crp.cache.Cache, optional
+        Cache for reference images.
+    top_k : int
+        Number of reference samples kept per concept (and per target); zennit-crp kept 40.
+
+    Attributes
+    ----------
+    RelMax, ActMax, RelStats, ActStats : ResultFolder
+        zennit-crp style handles whose ``PATH`` the ``crp.helper.load_*`` functions accept.
+    """
+
+    def __init__(
+        self, attribution: CondAttribution, dataset, layer_map: LayerMap, preprocess_fn: Optional[Callable] = None,
+        max_target: str = "sum", abs_norm: bool = True, path: Union[str, Path] = "FeatureVisualization",
+        device: Optional[torch.device] = None, cache: Optional[Cache] = None, *, top_k: int = 40,
+    ) -> None:
+        if not isinstance(attribution, CondAttribution):
+            raise TypeError(f"attribution must be a crp.attribution.CondAttribution, got {type(attribution).__name__}.")
+        if not (hasattr(dataset, "__getitem__") and hasattr(dataset, "__len__")):
+            raise TypeError(f"dataset must support len() and indexing, got {type(dataset).__name__}.")
+        self._check_layer_map(attribution.model, layer_map)
+        if preprocess_fn is not None and not callable(preprocess_fn):
+            raise TypeError(f"preprocess_fn must be callable or None, got {preprocess_fn!r}.")
+        if max_target not in ("sum", "max"):
+            raise ValueError(f"max_target must be 'sum' or 'max', got {max_target!r}.")
+        if not isinstance(abs_norm, (bool, np.bool_)):
+            raise TypeError(f"abs_norm must be a bool, got {abs_norm!r}.")
+        if cache is not None and not isinstance(cache, Cache):
+            raise TypeError(f"cache must be a crp.cache.Cache (e.g. ImageCache(path)) or None, got {cache!r}.")
+        self.attribution, self.dataset, self.layer_map = attribution, dataset, dict(layer_map)
+        self.preprocess_fn, self.max_target, self.abs_norm = preprocess_fn, max_target, bool(abs_norm)
+        self.top_k = _positive_int("top_k", top_k)
+        self.path = Path(path)
+        self.device = attribution.device if device is None else torch.device(device)
+        self.Cache = cache
+        folders = {(mode, kind): ResultFolder(self.path / legacy_folder_name(mode, kind, max_target, abs_norm),
+                                              mode, kind) for mode in MODES for kind in ("max", "stats")}
+        self.RelMax, self.ActMax = folders["relevance", "max"], folders["activation", "max"]
+        self.RelStats, self.ActStats = folders["relevance", "stats"], folders["activation", "stats"]
+
+    @staticmethod
+    def _check_layer_map(model: torch.nn.Module, layer_map: LayerMap) -> None:
+        if not isinstance(layer_map, Mapping) or not layer_map:
+            raise TypeError(f"layer_map must be a non-empty dict of layer name -> Concept, got {layer_map!r}.")
+        check_layer_names(model, list(layer_map), "layer_map")
+        bad = {name: c for name, c in layer_map.items() if not isinstance(c, Concept)}
+        if bad:
+            raise TypeError(f"layer_map values must be crp.concepts.Concept instances (e.g. ChannelConcept(), not "
+                            f"the class), got {bad!r}.")
+
+    # ------------------------------------------------------------------------------------------------------
+    # data
+
+    def preprocess_data(self, data: torch.Tensor) -> torch.Tensor:
+        """Apply ``preprocess_fn`` (if any) to a batch."""
+        return self.preprocess_fn(data) if callable(self.preprocess_fn) else data
+
+    def get_data_sample(self, index: int, preprocessing: bool = True) -> Tuple[torch.Tensor, Any]:
+        """Return dataset sample ``index`` as a batch of one on ``device`` (requiring gradients) and its target.
+
+        Parameters
+        ----------
+        index : int
+        preprocessing : bool
+            Apply :meth:`preprocess_data` (for the model) or not (for plotting).
+        """
+        sample, target = _split_item(index, self.dataset[index])
+        data = sample.to(self.device).unsqueeze(0)
+        if preprocessing:
+            data = self.preprocess_data(data)
+        return data.detach().requires_grad_(), target
+
+    def get_data_concurrently(self, indices: Sequence[int], preprocessing: bool = False) -> Tuple[torch.Tensor, list]:
+        """Return the samples ``indices`` as one batch on ``device`` and their targets (name kept from zennit-crp)."""
+        items = [_split_item(int(i), self.dataset[int(i)]) for i in indices]
+        data = torch.stack([sample for sample, _ in items]).to(self.device)
+        if preprocessing:
+            data = self.preprocess_data(data)
+        return data.detach().requires_grad_(), [target for _, target in items]
+
+    def multitarget_to_single(self, multi_target) -> Iterable[int]:
+        """Turn a sample's multi-label target into the single targets it is explained for.
+
+        Override it for multi-label datasets: each sample is then explained once per returned target (RelMax
+        and relevance statistics get one entry per target; activations count each sample once, under its first
+        target). By default targets must be ints.
+        """
+        raise NotImplementedError
+
+    def _has_multitarget(self) -> bool:
+        return type(self).multitarget_to_single is not FeatureVisualization.multitarget_to_single
+
+    def _expand_targets(self, indices: torch.Tensor, targets: List[Any]) -> Tuple[List[int], List[int]]:
+        """Return, per explained row, the row's sample position in the batch and its single target."""
+        rows, row_targets = [], []
+        for position, (index, target) in enumerate(zip(indices.tolist(), targets)):
+            if self._has_multitarget():
+                singles = [_int_target(t, index) for t in self.multitarget_to_single(target)]
+            else:
+                singles = [_int_target(target, index)]
+            rows.extend([position] * len(singles))
+            row_targets.extend(singles)
+        return rows, row_targets
+
+    # ------------------------------------------------------------------------------------------------------
+    # analysis
+
+    def run(
+        self, composite: Optional[Composite], data_start: int = 0, data_end: Optional[int] = None,
+        batch_size: int = 32, checkpoint: int = 500, on_device: Optional[Union[str, torch.device]] = None, *,
+        resume: bool = False, num_workers: int = 0, verbose: bool = True,
+    ) -> List[Path]:
+        """Find the top-k samples of every concept by relevance and activation, overall and per target.
+
+        Every sample is explained once per target with ``{"y": [target]}`` (one forward and one backward pass
+        per batch, ``exclude_parallel=False``; no input heatmap is needed, so the backward pass ends at the
+        lowest layers of the layer map); the relevance and the activation at every layer of the layer map are
+        ranked per concept with the concept's ``reference_sampling``. Results are identical for any
+        ``batch_size``, ``checkpoint`` spacing or interruption and resume; ties go to the lower dataset index.
+
+        Parameters
+        ----------
+        composite : zennit.core.Composite or None
+            Rules of the relevance propagation (None: gradient).
+        data_start, data_end : int
+            Analyze ``dataset[data_start:data_end]`` (``data_end`` None: to the end).
+        batch_size : int
+            Samples per batch.
+        checkpoint : int
+            Save the results every ``checkpoint`` batches (as zennit-crp); a killed run loses at most these.
+        on_device : str or torch.device, optional
+            Where relevances are ranked and the results kept; by default the model's device.
+        resume : bool
+            Continue after the last checkpoint of an interrupted run with the same configuration (a finished
+            run returns at once). Without it, the run starts over.
+        num_workers : int
+            Worker processes of the DataLoader.
+        verbose : bool
+            Show a progress bar (samples/s).
+
+        Returns
+        -------
+        list of pathlib.Path
+            The manifest and the result files.
+
+        Raises
+        ------
+        FileExistsError
+            If ``path`` holds results of another configuration (or zennit-crp results).
+        crp._features.store.CorruptStoreError
+            If a checkpoint to resume from is corrupt (nothing is overwritten).
+        """
+        data_start, data_end = self._check_data_range(data_start, data_end)
+        batch_size, checkpoint = _positive_int("batch_size", batch_size), _positive_int("checkpoint", checkpoint)
+        if isinstance(num_workers, bool) or not isinstance(num_workers, numbers.Integral) or num_workers < 0:
+            raise ValueError(f"num_workers must be an int >= 0, got {num_workers!r}.")
+        store = ResultStore(self.path)
+        config = self._config(composite, data_start, data_end)
+        analysis, next_index = self._begin(store, config, resume, on_device)
+        if analysis is None:
+            return store.saved_files()
+        loader = self._loader(next_index, data_end, batch_size, int(num_workers))
+        bar = tqdm(total=data_end - data_start, initial=next_index - data_start, unit="sample", disable=not verbose,
+                   desc="FeatureVisualization", dynamic_ncols=True)
+        context = composite.context(self.attribution.model) if composite is not None else contextlib.nullcontext()
+        with bar, context:
+            for batch, (indices, data, targets) in enumerate(loader):
+                self._analyze_batch(analysis, indices, data, targets, on_device)
+                next_index = int(indices[-1]) + 1
+                bar.update(len(indices))
+                if (batch + 1) % checkpoint == 0 and next_index < data_end:
+                    self._save(store, analysis, config, next_index, complete=False)
+        return self._save(store, analysis, config, data_end, complete=True)
+
+    def _check_data_range(self, data_start, data_end) -> Tuple[int, int]:
+        size = len(self.dataset)
+        data_end = size if data_end is None else data_end
+        for name, value in (("data_start", data_start), ("data_end", data_end)):
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+                raise TypeError(f"{name} must be an int, got {value!r}.")
+        if not 0 <= data_start < data_end <= size:
+            raise ValueError(f"need 0 <= data_start < data_end <= len(dataset) = {size}, got data_start="
+                             f"{data_start}, data_end={data_end}.")
+        return int(data_start), int(data_end)
+
+    def _config(self, composite: Optional[Composite], data_start: int, data_end: int) -> Dict[str, Any]:
+        """Everything that determines the results; a store of another configuration is not overwritten."""
+        model = self.attribution.model
+        return {
+            "k": self.top_k, "max_target": self.max_target, "abs_norm": self.abs_norm,
+            "data_start": data_start, "data_end": data_end,
+            "dataset": {"class": type(self.dataset).__qualname__, "length": len(self.dataset)},
+            "layers": {name: describe(concept) for name, concept in self.layer_map.items()},
+            "composite": describe(composite),
+            "model": {"class": type(model).__qualname__,
+                      "parameters": [[n, list(p.shape)] for n, p in model.named_parameters()]},
+            "preprocess_fn": describe(self.preprocess_fn),
+            "multitarget_to_single": describe(type(self).multitarget_to_single) if self._has_multitarget() else None,
+        }
+
+    def _begin(self, store: ResultStore, config: Dict[str, Any], resume: bool,
+               on_device) -> Tuple[Optional[Maximization], int]:
+        """Check the folder and return the results to continue (None if already complete) and the next index."""
+        if not store.exists() and LegacyStore.found(self.path):
+            raise FileExistsError(f"{self.path} holds zennit-crp 0.6 results; run into another path (these results "
+                                  f"stay readable with get_max_reference).")
+        fresh = Maximization(self.layer_map, self.top_k, self.max_target, self.abs_norm)
+        if not store.exists():
+            return fresh, config["data_start"]
+        stored = store.manifest["config"]
+        wanted = _json_roundtrip(config)
+        if stored != wanted:
+            differing = sorted(key for key in set(stored) | set(wanted) if stored.get(key) != wanted.get(key))
+            raise FileExistsError(
+                f"{self.path} holds results of a different configuration (differs in {differing}); use another "
+                f"path or delete the folder. resume=True only continues a run with the same configuration."
+            )
+        if not resume:
+            return fresh, config["data_start"]
+        if store.manifest["complete"]:
+            logger.info("results in %s are complete; nothing to do", self.path)
+            return None, config["data_end"]
+        logger.info("resuming at dataset index %d", store.manifest["next_index"])
+        self._check_fingerprint(store.manifest.get("dataset_fingerprint"))
+        return self._load_checkpoint(store, on_device), int(store.manifest["next_index"])
+
+    def _fingerprint(self, indices: Sequence[int]) -> Dict[str, Any]:
+        """SHA-256 of the dataset items at ``indices`` (samples and targets), to recognize the dataset on resume."""
+        digest = hashlib.sha256()
+        for index in indices:
+            sample, target = _split_item(index, self.dataset[index])
+            digest.update(np.ascontiguousarray(sample.detach().cpu().numpy()).tobytes())
+            digest.update(repr(target.tolist() if isinstance(target, torch.Tensor) else target).encode())
+        return {"indices": [int(i) for i in indices], "sha256": digest.hexdigest()}
+
+    def _check_fingerprint(self, stored: Optional[Dict[str, Any]]) -> None:
+        """Warn if the items the interrupted run analyzed first and last have changed (the configuration only
+        knows the dataset's class and length). A warning, not an error: random transforms change items too."""
+        if stored and self._fingerprint(stored["indices"]) != stored:
+            warnings.warn(
+                f"dataset items {stored['indices']} differ from those the interrupted run in {self.path} analyzed; "
+                f"if the dataset changed, the resumed results mix two datasets: run again without resume=True (or "
+                f"into another path). Datasets with random transforms always differ.", stacklevel=3)
+
+    def _load_checkpoint(self, store: ResultStore, on_device) -> Maximization:
+        manifest = store.manifest
+        layers = {layer: store.layer_arrays(layer, mmap=False, verify=True) for layer in manifest["layers"]}
+        device = torch.device(on_device) if on_device else self.device
+        return Maximization.from_arrays(self.layer_map, layers, manifest["targets"], manifest["counts"], self.top_k,
+                                        self.max_target, self.abs_norm, device=device)
+
+    def _loader(self, start: int, stop: int, batch_size: int, num_workers: int) -> torch.utils.data.DataLoader:
+        return torch.utils.data.DataLoader(
+            _SampleRange(self.dataset, start, stop), batch_size=batch_size, shuffle=False, num_workers=num_workers,
+            collate_fn=_collate, pin_memory=self.device.type == "cuda",
+        )
+
+    def _analyze_batch(self, analysis: Maximization, indices: torch.Tensor, data: torch.Tensor,
+                       targets: List[Any], on_device) -> None:
+        """One forward and backward pass over the batch; rank relevances and activations of every layer."""
+        rows, row_targets = self._expand_targets(indices, targets)
+        if not rows:
+            return
+        data = self.preprocess_data(data.to(self.device, non_blocking=True)).detach()
+        rows_t = torch.as_tensor(rows, device=data.device)
+        x = (data if len(rows) == len(data) and rows == list(range(len(data))) else data[rows_t]).requires_grad_()
+        conditions = [{self.attribution.MODEL_OUTPUT_NAME: [t]} for t in row_targets]
+        # no input heatmap is needed: the backward pass stops at the lowest layer of the layer map
+        result = self.attribution._call(x, conditions, composite=None, record_layer=list(self.layer_map),
+                                        mask_map=ChannelConcept.mask, start_layer=None, init_rel=None,
+                                        on_device=on_device, exclude_parallel=False, heatmap=False)
+        first = torch.as_tensor(np.unique(np.asarray(rows), return_index=True)[1])  # every sample's first row
+        row_indices, row_targets_t = indices[rows], torch.as_tensor(row_targets)
+        missing = [layer for layer in self.layer_map if layer not in result.relevances]
+        if missing:
+            raise RuntimeError(f"layers {missing} of layer_map were not reached by the forward pass; choose layers "
+                               f"the model runs.")
+        analysis.update("relevance", result.relevances, row_indices, row_targets_t)
+        if len(first) < len(rows):
+            activations = {layer: a[first.to(a.device)] for layer, a in result.activations.items()}
+            analysis.update("activation", activations, row_indices[first], row_targets_t[first])
+        else:
+            analysis.update("activation", result.activations, row_indices, row_targets_t)
+
+    def _save(self, store: ResultStore, analysis: Maximization, config: Dict[str, Any], next_index: int,
+              complete: bool) -> List[Path]:
+        fingerprint = self._fingerprint(sorted({config["data_start"], next_index - 1}))
+        files = store.save(analysis.to_arrays(), analysis.targets(), analysis.counts(), config, next_index, complete,
+                           dataset_fingerprint=fingerprint)
+        logger.info("saved results up to dataset index %d to %s", next_index, store.path)
+        return files
+
+    # ------------------------------------------------------------------------------------------------------
+    # results
+
+    @property
+    def results(self) -> ResultReader:
+        """Reader of the results at ``path`` (this library's store or a zennit-crp 0.6 folder)."""
+        return open_results(self.path, self.max_target, self.abs_norm)
+
+    def _concept_ids(self, concept_ids, layer_name: str, n_concepts: int) -> List[int]:
+        if isinstance(concept_ids, (torch.Tensor, np.ndarray)):
+            concept_ids = concept_ids.tolist()
+        ids = [concept_ids] if not isinstance(concept_ids, Iterable) or isinstance(concept_ids, str) \
+            else list(concept_ids)
+        bad = [c for c in ids if isinstance(c, bool) or not isinstance(c, numbers.Integral)]
+        if bad or not ids:
+            raise TypeError(f"concept ids must be ints (or a non-empty list of ints), got {concept_ids!r}.")
+        out_of_range = [int(c) for c in ids if not 0 <= c < n_concepts]
+        if out_of_range:
+            raise IndexError(f"concept ids {out_of_range} are out of range for layer {layer_name!r} with {n_concepts} "
+                             f"concepts; use ids in [0, {n_concepts - 1}].")
+        return [int(c) for c in ids]
+
+    def _check_layer(self, layer_name: str) -> Concept:
+        if layer_name not in self.layer_map:
+            raise KeyError(f"layer {layer_name!r} is not in the layer_map; analyzed layers: {list(self.layer_map)}.")
+        return self.layer_map[layer_name]
+
+    def get_max_reference(
+        self, concept_ids: Union[int, Sequence[int]], layer_name: str, mode: str = "relevance",
+        r_range: Range = (0, 8), composite: Optional[Composite] = None, rf: bool = False,
+        plot_fn: Optional[PlotFn] = vis_img_heatmap, batch_size: int = 32, *, full_backward: bool = False,
+        overwrite: bool = False,
+    ) -> Dict[int, Any]:
+        """Return the reference samples of concepts (RelMax or ActMax), drawn with their conditional heatmaps.
+
+        Parameters
+        ----------
+        concept_ids : int or list of int
+        layer_name : str
+        mode : {"relevance", "activation"}
+        r_range : (int, int)
+            Ranks ``start .. stop - 1`` of the reference samples, e.g. ``(0, 8)`` for the top 8.
+        composite : zennit.core.Composite, optional
+            Compute the concept-conditional heatmap of every reference sample with it; without it the samples
+            alone are returned.
+        rf : bool
+            Condition on the concept's most relevant (most active) neuron only, so that the heatmap shows its
+            receptive field; uses the concept's ``mask_rf``.
+        plot_fn : callable or None
+            ``plot_fn(samples, heatmaps, rf)`` draws the references (samples before preprocessing); None returns
+            ``(samples, heatmaps)``.
+        batch_size : int
+            Samples per heatmap pass.
+        full_backward : bool
+            Start the heatmaps at the model output with ``{layer: concept, "y": target}`` (target: the sample's
+            own) instead of at the layer's activation (zennit-crp's choice, which can cut or invert heatmaps,
+            zennit-crp issue 11).
+        overwrite : bool
+            Recompute images that are cached.
+
+        Returns
+        -------
+        dict
+            ``{concept_id: plot_fn(samples, heatmaps, rf)}`` (or the raw tensors, see ``plot_fn``).
+        """
+        self._check_layer(layer_name)
+        _check_mode(mode)
+        r_range, batch_size = _check_range(r_range), _positive_int("batch_size", batch_size)
+        _check_plot_fn(plot_fn)
+        indices, _, neurons = self.results.maximization(layer_name, mode)
+        ids = self._concept_ids(concept_ids, layer_name, indices.shape[1])
+
+        def compute(concept_id: int, ranks: Range):
+            rows = self._rows(indices, ranks, f"{mode} maximization of layer {layer_name!r}")
+            return self._reference(indices[rows, concept_id], neurons[rows, concept_id], concept_id, layer_name,
+                                   composite, rf, plot_fn, batch_size, None, full_backward)
+
+        key = self._cache_key("get_max_reference", layer_name, mode, rf, plot_fn, composite, full_backward)
+        return self._cached(ids, key, r_range, compute, composite, plot_fn, overwrite, rf)
+
+    def get_stats_reference(
+        self, concept_id: int, layer_name: str, targets: Union[int, Sequence[int]], mode: str = "relevance",
+        r_range: Range = (0, 8), composite: Optional[Composite] = None, rf: bool = False,
+        plot_fn: Optional[PlotFn] = vis_img_heatmap, batch_size: int = 32, *, full_backward: bool = False,
+        overwrite: bool = False,
+    ) -> Dict[str, Any]:
+        """Return the reference samples of one concept among the samples of given targets.
+
+        The arguments are those of :meth:`get_max_reference`; ``targets`` are target classes (see
+        :meth:`compute_stats`). With ``full_backward`` the heatmaps start at the given target.
+
+        Returns
+        -------
+        dict
+            ``{"{concept_id}:{target}": plot_fn(samples, heatmaps, rf)}``.
+        """
+        self._check_layer(layer_name)
+        _check_mode(mode)
+        r_range, batch_size = _check_range(r_range), _positive_int("batch_size", batch_size)
+        _check_plot_fn(plot_fn)
+        reader = self.results
+        target_list = [targets] if not isinstance(targets, Iterable) else list(targets)
+        n_concepts = reader.maximization(layer_name, mode)[0].shape[1]
+        concept_id = self._concept_ids(concept_id, layer_name, n_concepts)[0]
+        known = set(reader.targets(mode).tolist())
+        unknown = [t for t in target_list if t not in known]
+        if unknown or not target_list:
+            raise KeyError(f"no {mode} statistics for targets {unknown or target_list}; targets with statistics: "
+                           f"{sorted(known)}.")
+
+        def compute(stat_id: str, ranks: Range):
+            target = int(stat_id.rsplit(":", 1)[1])
+            indices, _, neurons = reader.statistics(layer_name, mode, target)
+            rows = self._rows(indices, ranks, f"{mode} statistics of layer {layer_name!r}, target {target}")
+            return self._reference(indices[rows, concept_id], neurons[rows, concept_id], concept_id, layer_name,
+                                   composite, rf, plot_fn, batch_size, target, full_backward)
+
+        key = self._cache_key("get_stats_reference", layer_name, mode, rf, plot_fn, composite, full_backward)
+        ids = [f"{concept_id}:{int(t)}" for t in target_list]
+        return self._cached(ids, key, r_range, compute, composite, plot_fn, overwrite, rf)
+
+    @staticmethod
+    def _rows(indices: np.ndarray, ranks: Range, what: str) -> slice:
+        if ranks[0] >= len(indices):
+            raise ValueError(f"r_range starts at rank {ranks[0]}, but the {what} holds {len(indices)} samples; "
+                             f"choose a range below {len(indices)}.")
+        return slice(ranks[0], min(ranks[1], len(indices)))
+
+    def compute_stats(self, concept_id: int, layer_name: str, mode: str = "relevance", top_N: int = 5,
+                      mean_N: int = 10, norm: bool = False) -> Tuple[np.ndarray, torch.Tensor]:
+        """Return the targets for which a concept is most relevant (active), and their mean values.
+
+        Parameters
+        ----------
+        concept_id : int
+        layer_name : str
+        mode : {"relevance", "activation"}
+        top_N : int
+            Number of targets returned.
+        mean_N : int
+            A target's value is the mean over its top ``mean_N`` reference samples.
+        norm : bool
+            Divide the values by the largest one.
+
+        Returns
+        -------
+        (numpy.ndarray, torch.Tensor)
+            Targets sorted by decreasing mean value (ties: lower target first) and the mean values.
+        """
+        self._check_layer(layer_name)
+        _check_mode(mode)
+        top_N, mean_N = _positive_int("top_N", top_N), _positive_int("mean_N", mean_N)
+        reader = self.results
+        n_concepts = reader.maximization(layer_name, mode)[0].shape[1]
+        concept_id = self._concept_ids(concept_id, layer_name, n_concepts)[0]
+        targets, means = reader.mean_values(layer_name, mode, concept_id, mean_N)
+        order = np.argsort(-means, kind="stable")[:top_N]
+        values = torch.from_numpy(means[order].copy())
+        if norm and len(values) and values[0] != 0:  # a concept that never received relevance stays at zero
+            values = values / values[0]
+        return targets[order], values
+
+    def precompute_ref(
+        self, layer_c_ind: Mapping[str, Sequence[int]], composite: Composite, rf: bool = True, stats: bool = False,
+        top_N: int = 4, mean_N: int = 10, mode: str = "relevance", r_range: Range = (0, 8),
+        plot_list: Sequence[PlotFn] = (vis_opaque_img,), batch_size: int = 32, *, full_backward: bool = False,
+        verbose: bool = True,
+    ) -> None:
+        """Draw and cache the reference images of many concepts with every plot function of ``plot_list``.
+
+        Parameters
+        ----------
+        layer_c_ind : dict of str to list of int
+            Concept ids per layer.
+        stats : bool
+            Also the references of each concept's ``top_N`` targets (:meth:`compute_stats`).
+        Other parameters
+            As in :meth:`get_max_reference` and :meth:`compute_stats`.
+        """
+        if self.Cache is None:
+            raise ValueError("precompute_ref stores images in a cache: pass cache=ImageCache(path) to "
+                             "FeatureVisualization.")
+        if composite is None:
+            raise ValueError("precompute_ref needs a zennit composite to compute the heatmaps; got composite=None.")
+        plot_list = list(plot_list)
+        if not plot_list or not all(callable(fn) for fn in plot_list):
+            raise TypeError(f"plot_list must be a non-empty list of plot functions, got {plot_list!r}.")
+        for layer_name, concept_ids in layer_c_ind.items():
+            for concept_id in tqdm(list(concept_ids), desc=str(layer_name), disable=not verbose, dynamic_ncols=True):
+                raw = self.get_max_reference(concept_id, layer_name, mode, r_range, composite, rf, None, batch_size,
+                                             full_backward=full_backward)
+                self._save_plots(raw, plot_list, "get_max_reference", layer_name, mode, r_range, composite, rf,
+                                 full_backward)
+                if not stats:
+                    continue
+                targets, _ = self.compute_stats(concept_id, layer_name, mode, top_N, mean_N)
+                raw = self.get_stats_reference(concept_id, layer_name, [int(t) for t in targets], mode, r_range,
+                                               composite, rf, None, batch_size, full_backward=full_backward)
+                self._save_plots(raw, plot_list, "get_stats_reference", layer_name, mode, r_range, composite, rf,
+                                 full_backward)
+
+    def _save_plots(self, raw: Dict[Any, Tuple[torch.Tensor, torch.Tensor]], plot_list, func_name, layer_name, mode,
+                    r_range, composite, rf, full_backward) -> None:
+        for plot_fn in plot_list:
+            key = self._cache_key(func_name, layer_name, mode, rf, plot_fn, composite, full_backward)
+            for ref_id, (samples, heatmaps) in raw.items():
+                self.Cache.save({ref_id: plot_fn(samples, heatmaps, rf)}, key, (r_range[0], r_range[0] + len(samples)))
+
+    # ------------------------------------------------------------------------------------------------------
+    # reference images
+
+    def _cache_key(self, func_name: str, layer_name: str, mode: str, rf: bool, plot_fn, composite,
+                   full_backward: bool) -> CacheKey:
+        extra = {
+            "results": self._results_fingerprint(), "concept": describe(self.layer_map[layer_name]),
+            "preprocess_fn": describe(self.preprocess_fn), "full_backward": bool(full_backward),
+            "max_target": self.max_target, "abs_norm": self.abs_norm,
+        }
+        return CacheKey(func_name, layer_name, mode, bool(rf), describe(plot_fn), describe(composite), extra)
+
+    def _results_fingerprint(self) -> Any:
+        reader = self.results
+        if isinstance(reader, ResultStore):
+            manifest = reader.manifest
+            return {"config": manifest["config"], "next_index": manifest["next_index"],
+                    "complete": manifest["complete"]}
+        folder = self.path
+        return {"legacy": str(folder.resolve()), "mtime_ns": max(p.stat().st_mtime_ns for p in folder.iterdir())}
+
+    def _cached(self, ids: List[Any], key: CacheKey, r_range: Range, compute, composite, plot_fn, overwrite: bool,
+                rf: bool) -> Dict[Any, Any]:
+        """Load references from the cache; compute, store and add the missing ranks."""
+        if rf and composite is None:
+            warnings.warn("rf=True needs a composite: the receptive field is only used for heatmaps; pass a zennit "
+                          "composite.", stacklevel=3)
+        if self.Cache is None or plot_fn is None or composite is None:
+            return {ref_id: compute(ref_id, r_range) for ref_id in ids}
+        if overwrite:
+            found, missing = {}, {ref_id: r_range for ref_id in ids}
+        else:
+            found, missing = self.Cache.load(ids, key, r_range)
+        for ref_id, ranks in missing.items():
+            value = compute(ref_id, ranks)
+            self.Cache.save({ref_id: value}, key, ranks)
+            found = self.Cache.extend_dict(found, {ref_id: value})
+        return {ref_id: found[ref_id] for ref_id in ids if ref_id in found}
+
+    def _reference(self, indices: np.ndarray, neurons: np.ndarray, concept_id: int, layer_name: str, composite,
+                   rf: bool, plot_fn, batch_size: int, target: Optional[int], full_backward: bool):
+        """Load reference samples; with a composite, compute their heatmaps and draw them."""
+        data, sample_targets = self.get_data_concurrently(indices, preprocessing=False)
+        data = data.detach()
+        if composite is None:
+            return data.cpu()
+        if full_backward:
+            targets = [[target]] * len(data) if target is not None else [
+                self._explained_targets(t, i) for t, i in zip(sample_targets, indices)]
+        else:
+            targets = None
+        heatmaps = self._heatmaps(self.preprocess_data(data).detach(), concept_id, layer_name, composite, rf,
+                                  neurons, batch_size, targets)
+        if callable(plot_fn):
+            return plot_fn(data, heatmaps.detach(), rf)
+        return data.cpu(), heatmaps.detach().cpu()
+
+    def _explained_targets(self, target, index) -> List[int]:
+        if self._has_multitarget():
+            return [_int_target(t, index) for t in self.multitarget_to_single(target)]
+        return [_int_target(target, index)]
+
+    def _heatmaps(self, data: torch.Tensor, concept_id: int, layer_name: str, composite, rf: bool,
+                  neurons: np.ndarray, batch_size: int, targets: Optional[List[List[int]]]) -> torch.Tensor:
+        """Concept-conditional heatmaps, started at the layer (default) or at the output (``targets`` given)."""
+        concept = self.layer_map[layer_name]
+        output = self.attribution.MODEL_OUTPUT_NAME
+        heatmaps = []
+        for start in range(0, len(data), batch_size):
+            stop = min(start + batch_size, len(data))
+            x = data[start:stop].detach().requires_grad_()
+            if rf:
+                conditions = [{layer_name: {concept_id: [int(n)]}} for n in neurons[start:stop]]
+            else:
+                conditions = [{layer_name: [concept_id]} for _ in range(stop - start)]
+            if targets is not None:
+                for condition, row_targets in zip(conditions, targets[start:stop]):
+                    condition[output] = row_targets
+            result = self.attribution(
+                x, conditions, composite, mask_map=concept.mask_rf if rf else concept.mask,
+                start_layer=None if targets is not None else layer_name, on_device=self.device,
+                exclude_parallel=False,
+            )
+            heatmaps.append(result.heatmap)
+        return torch.cat(heatmaps)
+
+
+def _json_roundtrip(value: Any) -> Any:
+    return json.loads(json.dumps(value, sort_keys=True))

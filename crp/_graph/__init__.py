@@ -1,0 +1,1 @@
+"""Model graph tracing, the attribution graph of concepts, and its plot."""

@@ -1,0 +1,1 @@
+"""Drawing heatmaps and reference images."""

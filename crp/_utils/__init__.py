@@ -1,0 +1,1 @@
+"""Helpers shared by every room: argument checks, model lookups, atomic files, normalizations."""
