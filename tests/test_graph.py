@@ -388,3 +388,19 @@ def test_querying_an_untraced_layer():
     graph.layer_names = ["conv1", "linear1"]
     assert graph.find_input_layers("linear1") == ["conv1"]
     assert graph.find_input_layers("conv2") == ["conv1"]  # traced layers stay queryable
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_layer_node_map_and_dump_give_zennit_crp_views_of_the_graph(resnet18, method):
+    from crp.graph import GraphNode, dump_pytorch_graph
+
+    names = ["conv1", "layer1.0.conv1", "layer1.0.conv2", "layer1.1.conv1"]
+    graph = trace_model_graph(resnet18, IMAGE, names, method=method)
+    nodes = graph.layer_node_map
+    assert nodes["layer1.1.conv1"] == GraphNode("layer1.1.conv1", ("conv1", "layer1.0.conv2"), ())
+    assert nodes["conv1"].output_layers == ("layer1.0.conv1", "layer1.1.conv1")
+    assert all(node.is_layer for node in nodes.values())
+    table = dump_pytorch_graph(graph).splitlines()
+    assert table[-1].split() == ["layer1.1.conv1", "<-", "conv1,", "layer1.0.conv2"]
+    with pytest.raises(TypeError, match="graph must be a ModelGraph from trace_model_graph, got str"):
+        dump_pytorch_graph("graph")

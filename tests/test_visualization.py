@@ -561,3 +561,19 @@ def test_normed_stats_of_a_concept_without_relevance_stay_zero(tmp_path):
     assert torch.equal(raw, torch.zeros_like(raw)) and torch.equal(values, torch.zeros_like(values))
     _, alive = fv.compute_stats(1, "conv1", norm=True)
     assert alive[0] == 1
+
+
+def test_find_files_names_the_handles_of_a_store_and_zennit_crp_folders(analyzed, tmp_path):
+    from crp.helper import find_files
+
+    r_max, a_max, r_stats, a_stats, rf = find_files(analyzed.path)
+    assert (r_max, a_max, r_stats, a_stats) == ([str(analyzed.RelMax.PATH)], [str(analyzed.ActMax.PATH)],
+                                                [str(analyzed.RelStats.PATH)], [str(analyzed.ActStats.PATH)])
+    assert rf == []
+    np.testing.assert_array_equal(load_maximization(r_max[0], "conv2")[0], load_maximization(analyzed.RelMax.PATH,
+                                                                                             "conv2")[0])
+    for name in ("RelMax_max_unnormed", "RF_data", "other"):
+        (tmp_path / name).mkdir()
+    assert find_files(tmp_path) == ([str(tmp_path / "RelMax_max_unnormed")], [], [], [], [str(tmp_path / "RF_data")])
+    with pytest.raises(NotADirectoryError, match="is not a folder"):
+        find_files(tmp_path / "missing")

@@ -1,12 +1,18 @@
 """Reading FeatureVisualization results by folder (the crp store, and folders written by zennit-crp 0.6)."""
+import os
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional, Tuple, Union
 
 import numpy as np
 
-from crp._features.store import open_result_folder
+from crp._features.store import MODES, ResultStore, legacy_folder_name, open_result_folder
 
-__all__ = ["load_maximization", "load_statistics", "load_stat_targets", "load_receptive_field"]
+__all__ = [
+    "load_maximization", "load_statistics", "load_stat_targets", "load_receptive_field", "find_files",
+]
+
+PathLike = Union[str, os.PathLike]
+
 
 def _result_folder(path_folder, kind: str, mode: Optional[str]):
     """Reader and mode for ``path_folder`` (``{path}/RelMax_sum_normed`` style, or a store root with ``mode``)."""
@@ -62,3 +68,34 @@ def load_receptive_field(path_folder, layer_name: str):
         raise FileNotFoundError(f"no receptive field of layer {layer_name!r}: {file} does not exist.")
     return np.load(file, mmap_mode="r", allow_pickle=False)
 
+
+def find_files(path: Optional[PathLike] = None) -> Tuple[List[str], List[str], List[str], List[str], List[str]]:
+    """Return the result folders in ``path`` by kind, as zennit-crp 0.6 did.
+
+    Parameters
+    ----------
+    path : str or os.PathLike, optional
+        A FeatureVisualization ``path``; by default the working directory.
+
+    Returns
+    -------
+    tuple of five lists of str
+        The folders whose names contain ``RelMax``, ``ActMax``, ``RelStats``, ``ActStats`` and ``RF``
+        (sorted). For this library's store, whose results live in one folder, these are the ``PATH`` handles
+        of ``FeatureVisualization.RelMax`` and friends, which the ``load_*`` functions accept.
+    """
+    root = Path.cwd() if path is None else Path(path)
+    if not root.is_dir():
+        raise NotADirectoryError(f"path {str(root)!r} is not a folder; pass the path of a FeatureVisualization.")
+    kinds: Tuple[List[str], ...] = ([], [], [], [], [])
+    names = sorted(entry.name for entry in root.iterdir() if entry.is_dir())
+    store = ResultStore(root)
+    if store.exists():  # the store has no such folders, but its handles' PATHs name them
+        config = store.manifest["config"]
+        names += [legacy_folder_name(mode, kind, config["max_target"], config["abs_norm"])
+                  for kind in ("max", "stats") for mode in MODES]
+    for name in sorted(set(names)):
+        for i, marker in enumerate(("RelMax", "ActMax", "RelStats", "ActStats", "RF")):
+            if marker in name:
+                kinds[i].append(str(root / name))
+    return kinds[0], kinds[1], kinds[2], kinds[3], kinds[4]

@@ -33,7 +33,7 @@ from torch import fx
 
 from crp._utils.modules import check_layer_names
 
-__all__ = ["TRACE_METHODS", "ModelGraph", "trace_model_graph"]
+__all__ = ["TRACE_METHODS", "GraphNode", "ModelGraph", "trace_model_graph", "dump_pytorch_graph"]
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +56,29 @@ class _Trace:
     outputs: Dict[Hashable, str]
     inputs: Dict[str, Tuple[Hashable, ...]]
     order: Tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class GraphNode:
+    """One listed layer of a :class:`ModelGraph` and its neighbours among the listed layers.
+
+    zennit-crp 0.6 had a node per operation of a torch.jit graph; here every node is a layer
+    (``is_layer`` is always True), and its neighbours are the nearest listed layers along every path.
+
+    Attributes
+    ----------
+    layer_name : str
+        The layer's name in ``model.named_modules()``.
+    input_layers : tuple of str
+        The listed layers that feed it (:meth:`ModelGraph.find_input_layers`).
+    output_layers : tuple of str
+        The listed layers it feeds.
+    """
+
+    layer_name: str
+    input_layers: Tuple[str, ...]
+    output_layers: Tuple[str, ...]
+    is_layer: bool = True
 
 
 class _LayersNotTraced(Exception):
@@ -163,6 +186,16 @@ class ModelGraph:
             f"to trace_model_graph ({len(self.traced_layers)} layers); trace again with it in layer_names."
         )
 
+    @property
+    def layer_node_map(self) -> Dict[str, GraphNode]:
+        """``{layer_name: GraphNode}`` of every listed layer (zennit-crp's attribute of the same name)."""
+        inputs = {name: tuple(self.find_input_layers(name)) for name in self.layer_names}
+        outputs: Dict[str, List[str]] = {name: [] for name in self.layer_names}
+        for name, feeding in inputs.items():
+            for source in feeding:
+                outputs[source].append(name)
+        return {name: GraphNode(name, inputs[name], tuple(outputs[name])) for name in self.layer_names}
+
     def __str__(self) -> str:
         how = "torch.fx symbolic tracing" if self.method == "fx" else "the autograd graph of one forward pass"
         lines = [f"ModelGraph of {len(self.layer_names)} layers, traced with {how}"]
@@ -176,6 +209,27 @@ class ModelGraph:
 
     def __repr__(self) -> str:
         return f"ModelGraph(method={self.method!r}, layers={len(self.layer_names)})"
+
+
+def dump_pytorch_graph(graph: ModelGraph) -> str:
+    """Return a table of every listed layer of ``graph`` and the layers that feed it.
+
+    zennit-crp 0.6 printed the operations of a torch.jit graph; this library traces with torch.fx and prints
+    nothing: the table is returned, e.g. for ``print(dump_pytorch_graph(graph))``.
+
+    Parameters
+    ----------
+    graph : ModelGraph
+        A graph from :func:`trace_model_graph`.
+
+    Returns
+    -------
+    str
+        One line per layer, ``name <- input layers``.
+    """
+    if not isinstance(graph, ModelGraph):
+        raise TypeError(f"graph must be a ModelGraph from trace_model_graph, got {type(graph).__name__}.")
+    return str(graph)
 
 
 def trace_model_graph(

@@ -1,0 +1,165 @@
+"""The argument checks every room shares: one helper per kind of mistake.
+
+A wrong *type* raises :class:`TypeError` (:func:`check_type`), a wrong *value* of the right type raises
+:class:`ValueError` (:func:`check_value`); every message names the argument, echoes what was given and says
+what fixes it. The other checks here are built on these two.
+"""
+import numbers
+from typing import Any, Collection, Optional, Tuple, Type, TypeVar, Union
+
+__all__ = [
+    "check_type", "check_value", "check_int", "check_positive_int", "check_bool", "check_choice",
+    "check_callable", "echo",
+]
+
+T = TypeVar("T")
+Types = Union[Type[Any], Tuple[Type[Any], ...]]
+
+#: Longest echo of a bad value in a message; a longer one is cut in the middle.
+_ECHO_LIMIT = 200
+
+
+def echo(value: Any) -> str:
+    """Return ``repr(value)`` for an error message: tensors and arrays by shape and dtype, long reprs shortened."""
+    shape = getattr(value, "shape", None)
+    if shape is not None and hasattr(value, "dtype") and len(tuple(shape)) > 0:
+        return f"{type(value).__name__} of shape {tuple(shape)} and dtype {value.dtype}"
+    text = repr(value)
+    if len(text) > _ECHO_LIMIT:
+        half = _ECHO_LIMIT // 2
+        text = f"{text[:half]} ... {text[-half:]}"
+    return text
+
+
+def _fail(error: Type[Exception], name: str, expected: str, value: Any, fix: Optional[str]) -> Exception:
+    message = f"{name} must be {expected}, got {echo(value)}."
+    return error(f"{message} {fix}" if fix else message)
+
+
+def check_type(value: T, types: Types, *, name: str, expected: str, fix: Optional[str] = None) -> T:
+    """Return ``value`` if it is an instance of ``types``; raise a TypeError otherwise.
+
+    Parameters
+    ----------
+    value : object
+        The argument.
+    types : type or tuple of type
+        The accepted types; ``bool`` is never accepted where a number is expected (see :func:`check_int`).
+    name : str
+        The argument's name.
+    expected : str
+        What the argument must be, e.g. ``"a torch.Tensor"``.
+    fix : str, optional
+        What to do instead, appended to the message.
+
+    Returns
+    -------
+    object
+        ``value`` itself.
+
+    Raises
+    ------
+    TypeError
+        If ``value`` is not an instance of ``types``.
+    """
+    if not isinstance(value, types):
+        raise _fail(TypeError, name, expected, value, fix)
+    return value
+
+
+def check_value(ok: bool, value: Any, *, name: str, expected: str, fix: Optional[str] = None) -> None:
+    """Raise a ValueError about ``value`` unless ``ok``.
+
+    Parameters
+    ----------
+    ok : bool
+        Whether ``value`` is acceptable.
+    value : object
+        The argument, echoed in the message.
+    name, expected, fix : str
+        As in :func:`check_type`.
+
+    Raises
+    ------
+    ValueError
+        If ``ok`` is false.
+    """
+    if not ok:
+        raise _fail(ValueError, name, expected, value, fix)
+
+
+def check_int(value: Any, *, name: str, minimum: Optional[int] = None, maximum: Optional[int] = None,
+              fix: Optional[str] = None) -> int:
+    """Return ``value`` as an ``int`` if it is an integer (not a bool) within ``[minimum, maximum]``.
+
+    Parameters
+    ----------
+    value : object
+        The argument; Python and numpy integers are accepted.
+    name : str
+        The argument's name.
+    minimum, maximum : int, optional
+        Inclusive bounds.
+    fix : str, optional
+        What to do instead, appended to the message.
+
+    Returns
+    -------
+    int
+        The value.
+
+    Raises
+    ------
+    TypeError
+        If ``value`` is not an integer.
+    ValueError
+        If it lies outside the bounds.
+    """
+    bounds = _bounds_text(minimum, maximum)
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise _fail(TypeError, name, f"an int{bounds}", value, fix)
+    too_low = minimum is not None and value < minimum
+    too_high = maximum is not None and value > maximum
+    check_value(not (too_low or too_high), value, name=name, expected=f"an int{bounds}", fix=fix)
+    return int(value)
+
+
+def _bounds_text(minimum: Optional[int], maximum: Optional[int]) -> str:
+    if minimum is not None and maximum is not None:
+        return f" in [{minimum}, {maximum}]"
+    if minimum is not None:
+        return f" >= {minimum}"
+    if maximum is not None:
+        return f" <= {maximum}"
+    return ""
+
+
+def check_positive_int(value: Any, *, name: str, fix: Optional[str] = None) -> int:
+    """Return ``value`` as an ``int`` if it is an integer of at least 1 (see :func:`check_int`)."""
+    return check_int(value, name=name, minimum=1, fix=fix)
+
+
+def check_bool(value: Any, *, name: str) -> bool:
+    """Return ``value`` as a ``bool`` if it is a Python or numpy bool; raise a TypeError otherwise."""
+    if not isinstance(value, bool) and type(value).__name__ != "bool_":
+        raise _fail(TypeError, name, "True or False", value, None)
+    return bool(value)
+
+
+def check_choice(value: Any, choices: Collection[Any], *, name: str) -> Any:
+    """Return ``value`` if it is one of ``choices``; raise a ValueError listing them otherwise."""
+    try:
+        ok = value in choices
+    except TypeError:  # unhashable values are not among hashable choices
+        ok = False
+    check_value(ok, value, name=name, expected="one of " + ", ".join(repr(c) for c in choices))
+    return value
+
+
+def check_callable(value: Any, *, name: str, expected: str, allow_none: bool = False) -> Any:
+    """Return ``value`` if it is callable (or None where allowed); raise a TypeError otherwise."""
+    if value is None and allow_none:
+        return value
+    if not callable(value):
+        raise _fail(TypeError, name, expected + (" or None" if allow_none else ""), value, None)
+    return value
