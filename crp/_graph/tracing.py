@@ -24,14 +24,14 @@ not reach every listed layer; :attr:`ModelGraph.method` says which path was take
 
 import difflib
 import logging
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Dict, Hashable, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 from torch import fx
 
-from crp._utils.modules import check_layer_names
+from crp._utils.modules import check_layer_names, preserved_tensors
+from crp._utils.text import one_line
 
 __all__ = ["TRACE_METHODS", "GraphNode", "ModelGraph", "trace_model_graph", "dump_pytorch_graph"]
 
@@ -294,7 +294,7 @@ def _trace_with(model: torch.nn.Module, sample: torch.Tensor, names: Tuple[str, 
                 ) from None
             reason = f"layers {error.missing} do not appear in the torch.fx graph"
         except Exception as error:  # torch.fx raises many kinds (TraceError, TypeError, RuntimeError, ...)
-            reason = f"{type(error).__name__}: {_first_line(error)}"
+            reason = f"{type(error).__name__}: {one_line(error, limit=200)}"
             if method == "fx":
                 raise RuntimeError(
                     f"torch.fx cannot trace the model ({reason}); use method='autograd' or method='auto'."
@@ -308,11 +308,6 @@ def _trace_with(model: torch.nn.Module, sample: torch.Tensor, names: Tuple[str, 
             f"branches this sample does not take); remove them from layer_names or pass a sample that reaches them."
         ) from None
     return ModelGraph(trace, "autograd", reason)
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return text[0][:200] if text else ""
 
 
 def _as_name_list(layer_names: Any, argument: str) -> List[str]:
@@ -432,7 +427,7 @@ class _AutogradRecorder:
 
 def _trace_autograd(model: torch.nn.Module, sample: torch.Tensor, names: Tuple[str, ...]) -> _Trace:
     recorder, modules = _AutogradRecorder(), dict(model.named_modules())
-    with _preserved_state(model):
+    with preserved_tensors(model, buffer_values=True, requires_grad=True):
         handles = []
         try:
             for name in names:
@@ -482,21 +477,3 @@ def _reduce_autograd(recorder: _AutogradRecorder, output: Any, names: Sequence[s
     outputs = {ids[key]: name for key, (_, name) in recorder.tags.items()}
     inputs = {name: [ids[id(node)] for node in recorder.inputs[name]] for name in recorder.inputs}
     return _finish_trace(parents, outputs, inputs, names)
-
-
-@contextmanager
-def _preserved_state(model: torch.nn.Module) -> Iterator[None]:
-    """Let every parameter require grad and restore the flags and all buffers (e.g. BatchNorm statistics)."""
-    flags = [(param, param.requires_grad) for param in model.parameters()]
-    buffers = [(buffer, buffer.detach().clone()) for buffer in model.buffers()]
-    try:
-        for param, _ in flags:
-            if param.is_floating_point() or param.is_complex():
-                param.requires_grad_(True)
-        yield
-    finally:
-        with torch.no_grad():
-            for buffer, saved in buffers:
-                buffer.copy_(saved)
-        for param, flag in flags:
-            param.requires_grad_(flag)

@@ -81,19 +81,43 @@ def check_layer_names(model: torch.nn.Module, names: Sequence[str], argument: st
 
 
 @contextlib.contextmanager
-def preserved_tensors(model: torch.nn.Module) -> Iterator[None]:
+def preserved_tensors(
+    model: torch.nn.Module, *, buffer_values: bool = False, requires_grad: bool = False
+) -> Iterator[None]:
     """Restore every module's parameter and buffer objects on exit, and drop attributes that shadow them.
 
     Canonizers and rules swap parameters for the duration of a pass; zennit 1.0 does so with
     ``load_state_dict(assign=True)`` and instance attributes that can outlive the composite (its
     ``MergeBatchNorm`` then leaves merged weights in ``state_dict()``). This guard puts back the very objects
-    the model held before, whatever happened inside. Tensor data edited in place is not restored.
+    the model held before, whatever happened inside. Tensor data edited in place is not restored unless
+    ``buffer_values`` asks for it.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The model whose tensors are restored.
+    buffer_values : bool, default False
+        Also restore the values of the buffers, e.g. the BatchNorm statistics a forward pass in training mode
+        updates.
+    requires_grad : bool, default False
+        Let every floating-point parameter require grad inside the context, and restore the flags on exit.
+
+    Yields
+    ------
+    None
+        Inside the context, the model as it was (with gradients required if ``requires_grad``).
     """
     saved = []
     for module in model.modules():
         shadows = {k: module.__dict__[k] for k in (*module._parameters, *module._buffers) if k in module.__dict__}
         saved.append((module, dict(module._parameters), dict(module._buffers), shadows))
+    flags = [(param, param.requires_grad) for param in model.parameters()]
+    values = [(buffer, buffer.detach().clone()) for buffer in model.buffers()] if buffer_values else []
     try:
+        if requires_grad:
+            for param, _ in flags:
+                if param.is_floating_point() or param.is_complex():
+                    param.requires_grad_(True)
         yield
     finally:
         for module, parameters, buffers, shadows in saved:
@@ -105,3 +129,9 @@ def preserved_tensors(model: torch.nn.Module) -> Iterator[None]:
             module._parameters.update(parameters)
             module._buffers.clear()
             module._buffers.update(buffers)
+        with torch.no_grad():
+            for buffer, value in values:
+                buffer.copy_(value)
+        if requires_grad:
+            for param, flag in flags:
+                param.requires_grad_(flag)

@@ -21,6 +21,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
+from crp._utils.text import one_line
 from crp.app.output import OutputFolder, UserError
 
 __all__ = [
@@ -35,18 +36,14 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 #: Canonizer choices: "auto" picks by architecture (see :func:`make_composite`).
 CANONIZERS = ("auto", "none", "merge-batchnorm", "resnet", "vgg")
+#: Longest quote of an underlying error's message in an :class:`AnalyzeError`.
+_REASON_LIMIT = 160
 
 PathLike = Union[str, os.PathLike]
 
 
 class AnalyzeError(UserError):
     """A user error in the arguments of ``python -m crp analyze``; the message names the fix."""
-
-
-def _first_line(error: BaseException, limit: int = 160) -> str:
-    """The first line of an exception's message (its type if empty), at most ``limit`` characters."""
-    text = str(error).strip()
-    return (text.splitlines()[0] if text else type(error).__name__)[:limit]
 
 
 @dataclass
@@ -195,7 +192,7 @@ def load_weights(model: torch.nn.Module, path: PathLike, description: str) -> No
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001 - any unreadable file gets the same advice
-        reason = _first_line(error)
+        reason = one_line(error, limit=_REASON_LIMIT)
         raise AnalyzeError(f"--weights {str(path)!r} cannot be read with torch.load(weights_only=True) ({reason}); "
                            f"save the model's state_dict with torch.save(model.state_dict(), PATH).") from None
     state = _state_dict(state, path)
@@ -269,8 +266,8 @@ class _CheckedImages(torch.utils.data.Dataset):
             return self.folder[index]
         except (OSError, ValueError, SyntaxError) as error:
             path = self.folder.samples[index][0]
-            raise AnalyzeError(f"--data: cannot read image {path!r} ({_first_line(error)}); remove or replace "
-                               f"it.") from None
+            reason = one_line(error, limit=_REASON_LIMIT)
+            raise AnalyzeError(f"--data: cannot read image {path!r} ({reason}); remove or replace it.") from None
 
 
 class _Spread(torch.utils.data.Dataset):
@@ -559,7 +556,7 @@ def _check_forward(model: torch.nn.Module, data: DataSpec, layers: List[str], de
     try:
         shapes = get_output_shapes(model, x, layers)
     except RuntimeError as error:
-        reason = _first_line(error)
+        reason = one_line(error, limit=_REASON_LIMIT)
         raise AnalyzeError(f"the model cannot run on the data (input {list(x.shape)}: {reason}); check --image-size "
                            f"and that --model fits the data.") from None
     unreached = [layer for layer in layers if layer not in shapes]
@@ -613,8 +610,8 @@ def _verify_images(data: DataSpec, fv_data: Any, options: AnalyzeOptions) -> Non
             with Image.open(path) as image:
                 image.verify()
         except Exception as error:  # noqa: BLE001 - PIL raises many types for broken files
-            raise AnalyzeError(f"--data: cannot read image {path!r} ({_first_line(error)}); remove or replace "
-                               f"it.") from None
+            reason = one_line(error, limit=_REASON_LIMIT)
+            raise AnalyzeError(f"--data: cannot read image {path!r} ({reason}); remove or replace it.") from None
 
 
 def _report_run(options: AnalyzeOptions, setup: AnalysisSetup, analysis: Any, output: OutputFolder,

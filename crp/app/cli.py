@@ -7,9 +7,12 @@ saying how to continue.
 import argparse
 import logging
 import sys
+from pathlib import Path
 from typing import List, NoReturn, Optional, Sequence
 
-__all__ = ["main", "build_parser", "format_summary", "PROG"]
+from crp._utils.text import one_line
+
+__all__ = ["main", "build_parser", "PROG"]
 
 PROG = "python -m crp"
 
@@ -157,25 +160,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def format_summary(result) -> str:
-    """The one-screen summary of a demo result (:func:`crp.app.demo.format_summary`)."""
-    from crp.app.demo import format_summary as summary
-
-    return summary(result)
-
-
 # ------------------------------------------------------------------------------------------------------------
 # running the commands
 
 
 def _run_demo(args: argparse.Namespace) -> int:
-    from crp.app.demo import format_summary as summary
-    from crp.app.demo import run_demo
+    from crp.app.demo import format_summary, run_demo
 
     result = run_demo(args.out, samples=args.samples, layer=args.layer, top_k=args.top, quick=args.quick,
                       cache_dir=args.cache_dir, progress=not args.no_progress, force_train=args.retrain,
                       threads=args.threads, fresh=args.fresh)
-    _say(summary(result))
+    _say(format_summary(result))
     return 0
 
 
@@ -252,24 +247,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return _run_command(args)
 
 
-def one_line(error: BaseException) -> str:
-    """The message of a user error in one line.
-
-    An error raised in a DataLoader worker comes back with the worker's traceback in its message; its last
-    line holds the original message after the exception's name.
-    """
-    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
-    if not lines:
-        return type(error).__name__
-    if len(lines) == 1:
-        return lines[0]
-    last = lines[-1]
-    name = type(error).__name__
-    return last.split(f"{name}: ", 1)[1] if f"{name}: " in last else last
-
-
 def _run_command(args: argparse.Namespace) -> int:
     from crp.app.output import UserError
+    from crp.visualization import CorruptStoreError
 
     command = f"{PROG} {args.command}"
     handler = _log_to_stderr(not args.no_progress)
@@ -287,9 +267,7 @@ def _run_command(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         _say(f"{command}: {_interrupted(args.out)}", sys.stderr)
         return 130
-    except Exception as error:  # the store of an interrupted run may be corrupt: that is the user's to fix
-        if type(error).__name__ != "CorruptStoreError":
-            raise
+    except CorruptStoreError as error:  # the store of an interrupted run may be corrupt: that is the user's to fix
         _say(f"{command}: error: {one_line(error)}; run again with --fresh to start the reference-sample search "
              f"over", sys.stderr)
         return 2
@@ -300,9 +278,7 @@ def _run_command(args: argparse.Namespace) -> int:
 
 
 def _interrupted(out: str) -> str:
-    """What an interrupted run left, and how to continue."""
-    from pathlib import Path
-
+    """Say what an interrupted run left, and how to continue."""
     from crp.app.concept_report import FV_FOLDER, fv_state
 
     done = fv_state(out)
