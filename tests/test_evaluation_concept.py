@@ -180,9 +180,11 @@ def test_concept_errors(setup, kwargs, match):
 
 def test_concept_setting_errors(setup):
     attribution, x, composite = setup
-    with pytest.raises(ValueError, match=r"unknown `measure` 'gradient'; choose one of \['relevance', 'activation'\]"):
+    with pytest.raises(ValueError, match=r"`measure` must be one of 'relevance', 'activation', got 'gradient'"):
         ConceptFaithfulness("conv", measure="gradient")
-    with pytest.raises(ValueError, match=r"`layer` must be a layer name \(str\), got 3"):
+    with pytest.raises(TypeError, match=r"`layer` must be a layer name \(str\), got 3"):
         ConceptFaithfulness(3)
-    with pytest.raises(ValueError, match=r"`k` must be an integer in \[1, 2\] for layer 'conv', got 3"):
+    with pytest.raises(ValueError, match=r"`k` must be an int in \[1, 2\], got 3\. Layer 'conv' has 2 channels"):
         top_concepts(attribution, x, 0, "conv", k=3, composite=composite)
+    with pytest.raises(TypeError, match=r"`k` must be an int in \[1, 2\], got 1.5"):
+        top_concepts(attribution, x, 0, "conv", k=1.5, composite=composite)

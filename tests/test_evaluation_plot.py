@@ -73,7 +73,7 @@ def test_strip_of_perturbed_images():
 
 
 def test_plot_errors():
-    with pytest.raises(ValueError, match=r"unknown `spread` 'iqr'; choose one of \['std', 'sem', 'quartiles', None\]"):
+    with pytest.raises(ValueError, match=r"`spread` must be one of 'std', 'sem', 'quartiles', None, got 'iqr'"):
         plot_curves(MORF, spread="iqr")
     with pytest.raises(ValueError, match=r"`images` must have shape \(N, T=2, C, H, W\), got \(2, 3, 1, 8, 8\)"):
         plot_perturbed_strip(np.zeros((2, 3, 1, 8, 8)), [0, 1])

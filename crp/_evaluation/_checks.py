@@ -1,7 +1,9 @@
 """Validation and coercion of the arguments shared by the faithfulness metrics.
 
 Every function here turns one flexible argument into its canonical form or raises an exception that names
-the argument, echoes the offending value or shape and says what would fix it.
+the argument, echoes the offending value or shape and says what would fix it. They build on the checks every
+room shares (:mod:`crp._utils.checks`): a wrong type raises a TypeError, a wrong value a ValueError. Messages of
+this room quote argument names in backticks.
 """
 
 from numbers import Integral
@@ -9,6 +11,8 @@ from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
+
+from crp._utils.checks import check_callable, check_positive_int, check_type, check_value
 
 __all__ = [
     "RegionSize",
@@ -18,39 +22,14 @@ __all__ = [
     "check_targets",
     "check_region_size",
     "check_region_fit",
-    "check_positive_int",
     "check_scores",
+    "named_or_callable",
 ]
 
 #: Side of a square region, or its ``(height, width)``.
 RegionSize = Union[int, Tuple[int, int]]
 #: One class index for all samples, one per sample, or ``None`` for the predicted class.
 TargetsLike = Union[None, int, Sequence[int], np.ndarray, torch.Tensor]
-
-
-def check_positive_int(value: object, name: str) -> int:
-    """Return ``value`` as an ``int`` if it is an integer of at least 1, else raise.
-
-    Parameters
-    ----------
-    value : object
-        The value to check.
-    name : str
-        The argument's name, used in the error message.
-
-    Returns
-    -------
-    int
-        The value.
-
-    Raises
-    ------
-    ValueError
-        If ``value`` is not an integer or is smaller than 1.
-    """
-    if isinstance(value, bool) or not isinstance(value, Integral) or value < 1:
-        raise ValueError(f"`{name}` must be an integer >= 1, got {value!r}.")
-    return int(value)
 
 
 def check_inputs(inputs: object) -> torch.Tensor:
@@ -179,15 +158,16 @@ def check_region_size(region_size: object) -> Tuple[int, int]:
 
     Raises
     ------
+    TypeError
+        If ``region_size`` is neither an integer nor a pair of integers.
     ValueError
-        If ``region_size`` is not a positive integer or a pair of them.
+        If it is a sequence of another length, or a side is smaller than 1.
     """
+    expected = "an int >= 1 or a pair (height, width) of them"
     pair = (region_size, region_size) if isinstance(region_size, Integral) else region_size
-    if not isinstance(pair, (tuple, list)) or len(pair) != 2:
-        raise ValueError(
-            f"`region_size` must be an integer >= 1 or a pair (height, width) of them, got {region_size!r}."
-        )
-    return check_positive_int(pair[0], "region_size"), check_positive_int(pair[1], "region_size")
+    check_type(pair, (tuple, list), name="`region_size`", expected=expected)
+    check_value(len(pair) == 2, region_size, name="`region_size`", expected=expected)
+    return check_positive_int(pair[0], name="`region_size`"), check_positive_int(pair[1], name="`region_size`")
 
 
 def check_region_fit(region: Tuple[int, int], inputs: torch.Tensor) -> None:
@@ -214,14 +194,35 @@ def check_region_fit(region: Tuple[int, int], inputs: torch.Tensor) -> None:
 
 
 def named_or_callable(spec: Any, registry: Dict[str, Callable], argument: str) -> Tuple[str, Callable]:
-    """Coerce a choice given by name (a key of ``registry``) or as a callable into ``(name, callable)``."""
+    """Coerce a choice given by name (a key of ``registry``) or as a callable into ``(name, callable)``.
+
+    Parameters
+    ----------
+    spec : str or callable
+        The choice.
+    registry : dict of str to callable
+        The choices by name.
+    argument : str
+        The argument's name, for the messages.
+
+    Returns
+    -------
+    tuple of (str, callable)
+        The name (the callable's ``__name__`` for a callable) and the callable.
+
+    Raises
+    ------
+    TypeError
+        If ``spec`` is neither a string nor a callable.
+    ValueError
+        If ``spec`` is a string that is not a key of ``registry``.
+    """
+    expected = f"one of {sorted(registry)} or a callable"
     if isinstance(spec, str):
-        if spec not in registry:
-            raise ValueError(f"unknown `{argument}` {spec!r}; choose one of {sorted(registry)} or pass a callable.")
+        check_value(spec in registry, spec, name=f"`{argument}`", expected=expected)
         return spec, registry[spec]
-    if callable(spec):
-        return getattr(spec, "__name__", type(spec).__name__), spec
-    raise ValueError(f"`{argument}` must be one of {sorted(registry)} or a callable, got {spec!r}.")
+    check_callable(spec, name=f"`{argument}`", expected=expected)
+    return getattr(spec, "__name__", type(spec).__name__), spec
 
 
 def check_scores(scores: object, n_rows: int) -> torch.Tensor:

@@ -1,19 +1,13 @@
 """The settings and the experiment plan shared by the perturbation metrics."""
 
-from numbers import Integral
 from typing import Any, Dict, Optional, Sequence, Tuple, TypeVar, Union
 
 import numpy as np
 import torch
 
-from ._checks import (
-    RegionSize,
-    check_attributions,
-    check_inputs,
-    check_positive_int,
-    check_region_fit,
-    check_region_size,
-)
+from crp._utils.checks import check_int, check_positive_int
+
+from ._checks import RegionSize, check_attributions, check_inputs, check_region_fit, check_region_size
 from .engine import Plan, perturbed_batches
 from .ordering import Order, get_order, pixel_ranks, pool_regions
 from .perturbation import Perturbation, get_perturbation
@@ -87,10 +81,8 @@ class PerturbationMetric:
         self.region_size = check_region_size(region_size)
         check_schedule(steps, per_step)
         self.steps, self.per_step = steps, per_step
-        self.batch_size = None if batch_size is None else check_positive_int(batch_size, "batch_size")
-        if isinstance(seed, bool) or not isinstance(seed, Integral):
-            raise ValueError(f"`seed` must be an integer, got {seed!r}.")
-        self.seed = int(seed)
+        self.batch_size = None if batch_size is None else check_positive_int(batch_size, name="`batch_size`")
+        self.seed = check_int(seed, name="`seed`")
         self.verbose = bool(verbose)
 
     def settings(self) -> Dict[str, Any]:

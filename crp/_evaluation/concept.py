@@ -14,6 +14,9 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
+from crp._utils.checks import check_choice, check_int, check_type
+from crp._utils.modules import get_output_shapes
+
 from ._checks import TargetsLike, check_inputs, check_targets
 from .base import PerturbationMetric
 from .engine import score_curves
@@ -66,10 +69,8 @@ class ConceptFaithfulness(PerturbationMetric):
         verbose: bool = False,
     ) -> None:
         super().__init__(perturbation, order, region_size, steps, per_step, batch_size, seed, verbose)
-        if not isinstance(layer, str):
-            raise ValueError(f"`layer` must be a layer name (str), got {layer!r}.")
-        if measure not in MEASURES:
-            raise ValueError(f"unknown `measure` {measure!r}; choose one of {list(MEASURES)}.")
+        check_type(layer, str, name="`layer`", expected="a layer name (str)")
+        check_choice(measure, MEASURES, name="`measure`")
         self.layer, self.measure, self.abs_norm = layer, measure, bool(abs_norm)
         self.concept = _default_concept() if concept is None else concept
 
@@ -148,10 +149,10 @@ class ConceptFaithfulness(PerturbationMetric):
         ids, targets = self._rows(attribution, inputs, targets, concept_ids)
         n, k = ids.shape
         sources = torch.arange(n).repeat_interleave(k)
-        maps, batch_size = [], self.batch_for(inputs)
+        maps, batch_size, output = [], self.batch_for(inputs), attribution.MODEL_OUTPUT_NAME
         for start in range(0, n * k, batch_size):
             rows = torch.arange(start, min(start + batch_size, n * k))
-            conditions = [{self.layer: [int(ids.reshape(-1)[r])], "y": [int(targets[sources[r]])]} for r in rows]
+            conditions = [{self.layer: [int(ids.reshape(-1)[r])], output: [int(targets[sources[r]])]} for r in rows]
             data = inputs[sources[rows].to(inputs.device)].clone().requires_grad_(True)
             with torch.enable_grad():
                 maps.append(attribution(data, conditions, composite).heatmap.detach())
@@ -161,9 +162,9 @@ class ConceptFaithfulness(PerturbationMetric):
               concept_ids: ConceptIds) -> Tuple[torch.Tensor, torch.Tensor]:
         """Checked concept ids ``(N, K)`` and targets ``(N,)`` (predicted classes if None)."""
         model = attribution.model
-        channels, outputs = _layer_width(model, self.layer, inputs[:1])
+        channels, output_shape = _layer_width(model, self.layer, inputs[:1])
         ids = _concept_grid(concept_ids, len(inputs), channels, self.layer)
-        checked = check_targets(targets, len(inputs), outputs.shape[1] if outputs.dim() == 2 else None)
+        checked = check_targets(targets, len(inputs), output_shape[0] if len(output_shape) == 1 else None)
         if checked is None:
             with torch.no_grad():
                 size = self.batch_for(inputs)
@@ -188,7 +189,7 @@ class ConceptFaithfulness(PerturbationMetric):
             return
         store: List[torch.Tensor] = []
         module = dict(attribution.model.named_modules())[self.layer]
-        handle = module.register_forward_hook(lambda mod, args, out: store.append(out))
+        handle = module.register_forward_hook(lambda _module, _args, output: store.append(output))
         try:
             def scorer(batch: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
                 store.clear()
@@ -203,7 +204,7 @@ class ConceptFaithfulness(PerturbationMetric):
         """Scorer that tracks the relevance of each row's concept for its target."""
 
         def scorer(batch: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-            conditions = [{"y": [int(t)]} for t in targets[rows].tolist()]
+            conditions = [{attribution.MODEL_OUTPUT_NAME: [int(t)]} for t in targets[rows].tolist()]
             with torch.enable_grad():
                 data = batch.detach().clone().requires_grad_(True)
                 result = attribution(data, conditions, composite, record_layer=[self.layer])
@@ -223,19 +224,14 @@ def _default_concept() -> Any:
     return ChannelConcept()
 
 
-def _layer_width(model: torch.nn.Module, layer: str, sample: torch.Tensor) -> Tuple[int, torch.Tensor]:
-    """The channel count of ``layer``'s output and the model output, from one forward pass."""
-    modules = dict(model.named_modules())
-    if layer not in modules or not layer:
+def _layer_width(model: torch.nn.Module, layer: str, data: torch.Tensor) -> Tuple[int, Tuple[int, ...]]:
+    """Return the channel count of ``layer``'s output and the model's output shape (without the batch axis)."""
+    if not layer or layer not in dict(model.named_modules()):
         raise ValueError(f"`layer` {layer!r} is not a module of the model; see model.named_modules().")
-    store: List[torch.Tensor] = []
-    handle = modules[layer].register_forward_hook(lambda mod, args, out: store.append(out))
-    try:
-        with torch.no_grad():
-            outputs = model(sample)
-    finally:
-        handle.remove()
-    return store[0].shape[1], outputs
+    shapes = get_output_shapes(model, data, [layer, ""])  # "" names the model itself
+    if layer not in shapes:
+        raise ValueError(f"`layer` {layer!r} is not called in the model's forward pass; choose a layer it runs.")
+    return shapes[layer][0], tuple(shapes[""])
 
 
 def _concept_grid(concept_ids: ConceptIds, n: int, channels: int, layer: str) -> torch.Tensor:
@@ -283,12 +279,12 @@ def top_concepts(
     metric = ConceptFaithfulness(layer, concept=concept)
     inputs = check_inputs(inputs)
     channels, _ = _layer_width(attribution.model, layer, inputs[:1])
-    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= channels:
-        raise ValueError(f"`k` must be an integer in [1, {channels}] for layer {layer!r}, got {k!r}.")
+    k = check_int(k, name="`k`", minimum=1, maximum=channels, fix=f"Layer {layer!r} has {channels} channels.")
     _, checked = metric._rows(attribution, inputs, targets, 0)
     data = inputs.clone().requires_grad_(True)
+    conditions = [{attribution.MODEL_OUTPUT_NAME: [int(t)]} for t in checked]
     with torch.enable_grad():
-        result = attribution(data, [{"y": [int(t)]} for t in checked], composite, record_layer=[layer])
+        result = attribution(data, conditions, composite, record_layer=[layer])
     values = metric.concept.attribute(result.relevances[layer].detach(), layer_name=layer, abs_norm=True)
     return values.topk(k, dim=1).indices.cpu().numpy()
 

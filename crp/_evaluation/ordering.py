@@ -18,11 +18,11 @@ __all__ = ["Order", "ORDERS", "get_order", "pool_regions", "pixel_ranks"]
 Order = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 
 
-def _most_relevant_first(scores: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+def _most_relevant_first(scores: torch.Tensor, _generator: torch.Generator) -> torch.Tensor:
     return torch.sort(scores, dim=1, descending=True, stable=True).indices
 
 
-def _least_relevant_first(scores: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+def _least_relevant_first(scores: torch.Tensor, _generator: torch.Generator) -> torch.Tensor:
     return torch.sort(scores, dim=1, stable=True).indices
 
 
@@ -50,8 +50,10 @@ def get_order(spec: Union[str, Order]) -> Tuple[str, Order]:
 
     Raises
     ------
+    TypeError
+        If ``spec`` is neither a string nor a callable.
     ValueError
-        If ``spec`` is an unknown name or neither a string nor a callable.
+        If ``spec`` is an unknown name.
     """
     return named_or_callable(spec, ORDERS, "order")
 

@@ -15,7 +15,8 @@ from typing import Callable, ClassVar, Dict, Optional, Type, TypeVar, Union
 
 import torch
 
-from ._checks import check_positive_int
+from crp._utils.checks import check_positive_int, check_type, check_value
+
 from .inpainting import harmonic_inpaint, telea_inpaint
 
 __all__ = [
@@ -64,12 +65,13 @@ class Perturbation(ABC):
 
     Subclasses implement :meth:`perturb`; those that need randomness or per-sample statistics override
     :meth:`prepare`, which is called once per metric call on all samples. :meth:`perturb` must keep the pixels
-    outside the mask: the metrics score an empty mask (step 0) as the unperturbed input itself.
+    outside the mask: the metrics score an empty mask (step 0) as the unperturbed input itself. Implementations
+    keep the interface's arguments even where they do not need them (``# noqa: ARG002``).
     """
 
     name: ClassVar[str] = ""
 
-    def prepare(self, inputs: torch.Tensor, generator: torch.Generator) -> Optional[torch.Tensor]:
+    def prepare(self, inputs: torch.Tensor, generator: torch.Generator) -> Optional[torch.Tensor]:  # noqa: ARG002
         """Per-sample state of the perturbation, drawn once per call.
 
         Parameters
@@ -156,11 +158,11 @@ class Inpainting(Perturbation):
     """
 
     def __init__(self, iterations: int = 8, tolerance: float = 1e-6, fallback: float = 0.0) -> None:
-        self.iterations = check_positive_int(iterations, "iterations")
+        self.iterations = check_positive_int(iterations, name="`iterations`")
         self.tolerance = float(tolerance)
         self.fallback = float(fallback)
 
-    def perturb(self, inputs: torch.Tensor, masks: torch.Tensor, state: Optional[torch.Tensor]) -> torch.Tensor:
+    def perturb(self, inputs: torch.Tensor, masks: torch.Tensor, state: Optional[torch.Tensor]) -> torch.Tensor:  # noqa: ARG002
         return harmonic_inpaint(inputs, masks, self.iterations, self.tolerance, self.fallback)
 
 
@@ -177,7 +179,7 @@ class TeleaInpainting(Perturbation):
     def __init__(self, radius: float = 3.0) -> None:
         self.radius = radius
 
-    def perturb(self, inputs: torch.Tensor, masks: torch.Tensor, state: Optional[torch.Tensor]) -> torch.Tensor:
+    def perturb(self, inputs: torch.Tensor, masks: torch.Tensor, state: Optional[torch.Tensor]) -> torch.Tensor:  # noqa: ARG002
         return telea_inpaint(inputs, masks, radius=self.radius)
 
 
@@ -216,7 +218,7 @@ class Constant(FillPerturbation):
     def __init__(self, value: float = 0.0) -> None:
         self.value = value
 
-    def fill(self, inputs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def fill(self, inputs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:  # noqa: ARG002
         return inputs.new_full((inputs.shape[0], 1, 1, 1), self.value)
 
 
@@ -224,7 +226,7 @@ class Constant(FillPerturbation):
 class Mean(FillPerturbation):
     """Replace removed pixels by the mean of the original input, per sample and channel."""
 
-    def fill(self, inputs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def fill(self, inputs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:  # noqa: ARG002
         return inputs.mean((2, 3), keepdim=True)
 
 
@@ -270,17 +272,14 @@ def get_perturbation(spec: Union[str, Perturbation]) -> Perturbation:
 
     Raises
     ------
-    ValueError
-        If ``spec`` is an unknown name.
     TypeError
         If ``spec`` is neither a string nor a :class:`Perturbation`.
+    ValueError
+        If ``spec`` is an unknown name.
     """
     if isinstance(spec, Perturbation):
         return spec
-    if isinstance(spec, str):
-        if spec not in PERTURBATIONS:
-            raise ValueError(
-                f"unknown `perturbation` {spec!r}; choose one of {sorted(PERTURBATIONS)} or pass a Perturbation."
-            )
-        return PERTURBATIONS[spec]()
-    raise TypeError(f"`perturbation` must be a name or a Perturbation instance, got {type(spec).__name__}.")
+    expected = f"one of {sorted(PERTURBATIONS)} or a Perturbation instance"
+    check_type(spec, str, name="`perturbation`", expected=expected)
+    check_value(spec in PERTURBATIONS, spec, name="`perturbation`", expected=expected)
+    return PERTURBATIONS[spec]()

@@ -7,6 +7,8 @@ from typing import Any, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
+from crp._utils.checks import check_choice
+
 from .result import FlippingResult, area_under_curve
 
 __all__ = ["plot_curves", "plot_sample_curves", "plot_pixels_per_step", "plot_perturbed_strip"]
@@ -73,8 +75,7 @@ def plot_curves(results: Results, spread: Optional[str] = "std", relative: bool 
     ValueError
         If ``spread`` is unknown.
     """
-    if spread not in SPREADS:
-        raise ValueError(f"unknown `spread` {spread!r}; choose one of {list(SPREADS)}.")
+    check_choice(spread, SPREADS, name="`spread`")
     ax = _new_axes(ax)
     for label, result in _as_mapping(results).items():
         curves = _curves(result, relative)

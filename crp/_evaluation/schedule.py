@@ -8,8 +8,9 @@ from numbers import Integral
 from typing import Optional, Sequence, Union
 
 import numpy as np
+import torch
 
-from ._checks import check_positive_int
+from crp._utils.checks import check_positive_int, check_type, check_value
 
 __all__ = ["PerStep", "check_schedule", "region_counts", "quadratic_per_step"]
 
@@ -48,7 +49,7 @@ def region_counts(n_regions: int, steps: Optional[int] = None, per_step: Optiona
     if per_step is None:
         return _even_counts(n_regions, DEFAULT_STEPS if steps is None else steps, steps is None)
     if isinstance(per_step, Integral) and not isinstance(per_step, bool):
-        size = check_positive_int(per_step, "per_step")
+        size = check_positive_int(per_step, name="`per_step`")
         return np.minimum(np.arange(0, -(-n_regions // size) + 1) * size, n_regions).astype(np.int64)
     return _explicit_counts(n_regions, per_step)
 
@@ -71,16 +72,16 @@ def check_schedule(steps: object, per_step: object) -> None:
     if steps is not None and per_step is not None:
         raise ValueError(f"give either `steps` ({steps!r}) or `per_step` ({per_step!r}), not both.")
     if steps is not None:
-        check_positive_int(steps, "steps")
+        check_positive_int(steps, name="`steps`")
     elif isinstance(per_step, Integral) and not isinstance(per_step, bool):
-        check_positive_int(per_step, "per_step")
+        check_positive_int(per_step, name="`per_step`")
     elif per_step is not None:
         _explicit_counts(np.iinfo(np.int64).max, per_step)
 
 
 def _even_counts(n_regions: int, steps: object, clip: bool) -> np.ndarray:
     """Counts for ``steps`` evenly spread steps (clipped to ``n_regions`` if ``clip``)."""
-    steps = check_positive_int(steps, "steps")
+    steps = check_positive_int(steps, name="`steps`")
     if clip:
         steps = min(steps, n_regions)
     if steps > n_regions:
@@ -88,13 +89,13 @@ def _even_counts(n_regions: int, steps: object, clip: bool) -> np.ndarray:
     return np.arange(steps + 1, dtype=np.int64) * n_regions // steps
 
 
-def _explicit_counts(n_regions: int, per_step: Sequence[int]) -> np.ndarray:
-    """Counts for an explicit list of regions per step."""
+def _explicit_counts(n_regions: int, per_step: object) -> np.ndarray:
+    """Return the counts for an explicit list of regions per step."""
+    expected = "an int >= 1 or a non-empty 1-D sequence of them"
+    check_type(per_step, (list, tuple, range, np.ndarray, torch.Tensor), name="`per_step`", expected=expected)
     sizes = np.asarray(per_step)
-    if sizes.ndim != 1 or sizes.size == 0 or sizes.dtype.kind not in "iu" or (sizes < 1).any():
-        raise ValueError(
-            f"`per_step` must be an integer >= 1 or a non-empty 1-D sequence of them, got {per_step!r}."
-        )
+    ok = sizes.ndim == 1 and sizes.size > 0 and sizes.dtype.kind in "iu" and bool((sizes >= 1).all())
+    check_value(ok, per_step, name="`per_step`", expected=expected)
     if sizes.sum() > n_regions:
         raise ValueError(
             f"`per_step` perturbs {int(sizes.sum())} regions in all, more than the {n_regions} regions of one input."
@@ -118,6 +119,6 @@ def quadratic_per_step(n_regions: int) -> np.ndarray:
     numpy.ndarray
         Regions per step, summing to ``n_regions``.
     """
-    n_regions = check_positive_int(n_regions, "n_regions")
+    n_regions = check_positive_int(n_regions, name="`n_regions`")
     counts = np.minimum(np.arange(int(np.ceil(np.sqrt(n_regions))) + 1) ** 2, n_regions)
     return np.diff(counts).astype(np.int64)

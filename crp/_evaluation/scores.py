@@ -47,7 +47,9 @@ def get_score(spec: Union[str, Score]) -> Tuple[str, Score]:
 
     Raises
     ------
+    TypeError
+        If ``spec`` is neither a string nor a callable.
     ValueError
-        If ``spec`` is an unknown name or neither a string nor a callable.
+        If ``spec`` is an unknown name.
     """
     return named_or_callable(spec, SCORES, "score")
