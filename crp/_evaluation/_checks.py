@@ -164,7 +164,7 @@ def check_region_size(region_size: object) -> Tuple[int, int]:
         If it is a sequence of another length, or a side is smaller than 1.
     """
     expected = "an int >= 1 or a pair (height, width) of them"
-    pair = (region_size, region_size) if isinstance(region_size, Integral) else region_size
+    pair: Any = (region_size, region_size) if isinstance(region_size, Integral) else region_size
     check_type(pair, (tuple, list), name="`region_size`", expected=expected)
     check_value(len(pair) == 2, region_size, name="`region_size`", expected=expected)
     return check_positive_int(pair[0], name="`region_size`"), check_positive_int(pair[1], name="`region_size`")

@@ -69,6 +69,7 @@ class PerturbationMetric:
         perturbation: Union[str, Perturbation] = "inpainting",
         order: Union[str, Order] = "morf",
         region_size: RegionSize = 1,
+        *,
         steps: Optional[int] = None,
         per_step: Optional[PerStep] = None,
         batch_size: Optional[int] = None,
@@ -86,7 +87,7 @@ class PerturbationMetric:
         self.verbose = bool(verbose)
 
     def settings(self) -> Dict[str, Any]:
-        """The constructor arguments of this metric.
+        """Return the constructor arguments of this metric.
 
         Returns
         -------
@@ -98,7 +99,7 @@ class PerturbationMetric:
         return {key: values[key] for key in keys}
 
     def replace(self: M, **changes: Any) -> M:
-        """A copy of this metric with some settings changed, e.g. ``metric.replace(order="lrf")``.
+        """Return a copy of this metric with some settings changed, e.g. ``metric.replace(order="lrf")``.
 
         Parameters
         ----------
@@ -117,7 +118,7 @@ class PerturbationMetric:
         return f"{type(self).__name__}(order={self.order_name!r}, {settings})"
 
     def batch_for(self, inputs: torch.Tensor) -> int:
-        """The number of perturbed inputs per batch for these inputs (``batch_size``, or the automatic choice).
+        """Return the number of perturbed inputs per batch for ``inputs`` (``batch_size`` or the automatic choice).
 
         Parameters
         ----------
@@ -139,7 +140,7 @@ class PerturbationMetric:
         return max(1, min(AUTO_MAX_BATCH, size))
 
     def perturbed_images(self, inputs: torch.Tensor, attributions: Any, steps: Sequence[int]) -> torch.Tensor:
-        """The perturbed inputs at chosen steps, e.g. for :func:`~crp.evaluation.plot.plot_perturbed_strip`.
+        """Return the perturbed inputs at chosen steps, e.g. for :func:`~crp.evaluation.plot.plot_perturbed_strip`.
 
         Parameters
         ----------
@@ -189,7 +190,7 @@ class PerturbationMetric:
         return Plan(inputs, sources, ranks, count_tensor, self.perturbation, state), counts
 
     def _permutation(self, region_scores: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """The order's permutation of the regions, checked."""
+        """Return the order's permutation of the regions, checked."""
         permutation = torch.as_tensor(self.order(region_scores, generator), device=region_scores.device)
         expected = torch.arange(region_scores.shape[1], device=region_scores.device).expand_as(region_scores)
         if permutation.shape != region_scores.shape or not torch.equal(permutation.sort(1).values.long(), expected):

@@ -1,4 +1,4 @@
-"""Concept faithfulness: does a concept's conditional heatmap point at what drives the concept?
+"""Concept faithfulness: whether a concept's conditional heatmap points at what drives the concept.
 
 For a concept ``c`` of layer ``l`` and target class ``y``, CRP's conditional heatmap ``R(x | l: c, y)`` ranks
 the input pixels by their contribution to that concept (Achtibat et al., Nature Machine Intelligence 5, 2023).
@@ -58,6 +58,7 @@ class ConceptFaithfulness(PerturbationMetric):
         layer: str,
         measure: str = "relevance",
         concept: Any = None,
+        *,
         abs_norm: bool = False,
         perturbation: Union[str, Perturbation] = "inpainting",
         order: Union[str, Order] = "morf",
@@ -68,14 +69,15 @@ class ConceptFaithfulness(PerturbationMetric):
         seed: int = 0,
         verbose: bool = False,
     ) -> None:
-        super().__init__(perturbation, order, region_size, steps, per_step, batch_size, seed, verbose)
+        super().__init__(perturbation, order, region_size, steps=steps, per_step=per_step, batch_size=batch_size,
+                         seed=seed, verbose=verbose)
         check_type(layer, str, name="`layer`", expected="a layer name (str)")
         check_choice(measure, MEASURES, name="`measure`")
         self.layer, self.measure, self.abs_norm = layer, measure, bool(abs_norm)
         self.concept = _default_concept() if concept is None else concept
 
     def settings(self) -> Dict[str, Any]:
-        """The constructor arguments of this metric (see :meth:`PerturbationMetric.settings`)."""
+        """Return the constructor arguments of this metric (see :meth:`PerturbationMetric.settings`)."""
         extra = {"layer": self.layer, "measure": self.measure, "concept": self.concept, "abs_norm": self.abs_norm}
         return {**super().settings(), **extra}
 
@@ -86,6 +88,7 @@ class ConceptFaithfulness(PerturbationMetric):
         targets: TargetsLike,
         concept_ids: ConceptIds,
         composite: Any = None,
+        *,
         heatmaps: Optional[torch.Tensor] = None,
     ) -> FlippingResult:
         """Evaluate the conditional heatmaps of ``concept_ids`` on every input.
@@ -125,7 +128,8 @@ class ConceptFaithfulness(PerturbationMetric):
         plan, counts = self._plan(inputs, flat_heatmaps, sources)
         row_ids, row_targets = ids.reshape(-1).to(inputs.device), targets.repeat_interleave(ids.shape[1])
         with self._scorer(attribution, composite, row_ids, row_targets.to(inputs.device)) as scorer:
-            curves = score_curves(plan, scorer, self.batch_for(inputs), self.verbose, f"{self.order_name} concept")
+            curves = score_curves(plan, scorer, self.batch_for(inputs), verbose=self.verbose,
+                                  desc=f"{self.order_name} concept")
         return self._result(curves, counts, row_targets, sources, self.measure, shape=inputs.shape[-2:],
                             concepts=row_ids.cpu().numpy(), layer=self.layer)
 
@@ -133,7 +137,7 @@ class ConceptFaithfulness(PerturbationMetric):
         self, attribution: Any, inputs: torch.Tensor, targets: TargetsLike, concept_ids: ConceptIds,
         composite: Any = None,
     ) -> torch.Tensor:
-        """The conditional heatmaps ``R(x | layer: c, y: target)`` of every sample and concept.
+        """Compute the conditional heatmaps ``R(x | layer: c, y: target)`` of every sample and concept.
 
         Parameters
         ----------
@@ -160,7 +164,7 @@ class ConceptFaithfulness(PerturbationMetric):
 
     def _rows(self, attribution: Any, inputs: torch.Tensor, targets: TargetsLike,
               concept_ids: ConceptIds) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Checked concept ids ``(N, K)`` and targets ``(N,)`` (predicted classes if None)."""
+        """Return the checked concept ids ``(N, K)`` and targets ``(N,)`` (predicted classes if None)."""
         model = attribution.model
         channels, output_shape = _layer_width(model, self.layer, inputs[:1])
         ids = _concept_grid(concept_ids, len(inputs), channels, self.layer)
@@ -183,7 +187,7 @@ class ConceptFaithfulness(PerturbationMetric):
 
     @contextmanager
     def _scorer(self, attribution: Any, composite: Any, ids: torch.Tensor, targets: torch.Tensor) -> Iterator:
-        """The scorer of the chosen measure; the activation hook lives only inside this context."""
+        """Yield the scorer of the chosen measure; the activation hook lives only inside this context."""
         if self.measure == "relevance":
             yield self._relevance_scorer(attribution, composite, ids, targets)
             return
@@ -249,10 +253,10 @@ def _concept_grid(concept_ids: ConceptIds, n: int, channels: int, layer: str) ->
 
 
 def top_concepts(
-    attribution: Any, inputs: torch.Tensor, targets: TargetsLike, layer: str, k: int = 3, composite: Any = None,
+    attribution: Any, inputs: torch.Tensor, targets: TargetsLike, layer: str, k: int = 3, *, composite: Any = None,
     concept: Any = None,
 ) -> np.ndarray:
-    """The ``k`` concepts of ``layer`` with the highest relevance for each sample's target.
+    """Find the ``k`` concepts of ``layer`` with the highest relevance for each sample's target.
 
     Parameters
     ----------
@@ -290,7 +294,7 @@ def top_concepts(
 
 
 def concept_faithfulness(
-    attribution: Any, inputs: torch.Tensor, targets: TargetsLike, layer: str, k: int = 3, composite: Any = None,
+    attribution: Any, inputs: torch.Tensor, targets: TargetsLike, layer: str, k: int = 3, *, composite: Any = None,
     orders: Sequence[Union[str, Order]] = ("morf", "random"), **settings: Any,
 ) -> Dict[str, FlippingResult]:
     """Concept faithfulness of the ``k`` most relevant concepts of each prediction, per order.
@@ -310,7 +314,7 @@ def concept_faithfulness(
         One result per order, rows ``(sample, concept)`` sample-major.
     """
     metric = ConceptFaithfulness(layer, **settings)
-    ids = top_concepts(attribution, inputs, targets, layer, k, composite, metric.concept)
+    ids = top_concepts(attribution, inputs, targets, layer, k, composite=composite, concept=metric.concept)
     heatmaps = metric.heatmaps(attribution, inputs, targets, ids, composite)
     results = {}
     for order in orders:

@@ -59,7 +59,7 @@ class Plan:
     state: Optional[torch.Tensor]
 
     def perturb(self, samples: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-        """The perturbed inputs of ``samples`` (B,) with boolean ``masks`` (B, 1, H, W)."""
+        """Return the perturbed inputs of ``samples`` (B,) with boolean ``masks`` (B, 1, H, W)."""
         state = None if self.state is None else self.state.index_select(0, samples)  # faster than state[samples]
         return self.perturbation.perturb(self.inputs.index_select(0, samples), masks, state)
 
@@ -104,7 +104,7 @@ def perturbed_batches(
         yield rows, all_steps[pair], plan.perturb(all_samples[pair], masks)
 
 
-def score_curves(plan: Plan, scorer: Scorer, batch_size: int, verbose: bool = False, desc: str = "") -> torch.Tensor:
+def score_curves(plan: Plan, scorer: Scorer, batch_size: int, *, verbose: bool = False, desc: str = "") -> torch.Tensor:
     """Score every perturbed input and arrange the scores as curves.
 
     Parameters
@@ -132,12 +132,12 @@ def score_curves(plan: Plan, scorer: Scorer, batch_size: int, verbose: bool = Fa
     """
     curves = torch.empty(len(plan.ranks), len(plan.counts), dtype=torch.float64)
     with torch.no_grad():
-        _score_steps(plan, scorer, batch_size, curves, None, verbose, desc)
+        _score_steps(plan, scorer, batch_size, curves, steps=None, verbose=verbose, desc=desc)
     return curves
 
 
 def score_curves_once(
-    plan: Plan, forward: Forward, reduce: Reduce, batch_size: int, verbose: bool = False, desc: str = "",
+    plan: Plan, forward: Forward, reduce: Reduce, batch_size: int, *, verbose: bool = False, desc: str = "",
     first: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """:func:`score_curves` for ``scorer(batch, rows) = reduce(forward(batch), rows)``, forwarding repeats once.
@@ -185,14 +185,14 @@ def score_curves_once(
     shared = [0] + ([last] if last > 0 and plan.removes_all(last) else [])
     with torch.no_grad():
         if first is None:
-            _score_shared_step(plan, forward, reduce, batch_size, curves, 0)
+            _score_shared_step(plan, forward, reduce, batch_size, curves, step=0)
         else:
             curves[:, 0] = check_scores(first, len(plan.ranks))
         if len(shared) > 1:
-            _score_shared_step(plan, forward, reduce, batch_size, curves, last)
+            _score_shared_step(plan, forward, reduce, batch_size, curves, step=last)
         inner = [step for step in range(len(plan.counts)) if step not in shared]
         scorer = _compose(forward, reduce)
-        _score_steps(plan, scorer, batch_size, curves, inner, verbose, desc)
+        _score_steps(plan, scorer, batch_size, curves, steps=inner, verbose=verbose, desc=desc)
     return curves
 
 
@@ -200,7 +200,7 @@ def _compose(forward: Forward, reduce: Reduce) -> Scorer:
     return lambda batch, rows: reduce(forward(batch), rows)
 
 
-def _score_steps(plan: Plan, scorer: Scorer, batch_size: int, curves: torch.Tensor,
+def _score_steps(plan: Plan, scorer: Scorer, batch_size: int, curves: torch.Tensor, *,
                  steps: Optional[Sequence[int]], verbose: bool, desc: str) -> None:
     """Fill the columns ``steps`` of ``curves`` (all if None) pair by pair."""
     columns = list(range(curves.shape[1])) if steps is None else list(steps)
@@ -214,7 +214,7 @@ def _score_steps(plan: Plan, scorer: Scorer, batch_size: int, curves: torch.Tens
     curves[:, columns] = scores.view(len(curves), len(columns))
 
 
-def _score_shared_step(plan: Plan, forward: Forward, reduce: Reduce, batch_size: int, curves: torch.Tensor,
+def _score_shared_step(plan: Plan, forward: Forward, reduce: Reduce, batch_size: int, curves: torch.Tensor, *,
                        step: int) -> None:
     """Fill column ``step`` (nothing or everything perturbed) from one forward pass per distinct input."""
     samples, row_sample = torch.unique(plan.sources, return_inverse=True)
@@ -249,5 +249,5 @@ class _SharedFill:
 
 
 def _bits(tensor: torch.Tensor) -> torch.Tensor:
-    """The tensor's bits as integers of its element size."""
+    """Return the tensor's bits as integers of its element size."""
     return tensor.view({1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[tensor.element_size()])

@@ -1,4 +1,4 @@
-"""Pixel flipping and region perturbation: is a heatmap faithful to the model?
+"""Pixel flipping and region perturbation: how faithful a heatmap is to the model.
 
 Remove the pixels (or ``k x k`` regions) of an input in the order of a heatmap's relevance and track the
 model's score for the target class after each step (Bach et al., PLoS ONE 10(7), 2015; Samek et al., "Evaluating
@@ -75,6 +75,7 @@ class PixelFlipping(PerturbationMetric):
         perturbation: Union[str, Perturbation] = "inpainting",
         order: Union[str, Order] = "morf",
         region_size: RegionSize = 1,
+        *,
         steps: Optional[int] = None,
         per_step: Optional[PerStep] = None,
         score: Union[str, Score] = "logit",
@@ -82,12 +83,13 @@ class PixelFlipping(PerturbationMetric):
         seed: int = 0,
         verbose: bool = False,
     ) -> None:
-        super().__init__(perturbation, order, region_size, steps, per_step, batch_size, seed, verbose)
+        super().__init__(perturbation, order, region_size, steps=steps, per_step=per_step, batch_size=batch_size,
+                         seed=seed, verbose=verbose)
         self.score_name, self.score = get_score(score)
         self._score_spec = score
 
     def settings(self) -> Dict[str, Any]:
-        """The constructor arguments of this metric (see :meth:`PerturbationMetric.settings`)."""
+        """Return the constructor arguments of this metric (see :meth:`PerturbationMetric.settings`)."""
         return {**super().settings(), "score": self._score_spec}
 
     def __call__(
@@ -130,17 +132,20 @@ class PixelFlipping(PerturbationMetric):
         def reduce(outputs: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
             return self.score(outputs, device_targets[rows])
 
+        def scorer(batch: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+            return reduce(model(batch), rows)
+
         desc = f"{self.order_name} flipping"
         if first is None:  # outputs that are no tensor: score every (sample, step) pair as it comes
-            curves = score_curves(plan, lambda batch, rows: reduce(model(batch), rows), batch_size, self.verbose, desc)
+            curves = score_curves(plan, scorer, batch_size, verbose=self.verbose, desc=desc)
         else:
-            curves = score_curves_once(plan, model, reduce, batch_size, self.verbose, desc, first=first)
+            curves = score_curves_once(plan, model, reduce, batch_size, verbose=self.verbose, desc=desc, first=first)
         return self._result(curves, counts, targets, plan.sources, self.score_name, shape=inputs.shape[-2:])
 
     def _unperturbed(
         self, model: torch.nn.Module, inputs: torch.Tensor, targets: TargetsLike, batch_size: int
     ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-        """The checked targets (the predicted classes if None) and the scores of the unperturbed inputs.
+        """Return the checked targets (the predicted classes if None) and the scores of the unperturbed inputs.
 
         One forward pass per input serves the check of the output shape, the predicted targets and step 0 of the
         curves; the scores are None if the model's outputs are no tensor (then step 0 is scored with the rest).
@@ -184,6 +189,7 @@ def compare_orders(
     inputs: torch.Tensor,
     attributions: Any,
     targets: TargetsLike = None,
+    *,
     orders: Sequence[Union[str, Order]] = ("morf", "lrf", "random"),
 ) -> Dict[str, FlippingResult]:
     """Run one metric with several orders on the same data, e.g. for :func:`~crp.evaluation.plot.plot_curves`.

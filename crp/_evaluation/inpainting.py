@@ -20,7 +20,7 @@ _CROSS = torch.tensor([[0.0, 1.0, 0.0], [1.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
 
 def harmonic_inpaint(
     images: torch.Tensor, masks: torch.Tensor, iterations: int = 8, tolerance: float = 1e-6, fallback: float = 0.0,
-    min_size: int = 4,
+    *, min_size: int = 4,
 ) -> torch.Tensor:
     """Replace the masked pixels of each image by the harmonic fill of its unmasked pixels.
 
@@ -95,7 +95,7 @@ def _neighbour_sum(current: torch.Tensor) -> torch.Tensor:
     return total
 
 
-def _conjugate_gradient(values, known, start, iterations, tolerance=1e-6, check_every=4):
+def _conjugate_gradient(values, known, start, iterations, tolerance=1e-6, *, check_every=4):
     """Conjugate-gradient solve of 'every unknown pixel is the mean of its neighbours inside the image'.
 
     The unknown pixels ``u`` solve ``count * u - neighbour_sum(u) = 0`` with the known pixels fixed; the

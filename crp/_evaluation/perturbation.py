@@ -120,7 +120,7 @@ class FillPerturbation(Perturbation, ABC):
 
     @abstractmethod
     def fill(self, inputs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """The fill values, of shape ``(N, C, H, W)`` or broadcastable to it with first dimension ``N``.
+        """Return the fill values, of shape ``(N, C, H, W)`` or broadcastable to it with first dimension ``N``.
 
         Parameters
         ----------
@@ -136,6 +136,8 @@ class FillPerturbation(Perturbation, ABC):
         """
 
     def perturb(self, inputs: torch.Tensor, masks: torch.Tensor, state: Optional[torch.Tensor]) -> torch.Tensor:
+        if state is None:
+            raise TypeError(f"{type(self).__name__}.perturb needs the fill that prepare() returned as `state`, got None.")
         return _replace_masked(inputs, masks, state)
 
 

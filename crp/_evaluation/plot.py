@@ -125,7 +125,7 @@ def plot_sample_curves(
 
 
 def plot_pixels_per_step(result: FlippingResult, ax: Any = None) -> Any:
-    """The number of pixels perturbed in each step (bars) and the fraction perturbed after it (line).
+    """Plot the number of pixels perturbed in each step (bars) and the fraction perturbed after it (line).
 
     Parameters
     ----------
@@ -154,7 +154,7 @@ def plot_pixels_per_step(result: FlippingResult, ax: Any = None) -> Any:
 def plot_perturbed_strip(
     images: Any, steps: Sequence[int], fractions: Optional[np.ndarray] = None, sample: int = 0, axes: Any = None
 ) -> Any:
-    """A strip of one sample's perturbed inputs at chosen steps.
+    """Show a strip of one sample's perturbed inputs at chosen steps.
 
     Parameters
     ----------

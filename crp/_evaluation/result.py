@@ -88,7 +88,7 @@ class FlippingResult:
         return len(self.fractions) - 1
 
     def relative_scores(self) -> np.ndarray:
-        """The curves divided by their unperturbed score, shape ``(M, S + 1)`` (NaN where that score is 0)."""
+        """Return the curves divided by their unperturbed score, shape ``(M, S + 1)`` (NaN where that score is 0)."""
         first = self.scores[:, :1]
         with np.errstate(divide="ignore", invalid="ignore"):
             return np.where(first != 0, self.scores / np.where(first != 0, first, 1.0), np.nan)

@@ -80,7 +80,7 @@ def check_schedule(steps: object, per_step: object) -> None:
 
 
 def _even_counts(n_regions: int, steps: object, clip: bool) -> np.ndarray:
-    """Counts for ``steps`` evenly spread steps (clipped to ``n_regions`` if ``clip``)."""
+    """Return the counts for ``steps`` evenly spread steps (clipped to ``n_regions`` if ``clip``)."""
     steps = check_positive_int(steps, name="`steps`")
     if clip:
         steps = min(steps, n_regions)

@@ -118,10 +118,11 @@ def check_int(value: Any, *, name: str, minimum: Optional[int] = None, maximum: 
     bounds = _bounds_text(minimum, maximum)
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise _fail(TypeError, name, f"an int{bounds}", value, fix)
-    too_low = minimum is not None and value < minimum
-    too_high = maximum is not None and value > maximum
+    number = int(value)
+    too_low = minimum is not None and number < minimum
+    too_high = maximum is not None and number > maximum
     check_value(not (too_low or too_high), value, name=name, expected=f"an int{bounds}", fix=fix)
-    return int(value)
+    return number
 
 
 def _bounds_text(minimum: Optional[int], maximum: Optional[int]) -> str:

@@ -284,7 +284,8 @@ class ConceptAnalysis:
         metric = PixelFlipping(perturbation=perturbation, region_size=region, steps=steps, batch_size=batch_size,
                                verbose=progress)
         model = self.model if self.preprocess is None else _Preprocessed(self.model, self.preprocess)
-        results = compare_orders(metric, model, images.to(self.device), torch.cat(heatmaps), targets, FLIP_ORDERS)
+        results = compare_orders(metric, model, images.to(self.device), torch.cat(heatmaps), targets,
+                                 orders=FLIP_ORDERS)
         return FlippingSummary(results, len(images), region, steps)
 
 
