@@ -16,7 +16,9 @@ import pytest
 import torch
 from PIL import Image
 
-from crp.app.cli import build_parser, main, one_line
+from crp._utils.text import one_line
+from crp.app.analyze import AnalyzeError, AnalyzeOptions, prepare
+from crp.app.cli import build_parser, main
 from crp.app.output import MANIFEST_NAME
 from crp.app.shapes_model import torch_threads
 
@@ -344,6 +346,18 @@ def test_worker_errors_come_back_in_one_line():
                "  File \"x.py\", line 1, in f\nWrapped: --data: cannot read image 'a.png' (broken); remove it.")
     assert one_line(Wrapped(message)) == "--data: cannot read image 'a.png' (broken); remove it."
     assert one_line(Wrapped("one line")) == "one line" and one_line(Wrapped("")) == "Wrapped"
+    assert one_line(Wrapped("first\nsecond")) == "first" and one_line(Wrapped("x" * 9), limit=4) == "xxxx"
+
+
+@pytest.mark.parametrize("counts, error, match", [
+    ({"batch_size": 0}, AnalyzeError, r"--batch-size must be an int >= 1, got 0\."),
+    ({"top_k": -1}, AnalyzeError, r"--top must be an int >= 1, got -1\."),
+    ({"workers": -1}, AnalyzeError, r"--workers must be an int >= 0, got -1\."),
+    ({"samples": 2.0}, TypeError, r"--samples must be an int >= 1, got 2.0\."),
+])
+def test_analyze_options_from_python_are_checked_first(counts, error, match):
+    with pytest.raises(error, match=match):
+        prepare(AnalyzeOptions(model="no.such:model", data="no/such/folder", **counts))
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")

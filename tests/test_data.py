@@ -130,15 +130,26 @@ def test_artifact_mask():
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    ({"split": "val"}, "split must be 'train', 'validation' or 'test', got 'val'"),
+    ({"split": "val"}, "split must be one of 'train', 'test', 'validation', got 'val'"),
     ({"n": 0}, r"n must be an int >= 1, got 0"),
-    ({"artifact_rate": 1.5}, r"artifact_rate must be a number in \[0, 1\]"),
+    ({"artifact_rate": 1.5}, r"artifact_rate must be a number in \[0, 1\], got 1.5\. None picks the split's default"),
     ({"other_rate": -0.1}, r"other_rate must be a number in \[0, 1\]"),
-    ({"artifact_class": 4}, r"artifact_class must be a label in \[0, 3\], got 4"),
+    ({"artifact_class": 4}, r"artifact_class must be an int in \[0, 3\], got 4\. It is a label"),
     ({"image_size": 8}, r"image_size must be an int >= 18, got 8"),
 ])
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
+        ShapesDataset(**kwargs)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"n": 2.5}, r"n must be an int >= 1, got 2.5"),
+    ({"image_size": "32"}, r"image_size must be an int >= 18, got '32'"),
+    ({"artifact_rate": "high"}, r"artifact_rate must be a number in \[0, 1\], got 'high'"),
+    ({"artifact_class": True}, r"artifact_class must be an int in \[0, 3\], got True"),
+])
+def test_arguments_of_a_wrong_type(kwargs, match):
+    with pytest.raises(TypeError, match=match):
         ShapesDataset(**kwargs)
 
 

@@ -115,11 +115,21 @@ def test_pick_samples_takes_turns_over_the_groups():
      "classifier.0"),
     ({"layer": "classifier.2"}, "layer 'classifier.2' is not a concept layer"),
     ({"top_k": 33}, "top must be at most 32, the number of channels of layer 'features.6'; got 33"),
-    ({"samples": 0}, "samples must be an int of at least 1 and at most 200, got 0"),
-    ({"samples": 201}, "samples must be an int of at least 1 and at most 200, got 201"),
+    ({"samples": 0}, r"samples must be an int in \[1, 200\], got 0\. It counts test images to explain\."),
+    ({"samples": 201}, r"samples must be an int in \[1, 200\], got 201"),
 ])
 def test_bad_arguments_fail_before_any_work(tmp_path, kwargs, match):
     with pytest.raises(DemoError, match=match):
+        run_demo(tmp_path / "out", quick=True, cache_dir=tmp_path / "cache", progress=False, **kwargs)
+    assert not (tmp_path / "out").exists() and not (tmp_path / "cache").exists()
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"samples": 2.0}, r"samples must be an int in \[1, 200\], got 2.0"),
+    ({"top_k": "4"}, r"top must be an int >= 1, got '4'"),
+])
+def test_arguments_of_a_wrong_type_fail_before_any_work(tmp_path, kwargs, match):
+    with pytest.raises(TypeError, match=match):
         run_demo(tmp_path / "out", quick=True, cache_dir=tmp_path / "cache", progress=False, **kwargs)
     assert not (tmp_path / "out").exists() and not (tmp_path / "cache").exists()
 

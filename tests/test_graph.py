@@ -373,9 +373,9 @@ def test_bad_layer_names(layer_names, error, message):
 
 
 def test_bad_method_and_sample():
-    with pytest.raises(ValueError, match=r"method must be one of \('auto', 'fx', 'autograd'\), got 'jit'"):
+    with pytest.raises(ValueError, match=r"method must be one of 'auto', 'fx', 'autograd', got 'jit'"):
         trace_model_graph(ShortcutNet(), torch.rand(1, 1, 14, 14), ["conv1"], method="jit")
-    with pytest.raises(TypeError, match="sample must be a torch.Tensor .* got list"):
+    with pytest.raises(TypeError, match=r"sample must be a torch.Tensor batch the model accepts, got \["):
         trace_model_graph(ShortcutNet(), [1.0], ["conv1"])
 
 

@@ -222,16 +222,18 @@ def test_layer_without_listed_inputs_is_a_leaf(chain):
 
 
 @pytest.mark.parametrize("kwargs, error, message", [
-    (dict(width=[4, 0]), ValueError, r"width\[1\] is 0, but every entry of width must be a positive int"),
-    (dict(width=[2, -1]), ValueError, r"width\[1\] is -1"),
-    (dict(width=[2.5]), ValueError, r"width\[0\] is 2.5"),
+    (dict(width=[4, 0]), ValueError,
+     r"width\[1\] must be an int >= 1, got 0\. Each entry is the number of concepts kept per layer at its level; "
+     r"got width=\[4, 0\]"),
+    (dict(width=[2, -1]), ValueError, r"width\[1\] must be an int >= 1, got -1"),
+    (dict(width=[2.5]), TypeError, r"width\[0\] must be an int >= 1, got 2.5"),
     (dict(width="42"), TypeError, "width must be a list of positive ints"),
-    (dict(width=3), TypeError, r"width must be a list of positive ints, one per level \(e.g. width=\[4, 2\]\)"),
-    (dict(concept_id=-1), ValueError, "concept_id must be a non-negative int .* got -1"),
-    (dict(concept_id=1.0), ValueError, "concept_id must be a non-negative int .* got 1.0"),
+    (dict(width=3), TypeError, r"width must be a list of positive ints, one per level \(e.g. width=\[4, 2\]\), got 3"),
+    (dict(concept_id=-1), ValueError, r"concept_id must be an int >= 0, got -1\. Pass the index of a channel"),
+    (dict(concept_id=1.0), TypeError, "concept_id must be an int >= 0, got 1.0"),
     (dict(concept_id=9), IndexError, r"concept ids \[9\] are out of range for layer 'c2' with 4 channels"),
     (dict(parent_c_id=1), ValueError, "give parent_c_id and parent_layer together"),
-    (dict(parent_layer="fc", parent_c_id=-2), ValueError, "parent_c_id must be a non-negative int"),
+    (dict(parent_layer="fc", parent_c_id=-2), ValueError, "parent_c_id must be an int >= 0, got -2"),
     (dict(layer_name="c3"), KeyError, "layer 'c3' is not in the model graph. Did you mean"),
 ])
 def test_bad_arguments(chain, kwargs, error, message):

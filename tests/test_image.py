@@ -158,12 +158,19 @@ def test_imgify_works_with_this_pillow_without_warnings():
         ({"image": np.zeros((2, 4, 4))}, ValueError, r"shape \(2, 4, 4\) has no colour axis of size 1 or 3"),
         ({"image": np.zeros((4, 4)), "grid": True}, ValueError, r"3 or 4 axes with grid"),
         ({"image": np.zeros((2, 2, 4, 4)), "grid": True}, ValueError, "no colour axis"),
-        ({"image": np.zeros((2, 4, 4)), "grid": (2,)}, ValueError, r"grid must be .* got \(2,\)"),
-        ({"image": np.zeros((2, 4, 4)), "grid": (0, 2)}, ValueError, r"positive ints \(rows, cols\), got \(0, 2\)"),
-        ({"image": np.zeros((4, 4)), "resize": 0}, ValueError, "resize must be .* got 0"),
-        ({"image": np.zeros((4, 4)), "resize": 2.5}, ValueError, "resize must be .* got 2.5"),
-        ({"image": np.zeros((4, 4)), "resize": (4,)}, ValueError, r"got \(4,\)"),
-        ({"image": np.zeros((4, 4)), "resize": True}, ValueError, "got True"),
+        ({"image": np.zeros((2, 4, 4)), "grid": (2,)}, ValueError,
+         r"grid must be True, False or a pair of positive ints \(rows, cols\), got \(2,\)\."),
+        ({"image": np.zeros((2, 4, 4)), "grid": (0, 2)}, ValueError,
+         r"grid must be an int >= 1, got 0\. It is True, False or a pair of positive ints .*; got \(0, 2\)"),
+        ({"image": np.zeros((2, 4, 4)), "grid": (2, 1.0)}, TypeError, r"grid must be an int >= 1, got 1.0"),
+        ({"image": np.zeros((2, 4, 4)), "grid": "2x2"}, TypeError, r"grid must be True, False or a pair .* got '2x2'"),
+        ({"image": np.zeros((4, 4)), "resize": 0}, ValueError,
+         r"resize must be an int >= 1, got 0\. It is None, a positive int or a pair of positive ints \(width, "),
+        ({"image": np.zeros((4, 4)), "resize": 2.5}, TypeError, "resize must be an int >= 1, got 2.5"),
+        ({"image": np.zeros((4, 4)), "resize": (4,)}, ValueError, r"resize must be None, .* got \(4,\)"),
+        ({"image": np.zeros((4, 4)), "resize": (4, -1)}, ValueError,
+         r"resize must be an int >= 1, got -1\. .* got \(4, -1\)"),
+        ({"image": np.zeros((4, 4)), "resize": True}, TypeError, "resize must be an int >= 1, got True"),
     ],
 )
 def test_imgify_errors(kwargs, error, match):
@@ -240,38 +247,40 @@ def test_vis_functions_return_one_image_per_sample():
 
 
 @pytest.mark.parametrize(
-    "kwargs, match",
+    "kwargs, error, match",
     [
-        ({"alpha": 1.5}, r"alpha must lie in \[0, 1\], got 1.5"),
-        ({"alpha": -0.1}, r"alpha must lie in \[0, 1\], got -0.1"),
-        ({"vis_th": 1.0}, r"vis_th must lie in \[0, 1\), got 1.0"),
-        ({"crop_th": -0.1}, r"crop_th must lie in \[0, 1\), got -0.1"),
-        ({"kernel_size": 4}, "kernel_size must be a positive odd int, got 4"),
-        ({"kernel_size": 3.0}, "kernel_size must be a positive odd int, got 3.0"),
-        ({"heatmaps": torch.zeros(4, 4)}, r"heatmaps must have shape \(N, H, W\), got \(4, 4\)"),
-        ({"data_batch": torch.zeros(4, 4)}, r"data_batch must have shape .* got \(4, 4\)"),
-        ({"data_batch": torch.zeros(1, 4, 4, 4)}, r"with C = 1 or 3, or \(N, H, W\), got \(1, 4, 4, 4\)"),
-        ({"data_batch": torch.zeros(2, 3, 4, 4)}, r"data_batch \(2, 3, 4, 4\) and heatmaps \(1, 4, 4\)"),
-        ({"data_batch": torch.zeros(1, 3, 4, 5)}, "share the batch size N and the spatial size"),
+        ({"alpha": 1.5}, ValueError, r"alpha must lie in \[0, 1\], got 1.5"),
+        ({"alpha": -0.1}, ValueError, r"alpha must lie in \[0, 1\], got -0.1"),
+        ({"alpha": "0.5"}, TypeError, r"alpha must be a number, got '0.5'"),
+        ({"vis_th": 1.0}, ValueError, r"vis_th must lie in \[0, 1\), got 1.0"),
+        ({"crop_th": -0.1}, ValueError, r"crop_th must lie in \[0, 1\), got -0.1"),
+        ({"kernel_size": 4}, ValueError, "kernel_size must be a positive odd int, got 4"),
+        ({"kernel_size": 3.0}, TypeError, r"kernel_size must be an int >= 1, got 3.0\. It is the odd side of the"),
+        ({"heatmaps": torch.zeros(4, 4)}, ValueError, r"heatmaps must have shape \(N, H, W\), got \(4, 4\)"),
+        ({"data_batch": torch.zeros(4, 4)}, ValueError, r"data_batch must have shape .* got \(4, 4\)"),
+        ({"data_batch": torch.zeros(1, 4, 4, 4)}, ValueError, r"with C = 1 or 3, or \(N, H, W\), got \(1, 4, 4, 4\)"),
+        ({"data_batch": torch.zeros(2, 3, 4, 4)}, ValueError, r"data_batch \(2, 3, 4, 4\) and heatmaps \(1, 4, 4\)"),
+        ({"data_batch": torch.zeros(1, 3, 4, 5)}, ValueError, "share the batch size N and the spatial size"),
     ],
 )
-def test_vis_opaque_img_errors(kwargs, match):
+def test_vis_opaque_img_errors(kwargs, error, match):
     arguments = {"data_batch": torch.zeros(1, 3, 4, 4), "heatmaps": torch.zeros(1, 4, 4), **kwargs}
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(error, match=match):
         vis_opaque_img(**arguments)
 
 
 @pytest.mark.parametrize(
-    "kwargs, match",
+    "kwargs, error, match",
     [
-        ({"crop_th": 1.0}, r"crop_th must lie in \[0, 1\), got 1.0"),
-        ({"kernel_size": 0}, "kernel_size must be a positive odd int, got 0"),
-        ({"heatmaps": torch.zeros(2, 4, 4)}, r"data_batch \(1, 3, 4, 4\) and heatmaps \(2, 4, 4\)"),
+        ({"crop_th": 1.0}, ValueError, r"crop_th must lie in \[0, 1\), got 1.0"),
+        ({"crop_th": None}, TypeError, r"crop_th must be a number, got None"),
+        ({"kernel_size": 0}, ValueError, "kernel_size must be an int >= 1, got 0"),
+        ({"heatmaps": torch.zeros(2, 4, 4)}, ValueError, r"data_batch \(1, 3, 4, 4\) and heatmaps \(2, 4, 4\)"),
     ],
 )
-def test_vis_img_heatmap_errors(kwargs, match):
+def test_vis_img_heatmap_errors(kwargs, error, match):
     arguments = {"data_batch": torch.zeros(1, 3, 4, 4), "heatmaps": torch.zeros(1, 4, 4), **kwargs}
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(error, match=match):
         vis_img_heatmap(**arguments)
 
 
@@ -299,7 +308,8 @@ def reference_dict() -> dict:
     }
 
 
-def test_plot_grid_layout_and_colour_mapping(pyplot):
+@pytest.mark.usefixtures("pyplot")
+def test_plot_grid_layout_and_colour_mapping():
     refs = reference_dict()
     fig = plot_grid(refs, figsize=(4, 4))
     assert len(fig.axes) == 2 * 2 * 3  # concepts x (images, heatmaps) x samples
@@ -313,7 +323,8 @@ def test_plot_grid_layout_and_colour_mapping(pyplot):
     assert image_axis.images[0].get_array().shape == (6, 6, 4)
 
 
-def test_plot_grid_cmap_dim_and_single_rows(pyplot):
+@pytest.mark.usefixtures("pyplot")
+def test_plot_grid_cmap_dim_and_single_rows():
     refs = reference_dict()
     fig = plot_grid({k: (heats, images) for k, (images, heats) in refs.items()}, cmap_dim=0, cmap="gray")
     expected = np.asarray(imgify(refs[3][1][0], cmap="gray", symmetric=True, padding=True).convert("RGBA"))
@@ -323,19 +334,20 @@ def test_plot_grid_cmap_dim_and_single_rows(pyplot):
 
 
 @pytest.mark.parametrize(
-    "kwargs, match",
+    "kwargs, error, match",
     [
-        ({"cmap_dim": -1}, "cmap_dim must be a non-negative int .* got -1"),
-        ({"cmap_dim": "1"}, "cmap_dim must be a non-negative int .* got '1'"),
-        ({"ref_c": {}}, "ref_c must be a non-empty dict"),
-        ({"ref_c": [torch.zeros(3, 4, 4)]}, "ref_c must be a non-empty dict .* got list"),
-        ({"ref_c": {5: 1.0}}, r"ref_c\[5\] must be a list/batch of images .* got float"),
-        ({"ref_c": {5: ([torch.zeros(4, 4)], 2)}}, r"ref_c\[5\] must be .* got int"),
+        ({"cmap_dim": -1}, ValueError, r"cmap_dim must be an int >= 0, got -1\. It indexes the list of each tuple"),
+        ({"cmap_dim": "1"}, TypeError, "cmap_dim must be an int >= 0, got '1'"),
+        ({"ref_c": {}}, ValueError, r"ref_c must be a non-empty dict of concept -> images, got \{\}"),
+        ({"ref_c": [torch.zeros(3, 4, 4)]}, TypeError, r"ref_c must be a non-empty dict .* got \[tensor"),
+        ({"ref_c": {5: 1.0}}, TypeError, r"ref_c\[5\] must be a list/batch of images .* got 1.0"),
+        ({"ref_c": {5: ([torch.zeros(4, 4)], 2)}}, TypeError, r"ref_c\[5\] must be .* got 2"),
     ],
 )
-def test_plot_grid_errors(pyplot, kwargs, match):
+@pytest.mark.usefixtures("pyplot")
+def test_plot_grid_errors(kwargs, error, match):
     arguments = {"ref_c": {0: [torch.zeros(4, 4)]}, **kwargs}
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(error, match=match):
         plot_grid(**arguments)
 
 

@@ -52,6 +52,10 @@ def test_layout_and_output_shape():
 def test_bad_image_size():
     with pytest.raises(ValueError, match="image_size must be a positive multiple of 8, got 30"):
         ShapesNet(image_size=30)
+    with pytest.raises(ValueError, match="image_size must be an int >= 1, got 0"):
+        ShapesNet(image_size=0)
+    with pytest.raises(TypeError, match="image_size must be an int >= 1, got 32.0"):
+        ShapesNet(image_size=32.0)
 
 
 def test_cache_miss_then_hit(tmp_path):
@@ -185,9 +189,12 @@ def test_evaluate_shortcut_empty_group_is_nan():
 @pytest.mark.parametrize("kwargs, error, match", [
     ({"settings": replace(TINY, epochs=-1)}, ValueError, "epochs must be an int >= 0, got -1"),
     ({"settings": replace(TINY, batch_size=0)}, ValueError, "batch_size must be an int >= 1, got 0"),
+    ({"settings": replace(TINY, n_test=2.0)}, TypeError, r"n_test must be an int >= 1, got 2.0"),
     ({"settings": replace(TINY, lr=0.0)}, ValueError, "lr must be a positive number, got 0.0"),
-    ({"settings": {"epochs": 1}}, TypeError, "settings must be a TrainSettings, got dict"),
-    ({"threads": 0}, ValueError, "threads must be a positive int or None, got 0"),
+    ({"settings": replace(TINY, lr="fast")}, TypeError, "lr must be a positive number, got 'fast'"),
+    ({"settings": {"epochs": 1}}, TypeError, r"settings must be a TrainSettings, got \{'epochs': 1\}"),
+    ({"threads": 0}, ValueError, r"threads must be an int >= 1, got 0\. None picks default_threads\(\)"),
+    ({"threads": 1.5}, TypeError, "threads must be an int >= 1, got 1.5"),
 ])
 def test_bad_training_arguments(tmp_path, kwargs, error, match):
     kwargs.setdefault("settings", TINY)

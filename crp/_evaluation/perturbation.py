@@ -137,7 +137,8 @@ class FillPerturbation(Perturbation, ABC):
 
     def perturb(self, inputs: torch.Tensor, masks: torch.Tensor, state: Optional[torch.Tensor]) -> torch.Tensor:
         if state is None:
-            raise TypeError(f"{type(self).__name__}.perturb needs the fill that prepare() returned as `state`, got None.")
+            raise TypeError(f"{type(self).__name__}.perturb needs the fill that prepare() returned as `state`, "
+                            f"got None.")
         return _replace_masked(inputs, masks, state)
 
 

@@ -10,13 +10,13 @@ largest relevance share become its children, and they are decomposed in turn, on
 :class:`AttributionGraph` is re-exported by :mod:`crp.attribution`; this module does not import it at load
 time.
 """
-import numbers
 from collections import namedtuple
 from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 
 from crp._graph.tracing import ModelGraph
+from crp._utils.checks import check_int, check_kind, check_positive_int
 
 if TYPE_CHECKING:  # pragma: no cover
     from zennit.core import Composite
@@ -232,15 +232,12 @@ def _group_by_layer(nodes: Sequence[Node]) -> List[List[Node]]:
 
 
 def _check_concept_id(value: Any, argument: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
-        raise ValueError(f"{argument} must be a non-negative int (a channel of the layer), got {value!r}.")
+    check_int(value, name=argument, minimum=0, fix="Pass the index of a channel of the layer.")
 
 
 def _check_width(width: Any) -> Tuple[int, ...]:
-    if isinstance(width, (str, bytes)) or not isinstance(width, Sequence):
-        raise TypeError(f"width must be a list of positive ints, one per level (e.g. width=[4, 2]), got {width!r}.")
-    for level, w in enumerate(width):
-        if isinstance(w, bool) or not isinstance(w, numbers.Integral) or w < 1:
-            raise ValueError(f"width[{level}] is {w!r}, but every entry of width must be a positive int (concepts "
-                             f"kept per layer at that level); got width={list(width)!r}, use e.g. [4, 2].")
-    return tuple(int(w) for w in width)
+    expected = "a list of positive ints, one per level (e.g. width=[4, 2])"
+    check_kind(isinstance(width, Sequence) and not isinstance(width, (str, bytes)), width, name="width",
+               expected=expected)
+    fix = f"Each entry is the number of concepts kept per layer at its level; got width={list(width)!r}."
+    return tuple(check_positive_int(w, name=f"width[{level}]", fix=fix) for level, w in enumerate(width))

@@ -6,13 +6,13 @@ e.g. from :func:`collect_reference_images` and a FeatureVisualization) and each 
 given by its relevance share. It writes PNG, SVG or PDF without a system graphviz. matplotlib is imported
 only when drawing.
 """
-import numbers
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from crp._utils.checks import check_positive_number
 from crp._utils.files import write_atomic
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -301,8 +301,7 @@ def _colormap(array: np.ndarray) -> Tuple[Optional[str], Tuple[Optional[float], 
 
 
 def _check_dpi(dpi: Any) -> None:
-    if isinstance(dpi, bool) or not isinstance(dpi, numbers.Real) or dpi <= 0:
-        raise ValueError(f"dpi must be a positive number, got {dpi!r}.")
+    check_positive_number(dpi, name="dpi")
 
 
 def _save_atomic(fig: "Figure", path: Path, dpi: int) -> None:

@@ -30,6 +30,7 @@ from typing import Any, Dict, Hashable, Iterable, Iterator, List, Optional, Sequ
 import torch
 from torch import fx
 
+from crp._utils.checks import check_choice, check_type
 from crp._utils.modules import check_layer_names, preserved_tensors
 from crp._utils.text import one_line
 
@@ -270,10 +271,8 @@ def trace_model_graph(
         ``method="fx"`` and torch.fx cannot trace the model.
     """
     names = _check_layer_names(model, layer_names)
-    if method not in TRACE_METHODS:
-        raise ValueError(f"method must be one of {TRACE_METHODS}, got {method!r}.")
-    if not isinstance(sample, torch.Tensor):
-        raise TypeError(f"sample must be a torch.Tensor batch the model accepts, got {type(sample).__name__}.")
+    check_choice(method, TRACE_METHODS, name="method")
+    check_type(sample, torch.Tensor, name="sample", expected="a torch.Tensor batch the model accepts")
     graph = _trace_with(model, sample, names, method)
     if debug:
         logger.info("%s", graph)

@@ -19,6 +19,8 @@ import torch
 from PIL import Image
 from zennit.image import palette
 
+from crp._utils.checks import check_int, check_kind, check_number, check_positive_int, check_type, check_value
+
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
@@ -110,9 +112,11 @@ def _check_grid(grid: Any) -> None:
     """Raise unless ``grid`` is a bool or a pair of positive ints ``(rows, cols)``."""
     if isinstance(grid, bool):
         return
-    pair = isinstance(grid, (tuple, list)) and len(grid) == 2
-    if not pair or not all(isinstance(n, (int, np.integer)) and not isinstance(n, bool) and n > 0 for n in grid):
-        raise ValueError(f"grid must be True, False or a pair of positive ints (rows, cols), got {grid!r}")
+    expected = "True, False or a pair of positive ints (rows, cols)"
+    check_type(grid, (tuple, list), name="grid", expected=expected)
+    check_value(len(grid) == 2, grid, name="grid", expected=expected)
+    for n in grid:
+        check_positive_int(n, name="grid", fix=f"It is {expected}; got {grid!r}.")
 
 
 def _to_pil(array: np.ndarray, cmap: Any, level: float) -> Image.Image:
@@ -128,18 +132,15 @@ def _to_pil(array: np.ndarray, cmap: Any, level: float) -> Image.Image:
 def _resize(image: Image.Image, resize: int | Sequence[int]) -> Image.Image:
     """Resize with nearest neighbours: an int sets the longer side keeping the aspect, a pair sets (w, h)."""
 
-    def positive(n: Any) -> bool:
-        return isinstance(n, (int, np.integer)) and not isinstance(n, bool) and n > 0
-
-    if positive(resize):
-        longest = max(image.size)
-        size = tuple(max(side * int(resize) // longest, 1) for side in image.size)
-    elif isinstance(resize, (tuple, list)) and len(resize) == 2 and all(positive(n) for n in resize):
-        size = (int(resize[0]), int(resize[1]))
+    expected = "None, a positive int or a pair of positive ints (width, height)"
+    if isinstance(resize, (tuple, list)):
+        check_value(len(resize) == 2, resize, name="resize", expected=expected)
+        size = (check_positive_int(resize[0], name="resize", fix=f"It is {expected}; got {resize!r}."),
+                check_positive_int(resize[1], name="resize", fix=f"It is {expected}; got {resize!r}."))
     else:
-        raise ValueError(
-            f"resize must be None, a positive int or a pair of positive ints (width, height), got {resize!r}"
-        )
+        side = check_positive_int(resize, name="resize", fix=f"It is {expected}.")
+        longest = max(image.size)
+        size = (max(image.size[0] * side // longest, 1), max(image.size[1] * side // longest, 1))
     return image.resize(size, Image.Resampling.NEAREST)
 
 
@@ -202,9 +203,9 @@ def imgify(
     Raises
     ------
     TypeError
-        If ``image`` is not a tensor, numpy array or Pillow image.
+        If ``image`` is not a tensor, numpy array or Pillow image, or ``grid`` or ``resize`` are of a wrong type.
     ValueError
-        If the shape has no valid layout, or ``grid`` or ``resize`` are malformed.
+        If the shape has no valid layout, or ``grid`` or ``resize`` have a wrong value.
     """
     if isinstance(image, Image.Image):
         result = image
@@ -259,6 +260,7 @@ def _smooth(heatmap: torch.Tensor, kernel_size: int) -> torch.Tensor:
 
 def _check_fraction(name: str, value: float, closed_right: bool = False) -> None:
     """Raise unless ``0 <= value < 1`` (``<= 1`` when ``closed_right``)."""
+    check_number(value, name=name)
     if not (0 <= value <= 1 if closed_right else 0 <= value < 1):
         raise ValueError(f"{name} must lie in [0, {'1]' if closed_right else '1)'}, got {value!r}")
 
@@ -278,8 +280,8 @@ def _check_batch(data_batch: ArrayLike, heatmaps: ArrayLike, kernel_size: int) -
             f"data_batch {tuple(data.shape)} and heatmaps {tuple(heat.shape)} must share the batch size N and "
             "the spatial size (H, W)"
         )
-    if isinstance(kernel_size, bool) or not isinstance(kernel_size, int) or kernel_size < 1 or kernel_size % 2 == 0:
-        raise ValueError(f"kernel_size must be a positive odd int, got {kernel_size!r}")
+    check_positive_int(kernel_size, name="kernel_size", fix="It is the odd side of the Gaussian smoothing kernel.")
+    check_value(kernel_size % 2 == 1, kernel_size, name="kernel_size", expected="a positive odd int")
     return data, heat
 
 
@@ -337,6 +339,8 @@ def vis_opaque_img(
 
     Raises
     ------
+    TypeError
+        If a threshold, ``alpha`` or ``kernel_size`` is not a number (``kernel_size``: an int).
     ValueError
         If a threshold, ``alpha`` or ``kernel_size`` is out of range, or the batch shapes do not match.
     """
@@ -393,6 +397,8 @@ def vis_img_heatmap(
 
     Raises
     ------
+    TypeError
+        If ``crop_th`` is not a number or ``kernel_size`` not an int.
     ValueError
         If ``crop_th`` or ``kernel_size`` is out of range, or the batch shapes do not match.
     """
@@ -410,17 +416,16 @@ def vis_img_heatmap(
 
 def _reference_rows(ref_c: Mapping[Any, Any]) -> list[tuple[Any, list[Sequence[Any]]]]:
     """Return ``[(concept, [images, ...]), ...]``: a tuple value is a group of rows, anything else one row."""
-    if not isinstance(ref_c, Mapping) or len(ref_c) == 0:
-        raise ValueError(f"ref_c must be a non-empty dict of concept -> images, got {type(ref_c).__name__}")
+    expected = "a non-empty dict of concept -> images"
+    check_type(ref_c, Mapping, name="ref_c", expected=expected)
+    check_value(len(ref_c) > 0, ref_c, name="ref_c", expected=expected)
     rows = []
     for concept, value in ref_c.items():
         group = list(value) if isinstance(value, tuple) else [value]
         for images in group:
-            if isinstance(images, (str, bytes, Image.Image)) or not hasattr(images, "__len__"):
-                raise ValueError(
-                    f"ref_c[{concept!r}] must be a list/batch of images or a tuple of such lists, "
-                    f"got {type(images).__name__}"
-                )
+            batch = not isinstance(images, (str, bytes, Image.Image)) and hasattr(images, "__len__")
+            check_kind(batch, images, name=f"ref_c[{concept!r}]",
+                       expected="a list/batch of images or a tuple of such lists")
         rows.append((concept, group))
     return rows
 
@@ -463,13 +468,14 @@ def plot_grid(
 
     Raises
     ------
+    TypeError
+        If ``cmap_dim`` is neither an int nor None, or ``ref_c`` is not a dict of image lists.
     ValueError
-        If ``cmap_dim`` is not a non-negative int or None, or ``ref_c`` has the wrong structure.
+        If ``cmap_dim`` is negative or ``ref_c`` is empty.
     """
-    if cmap_dim is not None and (isinstance(cmap_dim, bool) or not isinstance(cmap_dim, int) or cmap_dim < 0):
-        raise ValueError(
-            f"cmap_dim must be a non-negative int (1: second list of each tuple) or None, got {cmap_dim!r}"
-        )
+    if cmap_dim is not None:
+        check_int(cmap_dim, name="cmap_dim", minimum=0, fix="It indexes the list of each tuple that is colour-mapped "
+                  "(1: the second); None colour-maps none.")
     rows = _reference_rows(ref_c)
     import matplotlib.pyplot as plt
 

@@ -1,15 +1,16 @@
 """The argument checks every room shares: one helper per kind of mistake.
 
-A wrong *type* raises :class:`TypeError` (:func:`check_type`), a wrong *value* of the right type raises
-:class:`ValueError` (:func:`check_value`); every message names the argument, echoes what was given and says
-what fixes it. The other checks here are built on these two.
+A wrong *type* raises :class:`TypeError` (:func:`check_type`, or :func:`check_kind` for a kind no type tuple
+describes), a wrong *value* of the right type raises :class:`ValueError` (:func:`check_value`); every message
+names the argument, echoes what was given and says what fixes it. The other checks here are built on these.
 """
+import math
 import numbers
 from typing import Any, Collection, Optional, Tuple, Type, TypeVar, Union
 
 __all__ = [
-    "check_type", "check_value", "check_int", "check_positive_int", "check_bool", "check_choice",
-    "check_callable", "echo",
+    "check_type", "check_kind", "check_value", "check_int", "check_positive_int", "check_number",
+    "check_positive_number", "check_bool", "check_choice", "check_callable", "echo",
 ]
 
 T = TypeVar("T")
@@ -65,6 +66,27 @@ def check_type(value: T, types: Types, *, name: str, expected: str, fix: Optiona
     if not isinstance(value, types):
         raise _fail(TypeError, name, expected, value, fix)
     return value
+
+
+def check_kind(ok: bool, value: Any, *, name: str, expected: str, fix: Optional[str] = None) -> None:
+    """Raise a TypeError about ``value`` unless ``ok``: :func:`check_type` for kinds that no type tuple describes.
+
+    Parameters
+    ----------
+    ok : bool
+        Whether ``value`` is of an acceptable kind (e.g. a sequence that is not a string).
+    value : object
+        The argument, echoed in the message.
+    name, expected, fix : str
+        As in :func:`check_type`.
+
+    Raises
+    ------
+    TypeError
+        If ``ok`` is false.
+    """
+    if not ok:
+        raise _fail(TypeError, name, expected, value, fix)
 
 
 def check_value(ok: bool, value: Any, *, name: str, expected: str, fix: Optional[str] = None) -> None:
@@ -125,7 +147,7 @@ def check_int(value: Any, *, name: str, minimum: Optional[int] = None, maximum: 
     return number
 
 
-def _bounds_text(minimum: Optional[int], maximum: Optional[int]) -> str:
+def _bounds_text(minimum: Optional[float], maximum: Optional[float]) -> str:
     if minimum is not None and maximum is not None:
         return f" in [{minimum}, {maximum}]"
     if minimum is not None:
@@ -140,6 +162,52 @@ def check_positive_int(value: Any, *, name: str, fix: Optional[str] = None) -> i
     return check_int(value, name=name, minimum=1, fix=fix)
 
 
+def check_number(value: Any, *, name: str, minimum: Optional[float] = None, maximum: Optional[float] = None,
+                 fix: Optional[str] = None) -> float:
+    """Return ``value`` as a ``float`` if it is a real number (not a bool, not NaN) within ``[minimum, maximum]``.
+
+    Parameters
+    ----------
+    value : object
+        The argument; Python and numpy integers and floats are accepted.
+    name : str
+        The argument's name.
+    minimum, maximum : float, optional
+        Inclusive bounds.
+    fix : str, optional
+        What to do instead, appended to the message.
+
+    Returns
+    -------
+    float
+        The value.
+
+    Raises
+    ------
+    TypeError
+        If ``value`` is not a real number.
+    ValueError
+        If it is NaN or lies outside the bounds.
+    """
+    expected = f"a number{_bounds_text(minimum, maximum)}"
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise _fail(TypeError, name, expected, value, fix)
+    number = float(value)
+    too_low = minimum is not None and number < minimum
+    too_high = maximum is not None and number > maximum
+    check_value(not (math.isnan(number) or too_low or too_high), value, name=name, expected=expected, fix=fix)
+    return number
+
+
+def check_positive_number(value: Any, *, name: str, fix: Optional[str] = None) -> float:
+    """Return ``value`` as a ``float`` if it is a real number greater than 0 (see :func:`check_number`)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise _fail(TypeError, name, "a positive number", value, fix)
+    number = float(value)
+    check_value(number > 0, value, name=name, expected="a positive number", fix=fix)  # NaN > 0 is False
+    return number
+
+
 def check_bool(value: Any, *, name: str) -> bool:
     """Return ``value`` as a ``bool`` if it is a Python or numpy bool; raise a TypeError otherwise."""
     if not isinstance(value, bool) and type(value).__name__ != "bool_":
@@ -147,13 +215,13 @@ def check_bool(value: Any, *, name: str) -> bool:
     return bool(value)
 
 
-def check_choice(value: Any, choices: Collection[Any], *, name: str) -> Any:
+def check_choice(value: Any, choices: Collection[Any], *, name: str, fix: Optional[str] = None) -> Any:
     """Return ``value`` if it is one of ``choices``; raise a ValueError listing them otherwise."""
     try:
         ok = value in choices
     except TypeError:  # unhashable values are not among hashable choices
         ok = False
-    check_value(ok, value, name=name, expected="one of " + ", ".join(repr(c) for c in choices))
+    check_value(ok, value, name=name, expected="one of " + ", ".join(repr(c) for c in choices), fix=fix)
     return value
 
 

@@ -21,6 +21,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
+from crp._utils.checks import check_int, check_positive_int
 from crp._utils.text import one_line
 from crp.app.output import OutputFolder, UserError
 
@@ -503,14 +504,19 @@ def _device(name: str) -> torch.device:
 
 
 def _check_counts(options: AnalyzeOptions) -> None:
-    for name in ("batch_size", "samples", "top_k", "references", "flip_steps", "checkpoint", "image_size"):
-        value = getattr(options, name)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise AnalyzeError(f"--{name.replace('_', '-')} must be a positive whole number, got {value!r}.")
-    for name in ("workers", "flip_samples"):
-        value = getattr(options, name)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise AnalyzeError(f"--{name.replace('_', '-')} must be a whole number >= 0, got {value!r}.")
+    """Raise an AnalyzeError for a count out of range (named by its option), a TypeError for one of a wrong type."""
+    try:
+        for name in ("batch_size", "samples", "top_k", "references", "flip_steps", "checkpoint", "image_size"):
+            check_positive_int(getattr(options, name), name=_option(name))
+        for name in ("workers", "flip_samples"):
+            check_int(getattr(options, name), name=_option(name), minimum=0)
+    except ValueError as error:
+        raise AnalyzeError(str(error)) from None
+
+
+def _option(field_name: str) -> str:
+    """Return the command-line option of a field of :class:`AnalyzeOptions`."""
+    return "--top" if field_name == "top_k" else f"--{field_name.replace('_', '-')}"
 
 
 @dataclass

@@ -30,6 +30,7 @@ import torch
 from tqdm import tqdm
 from zennit.composites import EpsilonPlusFlat
 
+from crp._utils.checks import check_int, check_positive_int
 from crp.app.concept_report import (
     FV_FOLDER,
     ConceptAnalysis,
@@ -209,10 +210,11 @@ def _check_args(model: ShapesNet, layer: str, samples: int, top_k: int, n_test: 
     layers = _concept_layers(model)
     if layer not in layers:
         raise DemoError(f"layer {layer!r} is not a concept layer of ShapesNet; choose one of {', '.join(layers)}.")
-    for name, value, high in (("samples", samples, n_test), ("top", top_k, None)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1 or (high and value > high):
-            bound = f" and at most {high}" if high else ""
-            raise DemoError(f"{name} must be an int of at least 1{bound}, got {value!r}.")
+    try:  # a count out of range is the user's to fix, a DemoError as on the command line; a wrong type a TypeError
+        check_int(samples, name="samples", minimum=1, maximum=n_test, fix="It counts test images to explain.")
+        check_positive_int(top_k, name="top")
+    except ValueError as error:
+        raise DemoError(str(error)) from None
     module = dict(model.named_modules())[layer]
     channels = module.out_channels if isinstance(module, torch.nn.Conv2d) else module.out_features
     if top_k > channels:

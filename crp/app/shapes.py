@@ -13,12 +13,13 @@ The images are drawn first and the artifact is decided from an independent rando
 ``seed`` and ``split`` the shapes are the same whatever the artifact rates: ``artifact_rate=0`` and
 ``artifact_rate=1`` (with ``other_rate`` alike) give the same images without and with the mark.
 """
-import numbers
 from typing import Optional, Tuple
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
+
+from crp._utils.checks import check_choice, check_int, check_number, check_positive_int
 
 __all__ = ["ShapesDataset", "CLASS_NAMES", "ARTIFACT_BOX", "ARTIFACT_COLOR", "DATA_VERSION", "generate_shapes"]
 
@@ -39,18 +40,6 @@ _MARGIN = 5  # shapes stay inside rows and columns [_MARGIN, size - 1]: away fro
 _RADIUS = (5.0, 9.0)  # range of the shapes' radius in pixels
 _CONTRAST = (0.35, 0.5)  # range of the difference between shape and background, per channel
 _NOISE = 0.06  # standard deviation of the Gaussian pixel noise
-
-
-def _check_fraction(name: str, value: Optional[float]) -> None:
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value <= 1:
-        raise ValueError(f"{name} must be a number in [0, 1] or None (the split's default), got {value!r}.")
-
-
-def _check_int(name: str, value: int, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
-        raise ValueError(f"{name} must be an int >= {low}, got {value!r}.")
 
 
 def _shape_masks(dx: np.ndarray, dy: np.ndarray, radius: np.ndarray) -> np.ndarray:
@@ -126,20 +115,18 @@ def generate_shapes(
 
 def _resolve(split, n, artifact_rate, other_rate, artifact_class, image_size):
     """Validate the arguments and fill in the split's defaults."""
-    if split not in _SPLITS:
-        raise ValueError(f"split must be 'train', 'validation' or 'test', got {split!r}.")
-    n = _DEFAULT_N[split] if n is None else n
-    _check_int("n", n, 1)
-    _check_int("image_size", image_size, 2 * _MARGIN + 8)
-    _check_int("artifact_class", artifact_class, 0)
-    if artifact_class >= len(CLASS_NAMES):
-        raise ValueError(f"artifact_class must be a label in [0, {len(CLASS_NAMES) - 1}], got {artifact_class!r}.")
-    _check_fraction("artifact_rate", artifact_rate)
-    _check_fraction("other_rate", other_rate)
+    check_choice(split, tuple(_SPLITS), name="split")
+    n = check_positive_int(_DEFAULT_N[split] if n is None else n, name="n")
+    check_int(image_size, name="image_size", minimum=2 * _MARGIN + 8)
+    check_int(artifact_class, name="artifact_class", minimum=0, maximum=len(CLASS_NAMES) - 1,
+              fix="It is a label, an index into CLASS_NAMES.")
     default_in, default_out = _DEFAULT_RATES[split]
-    rates = (default_in if artifact_rate is None else float(artifact_rate),
-             default_out if other_rate is None else float(other_rate))
-    return split, int(n), rates
+    fix = "None picks the split's default."
+    rates = (default_in if artifact_rate is None else check_number(artifact_rate, name="artifact_rate", minimum=0,
+                                                                   maximum=1, fix=fix),
+             default_out if other_rate is None else check_number(other_rate, name="other_rate", minimum=0,
+                                                                 maximum=1, fix=fix))
+    return split, n, rates
 
 
 class ShapesDataset(Dataset):

@@ -10,7 +10,6 @@ import contextlib
 import hashlib
 import json
 import logging
-import numbers
 import os
 import time
 from dataclasses import asdict, dataclass, replace
@@ -22,6 +21,7 @@ from torch import nn
 from tqdm import tqdm
 
 from crp import __version__
+from crp._utils.checks import check_int, check_positive_int, check_positive_number, check_type, check_value
 from crp._utils.files import write_atomic
 from crp.app.shapes import CLASS_NAMES, DATA_VERSION, ShapesDataset
 
@@ -56,9 +56,8 @@ class ShapesNet(nn.Module):
 
     def __init__(self, n_classes: int = len(CLASS_NAMES), image_size: int = 32) -> None:
         super().__init__()
-        if isinstance(image_size, bool) or not isinstance(image_size, numbers.Integral) or image_size < 8 \
-                or image_size % 8:
-            raise ValueError(f"image_size must be a positive multiple of 8, got {image_size!r}.")
+        check_positive_int(image_size, name="image_size")
+        check_value(image_size % 8 == 0, image_size, name="image_size", expected="a positive multiple of 8")
         self.features = nn.Sequential(
             nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
             nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
@@ -217,10 +216,9 @@ def torch_threads(threads: Optional[int] = None) -> Iterator[int]:
 
 
 def _check_threads(threads: Optional[int]) -> int:
-    threads = default_threads() if threads is None else threads
-    if isinstance(threads, bool) or not isinstance(threads, numbers.Integral) or threads < 1:
-        raise ValueError(f"threads must be a positive int or None, got {threads!r}.")
-    return int(threads)
+    if threads is None:
+        return default_threads()
+    return check_positive_int(threads, name="threads", fix="None picks default_threads().")
 
 
 def _train(settings: TrainSettings, progress: bool) -> ShapesNet:
@@ -366,12 +364,7 @@ def _train_and_save(settings: TrainSettings, path: Path, progress: bool) -> Tupl
 
 
 def _check_settings(settings: TrainSettings) -> None:
-    if not isinstance(settings, TrainSettings):
-        raise TypeError(f"settings must be a TrainSettings, got {type(settings).__name__}.")
+    check_type(settings, TrainSettings, name="settings", expected="a TrainSettings")
     for name in ("epochs", "n_train", "n_test", "batch_size"):
-        value = getattr(settings, name)
-        low = 0 if name == "epochs" else 1
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
-            raise ValueError(f"{name} must be an int >= {low}, got {value!r}.")
-    if isinstance(settings.lr, bool) or not isinstance(settings.lr, numbers.Real) or not settings.lr > 0:
-        raise ValueError(f"lr must be a positive number, got {settings.lr!r}.")
+        check_int(getattr(settings, name), name=name, minimum=0 if name == "epochs" else 1)
+    check_positive_number(settings.lr, name="lr")
