@@ -45,10 +45,12 @@ def test_reference_sampling_sum_max_and_ties():
     assert values.T.tolist() == [[3.0, 2.0, 1.0], [3.0, 2.0, 0.0]]
     _, normed, _ = ChannelConcept().reference_sampling(relevance)
     assert torch.allclose(normed[:, 0], torch.tensor([1.0, 3 / 8, 1 / 3]))
-    with pytest.raises(ValueError, match="max_target must be 'sum' or 'max', got 'mean'"):
+    with pytest.raises(ValueError, match="max_target must be one of 'sum', 'max', got 'mean'"):
         ChannelConcept().reference_sampling(relevance, max_target="mean")
-    with pytest.raises(ValueError, match="relevance must be a tensor of shape \\(N, C, ...\\), got \\(3,\\)"):
+    with pytest.raises(ValueError, match=r"relevance must be a tensor of shape \(N, C, ...\), got Tensor of shape"):
         ChannelConcept().attribute(torch.ones(3))
+    with pytest.raises(TypeError, match=r"relevance must be a tensor of shape \(N, C, ...\), got \[\[1.0\]\]"):
+        ChannelConcept().attribute([[1.0]])
 
 
 def test_rf_indices():
@@ -98,7 +100,7 @@ def _capture_model():
 def test_mask_hook_in_a_zennit_composite():
     model = _capture_model()
     seen = []
-    hook = MaskHook([ChannelMask(0, [1])], on_grad=lambda module, grad: seen.append(grad.clone()))
+    hook = MaskHook([ChannelMask(0, [1])], on_grad=lambda _module, grad: seen.append(grad.clone()))
     composite = NameMapComposite([(["0"], hook)])
     x = torch.ones(1, 2, requires_grad=True)
     with composite.context(model):

@@ -13,6 +13,8 @@ from typing import Callable, Dict, Iterable, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
+from crp._utils.checks import check_choice, check_type, check_value
+
 __all__ = ["Concept", "ChannelConcept", "RowMask", "ChannelMask", "NeuronMask"]
 
 ConceptIds = Union[int, Sequence[int]]
@@ -63,7 +65,7 @@ class RowMask(ABC):
 class ChannelMask(RowMask):
     """Keep only the given channels (axis 1) of one row; an empty list masks the whole row."""
 
-    def __init__(self, batch_id: int, channels: Iterable[int], layer_name: Optional[str] = None) -> None:
+    def __init__(self, batch_id: int, channels: Union[int, Iterable[int]], layer_name: Optional[str] = None) -> None:
         super().__init__(batch_id, layer_name)
         self.channels = [int(c) for c in np.atleast_1d(np.asarray(channels, dtype=np.int64))]
 
@@ -176,7 +178,8 @@ class ChannelConcept(Concept):
         return NeuronMask(batch_id, c_n_map, layer_name)
 
     def attribute(
-        self, relevance: torch.Tensor, mask: Optional[torch.Tensor] = None, layer_name: Optional[str] = None,
+        self, relevance: torch.Tensor, mask: Optional[torch.Tensor] = None,
+        layer_name: Optional[str] = None,  # noqa: ARG002 - part of the Concept interface
         abs_norm: bool = True,
     ) -> torch.Tensor:
         """Sum the relevance of every channel over its spatial extent.
@@ -204,8 +207,9 @@ class ChannelConcept(Concept):
         return _abs_normalize(per_channel) if abs_norm else per_channel
 
     def reference_sampling(
-        self, relevance: torch.Tensor, layer_name: Optional[str] = None, max_target: str = "sum",
-        abs_norm: bool = True,
+        self, relevance: torch.Tensor,
+        layer_name: Optional[str] = None,  # noqa: ARG002 - part of the Concept interface
+        max_target: str = "sum", abs_norm: bool = True,
     ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Sort the samples of a batch by their relevance (or activation) for every channel.
 
@@ -230,19 +234,24 @@ class ChannelConcept(Concept):
         _check_batched(relevance, "relevance")
         flat = relevance.reshape(*relevance.shape[:2], -1)
         neurons = flat.argmax(-1)
+        check_choice(max_target, ("sum", "max"), name="max_target")
         if max_target == "sum":
             values = flat.sum(-1)
-        elif max_target == "max":
-            values = flat.gather(-1, neurons.unsqueeze(-1)).squeeze(-1)
         else:
-            raise ValueError(f"max_target must be 'sum' or 'max', got {max_target!r}.")
+            values = flat.gather(-1, neurons.unsqueeze(-1)).squeeze(-1)
         if abs_norm:
             values = _abs_normalize(values)
         values, order = torch.sort(values, dim=0, descending=True, stable=True)
         return order, values, neurons.gather(0, order)
 
-    def get_rf_indices(self, output_shape: Sequence[int], layer_name: Optional[str] = None) -> np.ndarray:
-        """Flat neuron indices of one channel: ``[0]`` for a linear output ``(C,)``, else ``0 .. prod(shape[1:])-1``."""
+    def get_rf_indices(
+        self, output_shape: Sequence[int],
+        layer_name: Optional[str] = None,  # noqa: ARG002 - part of the Concept interface
+    ) -> np.ndarray:
+        """Return the flat neuron indices of one channel: ``[0]`` for a linear output ``(C,)``, else all of them.
+
+        For an output of shape ``(C, H, W)`` these are ``0 .. H * W - 1``.
+        """
         if len(output_shape) == 1:
             return np.array([0])
         return np.arange(int(np.prod(output_shape[1:])))
@@ -253,6 +262,6 @@ def _abs_normalize(values: torch.Tensor) -> torch.Tensor:
 
 
 def _check_batched(relevance: torch.Tensor, name: str) -> None:
-    if not isinstance(relevance, torch.Tensor) or relevance.dim() < 2:
-        shape = tuple(relevance.shape) if isinstance(relevance, torch.Tensor) else type(relevance).__name__
-        raise ValueError(f"{name} must be a tensor of shape (N, C, ...), got {shape}.")
+    check_type(relevance, torch.Tensor, name=name, expected="a tensor of shape (N, C, ...)")
+    check_value(relevance.dim() >= 2, relevance, name=name, expected="a tensor of shape (N, C, ...)",
+                fix="Add the batch axis, e.g. relevance[None].")
