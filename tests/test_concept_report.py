@@ -32,7 +32,7 @@ def analysis():
     torch.manual_seed(0)
     model = ShapesNet().eval()
     data = ShapesDataset("test", n=24)
-    return ConceptAnalysis(model, EpsilonPlusFlat, data, ["features.0", "features.3", "features.6"],
+    return ConceptAnalysis(model, EpsilonPlusFlat, data, layers=["features.0", "features.3", "features.6"],
                            class_names=data.class_names)
 
 
@@ -65,12 +65,12 @@ def test_preprocessing_is_applied_before_the_model():
     torch.manual_seed(0)
     model = ShapesNet().eval()
     data = ShapesDataset("test", n=4)
-    shift = ConceptAnalysis(model, EpsilonPlusFlat, data, ["features.6"], preprocess=lambda x: 2 * x - 1)
+    shift = ConceptAnalysis(model, EpsilonPlusFlat, data, layers=["features.6"], preprocess=lambda x: 2 * x - 1)
     images = data.tensors()[0]
     assert torch.equal(shift.predict(images), model(2 * images - 1).argmax(1))
     wrapped = _Preprocessed(model, lambda x: 2 * x - 1)
     assert not wrapped.training and torch.equal(wrapped(images), model(2 * images - 1))
-    plain = ConceptAnalysis(model, EpsilonPlusFlat, data, ["features.6"])
+    plain = ConceptAnalysis(model, EpsilonPlusFlat, data, layers=["features.6"])
     heat_shift = shift.explain(images[0], ["features.6"], 2, target=0).heatmap
     heat_plain = plain.explain(2 * images[0] - 1, ["features.6"], 2, target=0).heatmap
     assert torch.allclose(heat_shift, heat_plain)  # relevance of the preprocessed input, as the model sees it

@@ -146,7 +146,7 @@ class CacheKey:
         return str(name).rsplit(".", 1)[-1].replace("<", "").replace(">", "")
 
     def describe(self) -> Dict[str, Any]:
-        """The key as a JSON-serializable dict."""
+        """Return the key as a JSON-serializable dict."""
         return asdict(self)
 
     def digest(self) -> str:
@@ -200,7 +200,7 @@ class ImageCache(Cache):
     """
 
     def folder(self, key: CacheKey) -> Path:
-        """The folder of the images of ``key``."""
+        """Return the folder of the images of ``key``."""
         return self.path / key.func_name / key.plot_name / f"{key.mode}_{key.digest()[:16]}" / key.layer_name
 
     def save(self, ref_c: RefDict, key: CacheKey, r_range: Range) -> None:

@@ -97,11 +97,11 @@ class AttributionGraph:
         self.layer_map: Dict[str, "Concept"] = dict(layer_map)
         self.mask_map = {name: concept.mask for name, concept in self.layer_map.items()}
 
-    def __call__(
+    def __call__(  # noqa: PLR0917 - zennit-crp's signature, positional up to verbose
         self, sample: torch.Tensor, composite: Optional["Composite"], concept_id: int, layer_name: str,
         target: Optional[int] = None, width: Sequence[int] = (4, 2), parent_c_id: Optional[int] = None,
         parent_layer: Optional[str] = None, abs_norm: bool = True, batch_size: int = 16, verbose: bool = True,
-        exclude_parallel: bool = False,
+        *, exclude_parallel: bool = False,
     ) -> attrGraphResult:
         """Decompose concept ``concept_id`` of ``layer_name`` for one sample.
 
@@ -142,7 +142,8 @@ class AttributionGraph:
         widths = _check_width(width)
         self._check_call(concept_id, layer_name, parent_c_id, parent_layer)
         start_layer, context = self._context(concept_id, layer_name, target, parent_c_id, parent_layer)
-        run = _Run(sample, composite, context, start_layer, batch_size, verbose, exclude_parallel)
+        run = _Run(sample, composite, context, start_layer=start_layer, batch_size=batch_size, verbose=verbose,
+                   exclude_parallel=exclude_parallel)
         root = (layer_name, int(concept_id))
         nodes, connections, done, frontier = {root: None}, {}, set(), [root]
         for w in widths:
@@ -152,7 +153,7 @@ class AttributionGraph:
             done.update(frontier)
             found = []
             for node, relevances in self._relevances(run, frontier):
-                connections[node] = self._children(node, relevances, w, abs_norm)
+                connections[node] = self._children(relevances, w, abs_norm=abs_norm)
                 found.extend((layer, concept) for layer, concept, _ in connections[node])
             nodes.update(dict.fromkeys(found))
             frontier = list(dict.fromkeys(found))
@@ -179,7 +180,7 @@ class AttributionGraph:
                            f"layer_map = {{name: ChannelConcept() for name in layer_names}}.")
 
     def _context(self, concept_id, layer_name, target, parent_c_id, parent_layer) -> Tuple[Optional[str], dict]:
-        """The start layer and the condition that every level shares (the decomposed or parent concept)."""
+        """Return the start layer and the condition that every level shares (the decomposed or parent concept)."""
         if parent_layer is not None:
             context = {parent_layer: [int(parent_c_id)]}
         else:
@@ -199,7 +200,7 @@ class AttributionGraph:
             conditions = [{**{layer: [concept]}, **run.context} for layer, concept in group]
             offset = 0
             for result in self.attribution.generate(
-                    run.sample, conditions, run.composite, record_layer=record, mask_map=self.mask_map,
+                    run.data, conditions, run.composite, record_layer=record, mask_map=self.mask_map,
                     start_layer=run.start_layer, batch_size=run.batch_size, verbose=run.verbose,
                     exclude_parallel=run.exclude_parallel):
                 for row in range(len(result.heatmap)):
@@ -207,7 +208,7 @@ class AttributionGraph:
                     yield node, {name: result.relevances[name][row:row + 1] for name in inputs[node]}
                 offset += len(result.heatmap)
 
-    def _children(self, node: Node, relevances: Dict[str, torch.Tensor], w: int, abs_norm: bool) -> List[Edge]:
+    def _children(self, relevances: Dict[str, torch.Tensor], w: int, *, abs_norm: bool) -> List[Edge]:
         edges = []
         for name, relevance in relevances.items():
             shares = self.layer_map[name].attribute(relevance, abs_norm=abs_norm)[0]
@@ -219,8 +220,8 @@ class AttributionGraph:
 class _Run:
     """The arguments of one :class:`AttributionGraph` call that every level passes to ``generate``."""
 
-    def __init__(self, sample, composite, context, start_layer, batch_size, verbose, exclude_parallel) -> None:
-        self.sample, self.composite, self.context, self.start_layer = sample, composite, context, start_layer
+    def __init__(self, data, composite, context, *, start_layer, batch_size, verbose, exclude_parallel) -> None:
+        self.data, self.composite, self.context, self.start_layer = data, composite, context, start_layer
         self.batch_size, self.verbose, self.exclude_parallel = batch_size, verbose, exclude_parallel
 
 

@@ -57,7 +57,7 @@ def layout_attribution_graph(result: "attrGraphResult") -> Dict[Node, Tuple[floa
 
 
 def plot_attribution_graph(
-    result: "attrGraphResult", path: Optional[Union[str, os.PathLike]] = None,
+    result: "attrGraphResult", path: Optional[Union[str, os.PathLike]] = None, *,
     reference_images: Optional[ReferenceImages] = None, ax: Optional["Axes"] = None, title: Optional[str] = None,
     share_format: Optional[str] = None, dpi: int = 150,
 ) -> "Figure":
@@ -98,7 +98,8 @@ def plot_attribution_graph(
     fig, ax = _axes(ax, positions)
     largest = max((abs(edge[2]) for _, edge in edges), default=0.0) or 1.0
     for parent, (layer, concept, share) in edges:
-        _draw_edge(ax, positions[parent], positions[(layer, concept)], share, largest, share_format)
+        _draw_edge(ax, positions[parent], positions[(layer, concept)], share=share, largest=largest,
+                   share_format=share_format)
     for node, (x, y) in positions.items():
         _draw_node(ax, node, x, y, _reference_for(reference_images, node))
     _frame(ax, positions, title)
@@ -108,7 +109,7 @@ def plot_attribution_graph(
 
 
 def collect_reference_images(
-    fv: Any, result: "attrGraphResult", composite: Any = None, mode: str = "relevance",
+    fv: Any, result: "attrGraphResult", composite: Any = None, *, mode: str = "relevance",
     r_range: Tuple[int, int] = (0, 1), rf: bool = False, **kwargs: Any,
 ) -> Dict[Node, Any]:
     """Fetch the reference images of every node of an attribution graph from a FeatureVisualization.
@@ -226,7 +227,7 @@ def _draw_node(ax: "Axes", node: Node, x: float, y: float, image: Any) -> None:
     ax.text(x, y - half - 0.08, f"{layer}\n#{concept}", ha="center", va="top", fontsize=7, zorder=3)
 
 
-def _draw_edge(ax: "Axes", start: Tuple[float, float], end: Tuple[float, float], share: float, largest: float,
+def _draw_edge(ax: "Axes", start: Tuple[float, float], end: Tuple[float, float], *, share: float, largest: float,
                share_format: str) -> None:
     tail = (start[0], start[1] - _CELL / 2 - 0.42)  # below the parent's label
     head = (end[0], end[1] + _CELL / 2 + 0.06)

@@ -399,11 +399,11 @@ class _AutogradRecorder:
         self.inputs: Dict[str, list] = {}
         self.tags: Dict[int, Tuple[Any, str]] = {}
 
-    def pre_hook(self, name: str, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+    def pre_hook(self, name: str, _module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
         nodes = self.inputs.setdefault(name, [])
         nodes.extend(t.grad_fn for t in _tensors((args, kwargs)) if t.grad_fn is not None)
 
-    def post_hook(self, name: str, module: torch.nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
+    def post_hook(self, name: str, _module: torch.nn.Module, _args: tuple, _kwargs: dict, output: Any) -> Any:
         return self._tag(output, name)
 
     def _tag(self, value: Any, name: str) -> Any:

@@ -131,7 +131,6 @@ def _to_pil(array: np.ndarray, cmap: Any, level: float) -> Image.Image:
 
 def _resize(image: Image.Image, resize: int | Sequence[int]) -> Image.Image:
     """Resize with nearest neighbours: an int sets the longer side keeping the aspect, a pair sets (w, h)."""
-
     expected = "None, a positive int or a pair of positive ints (width, height)"
     if isinstance(resize, (tuple, list)):
         check_value(len(resize) == 2, resize, name="resize", expected=expected)
@@ -152,7 +151,7 @@ def _pad_square(image: Image.Image) -> Image.Image:
     return square
 
 
-def imgify(
+def imgify(  # noqa: PLR0917 - zennit-crp's signature, all positional
     image: ArrayLike | Image.Image,
     cmap: Any = "bwr",
     vmin: float | np.ndarray | None = None,
@@ -300,7 +299,7 @@ def _crop_pair(image: torch.Tensor, other: torch.Tensor, box: CropBox) -> tuple[
 
 
 @torch.no_grad()
-def vis_opaque_img(
+def vis_opaque_img(  # noqa: PLR0917 - zennit-crp's signature, all positional
     data_batch: ArrayLike,
     heatmaps: ArrayLike,
     rf: bool = False,
@@ -359,7 +358,7 @@ def vis_opaque_img(
 
 
 @torch.no_grad()
-def vis_img_heatmap(
+def vis_img_heatmap(  # noqa: PLR0917 - zennit-crp's signature, all positional
     data_batch: ArrayLike,
     heatmaps: ArrayLike,
     rf: bool = False,
@@ -430,7 +429,7 @@ def _reference_rows(ref_c: Mapping[Any, Any]) -> list[tuple[Any, list[Sequence[A
     return rows
 
 
-def plot_grid(
+def plot_grid(  # noqa: PLR0917 - zennit-crp's signature, all positional
     ref_c: Mapping[Any, Any],
     cmap_dim: int | None = 1,
     cmap: Any = "bwr",

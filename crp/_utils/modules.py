@@ -55,7 +55,7 @@ def get_output_shapes(
     handles = []
     try:
         for name in names:
-            def hook(module, inputs, output, name=name):
+            def hook(_module, _inputs, output, name=name):
                 shapes[name] = output.shape[1:]
             handles.append(modules[name].register_forward_hook(hook))
         with torch.no_grad():

@@ -1,2 +1,5 @@
-"""The application: command line, demo, analysis, concept and HTML reports, output folder, and the
-embedded shapes dataset and model."""
+"""The application: command line, demo, analysis, concept and HTML reports, output folder, shapes data and model.
+
+It uses the library through its public faces (``crp.attribution``, ``crp.visualization``, ...); the library
+never imports it.
+"""

@@ -50,6 +50,7 @@ class AnalyzeError(UserError):
 @dataclass
 class AnalyzeOptions:
     """The arguments of :func:`run_analysis` (those of ``python -m crp analyze``; see its ``--help``)."""
+
     model: str
     data: str
     weights: Optional[str] = None
@@ -80,6 +81,7 @@ class AnalyzeOptions:
 @dataclass
 class AnalysisResult:
     """What :func:`run_analysis` wrote and found; ``files`` are relative to ``out_dir``."""
+
     out_dir: Path
     model: str
     composite: str
@@ -244,11 +246,13 @@ class Normalize:
         self.mean, self.std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """Return the normalized batch."""
         mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
         std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
         return (x - mean) / std
 
     def __repr__(self) -> str:
+        """Return ``Normalize(mean=..., std=...)``."""
         return f"Normalize(mean={self.mean}, std={self.std})"
 
 
@@ -297,6 +301,7 @@ def spread_indices(size: int, count: int) -> List[int]:
 @dataclass
 class DataSpec:
     """A loaded dataset: items ``(image as shown, class)``, class names, the model's preprocessing."""
+
     dataset: Any
     class_names: Optional[List[str]]
     preprocess: Optional[Normalize]
@@ -409,7 +414,7 @@ def _canonizers(kind: str) -> List[Any]:
 
 def make_composite(name: str, model: torch.nn.Module, canonizer: str = "auto",
                    preprocess: Optional[Normalize] = None) -> Tuple[Callable[[], Any], str]:
-    """A factory of fresh zennit composites ``name`` (from ``zennit.composites.COMPOSITES``) with canonizers.
+    """Return a factory of fresh zennit composites ``name`` (from ``zennit.composites.COMPOSITES``) with canonizers.
 
     ``canonizer="auto"`` picks ``ResNetCanonizer`` for torchvision ResNets, ``SequentialMergeBatchNorm`` for
     other models with batch norm (e.g. VGG-BN) and none otherwise. ``epsilon_gamma_box`` gets the bounds of
@@ -484,7 +489,7 @@ def _graph_layers(model: torch.nn.Module, layers: List[str]) -> List[str]:
 
 
 def layer_table(model: torch.nn.Module) -> str:
-    """The conv and linear layers of a model, one per line with their type, for ``--list-layers``."""
+    """List the conv and linear layers of a model, one per line with their type, for ``--list-layers``."""
     modules = dict(model.named_modules())
     return "\n".join(f"{name}  {type(modules[name]).__name__}" for name in _concept_layers(model))
 
@@ -522,6 +527,7 @@ def _option(field_name: str) -> str:
 @dataclass
 class AnalysisSetup:
     """Everything :func:`prepare` loaded and checked: model, data, composite factory, layers, device."""
+
     model: torch.nn.Module
     model_description: str
     data: DataSpec
@@ -586,8 +592,9 @@ def run_analysis(options: AnalyzeOptions, setup: Optional[AnalysisSetup] = None)
     _verify_images(setup.data, fv_data, options)
     from crp.app.concept_report import ConceptAnalysis
 
-    analysis = ConceptAnalysis(setup.model, setup.composite, fv_data, setup.graph_layers,
-                               setup.data.preprocess, setup.data.class_names, setup.device)
+    analysis = ConceptAnalysis(setup.model, setup.composite, fv_data, layers=setup.graph_layers,
+                               preprocess=setup.data.preprocess, class_names=setup.data.class_names,
+                               device=setup.device)
     output.claim(folders=["fv"])
     result = _report_run(options, setup, analysis, output, start)
     result.seconds = time.perf_counter() - start
@@ -661,8 +668,9 @@ def _write_samples(options: AnalyzeOptions, setup: AnalysisSetup, analysis: Any,
         image, label = dataset[index]
         prediction = int(analysis.predict(image[None])[0])
         title = f"item {index}: {analysis.class_name(int(label))}, predicted {analysis.class_name(prediction)}"
-        written.append(write_sample(output, analysis, image, int(label), index, rank, setup.layers, options.top_k,
-                                    options.references, title))
+        written.append(write_sample(output, analysis, image, label=int(label), index=index, rank=rank,
+                                    layers=setup.layers, top_k=options.top_k, references=options.references,
+                                    title=title))
     return written
 
 
@@ -740,7 +748,7 @@ def _assemble(result: AnalysisResult, setup: AnalysisSetup, samples: List[Any], 
 
 
 def format_analysis_summary(result: AnalysisResult) -> str:
-    """The one-screen text summary of an :class:`AnalysisResult`."""
+    """Return the one-screen text summary of an :class:`AnalysisResult`."""
     lines = [
         f"crp analyze: wrote {len(result.files)} files to {result.out_dir} in {result.seconds:.0f} s",
         f"report    {result.report}",

@@ -73,6 +73,7 @@ class LayerConcepts:
     ranked : int
         How many of ``concepts`` are the top-k; the rest were asked for.
     """
+
     layer: str
     concepts: List[int]
     shares: List[float]
@@ -83,6 +84,7 @@ class LayerConcepts:
 @dataclass
 class SampleExplanation:
     """The heatmap of one sample's prediction and its most relevant concepts per layer."""
+
     prediction: int
     heatmap: torch.Tensor
     layers: Dict[str, LayerConcepts]
@@ -91,6 +93,7 @@ class SampleExplanation:
 @dataclass
 class ClassStatistics:
     """For one concept, the classes for which it is most relevant (mean over their top reference samples)."""
+
     layer: str
     concept: int
     classes: List[int]
@@ -101,6 +104,7 @@ class ClassStatistics:
 @dataclass
 class FlippingSummary:
     """Pixel-flipping curves per order and their mean areas under the curve."""
+
     results: Dict[str, "FlippingResult"]
     samples: int
     region_size: int
@@ -144,7 +148,7 @@ class ConceptAnalysis:
         Where the model runs; default the CPU.
     """
 
-    def __init__(self, model: torch.nn.Module, composite: Callable[[], "Composite"], dataset: Any,
+    def __init__(self, model: torch.nn.Module, composite: Callable[[], "Composite"], dataset: Any, *,
                  layers: Sequence[str], preprocess: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
                  class_names: Optional[Sequence[str]] = None, device: Any = None) -> None:
         self.model, self.composite, self.dataset = model, composite, dataset
@@ -159,7 +163,7 @@ class ConceptAnalysis:
     # samples
 
     def class_name(self, label: int) -> str:
-        """The name of class ``label`` (its number if there are no names)."""
+        """Return the name of class ``label`` (its number if there are no names)."""
         if self.class_names is not None and 0 <= label < len(self.class_names):
             return str(self.class_names[label])
         return f"class {label}"
@@ -186,15 +190,15 @@ class ConceptAnalysis:
         x = self.model_input(image[None])
         if target is None:
             target = int(self.predict(image[None])[0])
-        composite = self.composite()
-        result = self.attribution(x, [{"y": [target]}], composite, record_layer=list(layers))
+        composite, output = self.composite(), self.attribution.MODEL_OUTPUT_NAME
+        result = self.attribution(x, [{output: [target]}], composite, record_layer=list(layers))
         found = {}
         for layer in layers:
             shares = ChannelConcept().attribute(result.relevances[layer], abs_norm=True)[0]
             top = torch.topk(shares, min(top_k, len(shares))).indices.tolist()
             wanted = [int(c) for c in (extra or {}).get(layer, ()) if int(c) not in top]
             channels = top + list(dict.fromkeys(wanted))
-            conditions = [{layer: [c], "y": [target]} for c in channels]
+            conditions = [{layer: [c], output: [target]} for c in channels]
             parts = self.attribution.generate(x, conditions, composite, batch_size=len(channels), verbose=False)
             heatmaps = torch.cat([part.heatmap for part in parts]).detach().cpu()
             found[layer] = LayerConcepts(layer, channels, shares[channels].tolist(), heatmaps, len(top))
@@ -237,7 +241,7 @@ class ConceptAnalysis:
                                             composite=self.composite(), rf=True, plot_fn=vis_img_heatmap)
 
     def class_statistics(self, layer: str, concept: int, classes: int = 3, count: int = 4) -> ClassStatistics:
-        """The ``classes`` classes for which ``concept`` is most relevant, and its references within each."""
+        """Find the ``classes`` classes for which ``concept`` is most relevant, and its references within each."""
         from crp.image import vis_img_heatmap
 
         fv = self._fv()
@@ -268,7 +272,7 @@ class ConceptAnalysis:
             refs = collect_reference_images(self.fv, result, self.composite(), rf=True, plot_fn=vis_opaque_img)
         return result, refs
 
-    def pixel_flipping(self, images: torch.Tensor, steps: int = 32, region: Optional[int] = None,
+    def pixel_flipping(self, images: torch.Tensor, steps: int = 32, region: Optional[int] = None, *,
                        perturbation: str = "inpainting", batch_size: Optional[int] = None,
                        progress: bool = False) -> FlippingSummary:
         """Flip regions of ``images`` in the order of their heatmaps (MoRF, LRF, random); track the predicted logit."""
@@ -278,7 +282,7 @@ class ConceptAnalysis:
         heatmaps = []
         for start in range(0, len(images), 32):
             x = self.model_input(images[start:start + 32])
-            conditions = [{"y": [int(t)]} for t in targets[start:start + 32]]
+            conditions = [{self.attribution.MODEL_OUTPUT_NAME: [int(t)]} for t in targets[start:start + 32]]
             heatmaps.append(self.attribution(x, conditions, self.composite()).heatmap.detach().cpu())
         region = region_size_for(images.shape[-2:]) if region is None else region
         metric = PixelFlipping(perturbation=perturbation, region_size=region, steps=steps, batch_size=batch_size,
@@ -290,7 +294,7 @@ class ConceptAnalysis:
 
 
 def region_size_for(shape: Sequence[int], regions: int = 16) -> int:
-    """The side of square regions that tile an image of ``shape`` ``(H, W)`` in about ``regions`` per side."""
+    """Return the side of square regions that tile an image of ``shape`` ``(H, W)`` in about ``regions`` per side."""
     height, width = int(shape[0]), int(shape[1])
     common = math.gcd(height, width)
     wanted = max(1, min(height, width) // regions)
@@ -298,7 +302,7 @@ def region_size_for(shape: Sequence[int], regions: int = 16) -> int:
 
 
 def fingerprint(*parts: Any, model: Optional[torch.nn.Module] = None) -> str:
-    """A hash of JSON-serializable ``parts`` and of the model's parameters and buffers (names, shapes, values)."""
+    """Hash JSON-serializable ``parts`` and of the model's parameters and buffers (names, shapes, values)."""
     digest = hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode())
     if model is not None:
         for name, tensor in model.state_dict().items():
@@ -313,7 +317,7 @@ def fingerprint(*parts: Any, model: Optional[torch.nn.Module] = None) -> str:
 
 
 def input_image(image: torch.Tensor, size: Optional[int] = None) -> Image.Image:
-    """An image as shown ``(C, H, W)``: values in [0, 1] are kept, others are min-max scaled."""
+    """Draw an image as shown ``(C, H, W)``: values in [0, 1] are kept, others are min-max scaled."""
     image = image.detach().cpu().float()
     bounds = (0.0, 1.0) if float(image.min()) >= 0 and float(image.max()) <= 1 else (None, None)
     array = image[0] if image.shape[0] == 1 else image.permute(1, 2, 0)
@@ -322,7 +326,7 @@ def input_image(image: torch.Tensor, size: Optional[int] = None) -> Image.Image:
 
 
 def heatmap_image(heatmap: torch.Tensor, size: Optional[int] = None) -> Image.Image:
-    """A heatmap ``(H, W)`` in blue (negative), white (zero) and red (positive)."""
+    """Draw a heatmap ``(H, W)`` in blue (negative), white (zero) and red (positive)."""
     return _upscale(imgify(heatmap.detach().cpu(), cmap="bwr", symmetric=True), size)
 
 
@@ -356,7 +360,7 @@ def references_mosaic(images: Sequence[Image.Image], heatmaps: Sequence[Image.Im
     return mosaic
 
 
-def overview_figure(image: torch.Tensor, explanation: SampleExplanation, layer: str, title: str,
+def overview_figure(image: torch.Tensor, explanation: SampleExplanation, layer: str, *, title: str,
                     highlight: Optional[int] = None, highlight_label: str = "") -> "Figure":
     """One row: the input, the heatmap of the prediction and the conditional heatmaps of the top concepts."""
     from matplotlib.figure import Figure
@@ -409,12 +413,12 @@ def flipping_figure(summary: FlippingSummary) -> "Figure":
 
 
 def figure_saver(figure: "Figure", dpi: int = 100) -> Callable[[Any], None]:
-    """A ``save(path)`` that writes ``figure`` as PNG (for :class:`crp.app.output.OutputFolder`)."""
+    """Return a ``save(path)`` that writes ``figure`` as PNG (for :class:`crp.app.output.OutputFolder`)."""
     return lambda path: figure.savefig(path, format="png", dpi=dpi, bbox_inches="tight")
 
 
 def png_saver(picture: Image.Image) -> Callable[[Any], None]:
-    """A ``save(path)`` that writes a PIL image as PNG."""
+    """Return a ``save(path)`` that writes a PIL image as PNG."""
     return lambda path: picture.save(path, format="PNG")
 
 
@@ -445,7 +449,7 @@ def resumable_feature_visualization(analysis: ConceptAnalysis, output: "OutputFo
 
 
 def fv_state(out_dir: Any) -> Optional[int]:
-    """The number of samples an interrupted FeatureVisualization in ``out_dir`` has done (None: nothing saved)."""
+    """Return how many samples an interrupted FeatureVisualization in ``out_dir`` has done (None: none saved)."""
     manifest = Path(out_dir) / FV_FOLDER / "store" / "manifest.json"
     try:
         data = json.loads(manifest.read_text())
@@ -464,6 +468,7 @@ def _read_key(path: Path) -> Optional[str]:
 @dataclass
 class WrittenSample:
     """One explained sample and the files written for it (paths relative to the output folder)."""
+
     index: int
     label: int
     title: str
@@ -480,12 +485,15 @@ def sample_files(rank: int, layer: str, concepts: Sequence[int]) -> List[str]:
             *(f"{folder}/{layer}_references_{c}.png" for c in concepts), f"{folder}/{layer}_overview.png"]
 
 
-def write_sample(output: "OutputFolder", analysis: ConceptAnalysis, image: torch.Tensor, label: int, index: int,
+def write_sample(output: "OutputFolder", analysis: ConceptAnalysis, image: torch.Tensor, *, label: int, index: int,
                  rank: int, layers: Sequence[str], top_k: int, references: int, title: str,
                  highlight: Optional[int] = None, highlight_label: str = "", size: int = 128) -> WrittenSample:
-    """Explain ``image`` (item ``index``, class ``label``) and write its input, heatmap, concept heatmaps,
-    references and overviews into ``sample_<rank + 1>/``; ``highlight`` (a concept of the first layer) is
-    shown even if it is not among the top-k, labelled ``highlight_label``."""
+    """Explain ``image`` and write its pictures into ``sample_<rank + 1>/``.
+
+    The pictures are the input, the heatmap, the concept heatmaps, their references and the overviews of
+    ``image`` (item ``index``, class ``label``); ``highlight`` (a concept of the first layer) is shown even if
+    it is not among the top-k, labelled ``highlight_label``.
+    """
     extra = {layers[0]: [highlight]} if highlight is not None else None
     explanation = analysis.explain(image, layers, top_k, extra=extra)
     folder, first = f"sample_{rank + 1}", len(output.written)
@@ -502,7 +510,8 @@ def write_sample(output: "OutputFolder", analysis: ConceptAnalysis, image: torch
         mosaics[layer] = {c: output.write(name, png_saver(references_mosaic(*refs[c])))
                           for name, c in zip(names[count:2 * count], found.concepts) if c in refs}
         mark = highlight if layer == layers[0] else None
-        figure = overview_figure(image, explanation, layer, title, mark, highlight_label)
+        figure = overview_figure(image, explanation, layer, title=title, highlight=mark,
+                                 highlight_label=highlight_label)
         overviews[layer] = output.write(names[-1], figure_saver(figure))
     return WrittenSample(int(index), int(label), title, explanation, overviews, mosaics, output.written[first:])
 
@@ -512,7 +521,7 @@ def write_sample(output: "OutputFolder", analysis: ConceptAnalysis, image: torch
 
 
 def add_sample_section(report: "Report", heading: str, sample: WrittenSample, text: Optional[str] = None) -> None:
-    """A sample: per layer its overview row, and for each top concept its RelMax references."""
+    """Add a sample: per layer its overview row, and for each top concept its RelMax references."""
     report.section(heading, text)
     for layer, overview in sample.overviews.items():
         report.images([overview], wide=True)
@@ -525,7 +534,7 @@ def add_sample_section(report: "Report", heading: str, sample: WrittenSample, te
                                          f"conditional heatmaps"])
 
 
-def add_references_section(report: "Report", layer: str, concept: int, relmax: Any, actmax: Any,
+def add_references_section(report: "Report", layer: str, concept: int, *, relmax: Any, actmax: Any,
                            stats_png: Any = None, stats_refs: Sequence[Tuple[str, Any]] = ()) -> None:
     """RelMax and ActMax references of one concept, and its per-class statistics with their references."""
     report.images([relmax, actmax], [f"{layer} #{concept}: Relevance Maximization",
@@ -537,7 +546,7 @@ def add_references_section(report: "Report", layer: str, concept: int, relmax: A
 
 
 def add_graph_section(report: "Report", graph_png: Any, result: "attrGraphResult", text: str) -> None:
-    """The attribution graph picture and a table of its edges."""
+    """Add the attribution graph picture and a table of its edges."""
     report.section("Attribution graph", text)
     report.images([graph_png], wide=True)
     rows = [(f"{parent[0]} #{parent[1]}", f"{layer} #{concept}", f"{100 * share:.1f}%")
@@ -546,7 +555,7 @@ def add_graph_section(report: "Report", graph_png: Any, result: "attrGraphResult
 
 
 def add_flipping_section(report: "Report", curves_png: Any, summary: FlippingSummary) -> None:
-    """The pixel-flipping curves and their mean areas under the curve."""
+    """Add the pixel-flipping curves and their mean areas under the curve."""
     report.section(
         "Faithfulness: pixel flipping",
         f"{summary.samples} images; {summary.region_size}x{summary.region_size} regions are replaced by inpainting "

@@ -100,6 +100,7 @@ class DemoSettings:
     stats_classes : int
         Classes shown in the per-class statistics of the artifact channel.
     """
+
     references: int = 8
     fv_top_k: int = 16
     graph_width: Tuple[int, ...] = (3, 2)
@@ -114,6 +115,7 @@ _QUICK_DEMO = DemoSettings(references=4, fv_top_k=8, graph_width=(2, 1), flip_sa
 @dataclass
 class SampleResult:
     """What the demo found for one test image; ``files`` are relative to the output folder."""
+
     index: int
     label: str
     prediction: str
@@ -155,6 +157,7 @@ class ArtifactFinding:
     class_name : str
         The class the artifact co-occurs with in training.
     """
+
     layer: str
     channel: int
     response: float
@@ -178,6 +181,7 @@ class DemoResult:
     relevant with their mean relevance, and ``fv_reused`` whether the FeatureVisualization results of an
     earlier run were reused (or an interrupted run continued).
     """
+
     out_dir: Path
     info: TrainInfo
     layer: str
@@ -243,7 +247,7 @@ def _artifact_pairs(settings: TrainSettings, quick: bool) -> Tuple[torch.Tensor,
 def _patch_relevance(attribution: CondAttribution, images: torch.Tensor, layer: str, channels: int,
                      target: int) -> Tuple[torch.Tensor, torch.Tensor]:
     """Conditional heatmaps of every channel for ``target`` ``(N, C, H, W)`` and their summed relevance on the patch."""
-    conditions = [{layer: [c], "y": [target]} for c in range(channels)]
+    conditions = [{layer: [c], attribution.MODEL_OUTPUT_NAME: [target]} for c in range(channels)]
     maps = torch.stack([
         attribution(image[None].clone().requires_grad_(True), conditions, EpsilonPlusFlat()).heatmap
         for image in images  # one sample and C conditions give C rows (N samples and N conditions would pair up)
@@ -253,10 +257,13 @@ def _patch_relevance(attribution: CondAttribution, images: torch.Tensor, layer: 
 
 def _class_relevance(attribution: CondAttribution, images: torch.Tensor, layer: str,
                      target: int) -> Dict[str, torch.Tensor]:
-    """Per image: channel activations (summed over positions), channel shares of the relevance for ``target``,
-    the ``target`` logit and the part of the positive input relevance on the patch."""
-    result = attribution(images.clone().requires_grad_(True), [{"y": [target]}], EpsilonPlusFlat(),
-                         record_layer=[layer])
+    """Measure per image what drives ``target``.
+
+    Returns the channel activations (summed over positions), the channel shares of the relevance for
+    ``target``, the ``target`` logit and the part of the positive input relevance on the patch.
+    """
+    conditions = [{attribution.MODEL_OUTPUT_NAME: [target]}]
+    result = attribution(images.clone().requires_grad_(True), conditions, EpsilonPlusFlat(), record_layer=[layer])
     activation = result.activations[layer]
     positive = result.heatmap.clamp(min=0)
     return {
@@ -357,7 +364,7 @@ def _pick_samples(test: ShapesDataset, predictions: torch.Tensor, count: int) ->
 
 
 def _artifact_files(channel: int, classes: int) -> List[str]:
-    """The files about artifact channel ``channel`` (references per class for ``classes`` classes)."""
+    """Return the files about artifact channel ``channel`` (references per class for ``classes`` classes)."""
     return ["artifact_channel.png", f"references/{channel}_relmax.png", f"references/{channel}_actmax.png",
             f"references/{channel}_classes.png", *(f"references/{channel}_class_{t}.png" for t in range(classes))]
 
@@ -365,14 +372,14 @@ def _artifact_files(channel: int, classes: int) -> List[str]:
 class _Run:
     """One demo run: the output folder, the model, the analysis and what has been found so far."""
 
-    def __init__(self, output: OutputFolder, model: ShapesNet, info: TrainInfo, layer: str, top_k: int,
-                 demo: DemoSettings, progress: bool, start: float) -> None:
+    def __init__(self, output: OutputFolder, model: ShapesNet, info: TrainInfo, *, layer: str, top_k: int,
+                 demo: DemoSettings, verbose: bool, start: float) -> None:
         self.output, self.model, self.info, self.layer, self.top_k = output, model, info, layer, top_k
-        self.demo, self.progress = demo, progress
+        self.demo, self.verbose = demo, verbose
         settings = info.settings
         self.test = ShapesDataset("test", n=settings.n_test, seed=settings.seed)
         self.names = self.test.class_names
-        self.analysis = ConceptAnalysis(model, EpsilonPlusFlat, self.test, _concept_layers(model),
+        self.analysis = ConceptAnalysis(model, EpsilonPlusFlat, self.test, layers=_concept_layers(model),
                                         class_names=self.names)
         self.fv_reused = False
         self.start = start
@@ -384,7 +391,7 @@ class _Run:
         logger.info("feature visualization of %d test images in %s", len(self.test), self.output.path(FV_FOLDER))
         self.fv_reused = resumable_feature_visualization(
             self.analysis, self.output, key, len(self.test), fresh=fresh, batch_size=64, checkpoint=4,
-            top_k=self.demo.fv_top_k, progress=self.progress)
+            top_k=self.demo.fv_top_k, progress=self.verbose)
 
     def artifact(self, channels: int, quick: bool) -> ArtifactFinding:
         finding, marked, maps = _find_artifact_channel(self.analysis.attribution, self.layer, channels,
@@ -397,8 +404,9 @@ class _Run:
         prediction = int(self.analysis.predict(self.test[index][0][None])[0])
         title = (f"test #{index}: {self.names[label]}{' with the mark' if marked else ''}, "
                  f"predicted {self.names[prediction]}")
-        return write_sample(self.output, self.analysis, self.test[index][0], label, index, rank, [self.layer],
-                            self.top_k, self.demo.references, title, artifact.channel, "mark channel", _PNG_SIZE)
+        return write_sample(self.output, self.analysis, self.test[index][0], label=label, index=index, rank=rank,
+                            layers=[self.layer], top_k=self.top_k, references=self.demo.references, title=title,
+                            highlight=artifact.channel, highlight_label="mark channel", size=_PNG_SIZE)
 
     def artifact_references(self, artifact: ArtifactFinding) -> Dict[str, Any]:
         channel, analysis, write = artifact.channel, self.analysis, self.output.write
@@ -438,7 +446,7 @@ class _Run:
 
 
 def run_demo(
-    out_dir: PathLike = "demo_output", samples: int = 4, layer: str = DEFAULT_LAYER, top_k: int = 4,
+    out_dir: PathLike = "demo_output", samples: int = 4, layer: str = DEFAULT_LAYER, *, top_k: int = 4,
     quick: bool = False, cache_dir: Optional[PathLike] = None, progress: bool = True, force_train: bool = False,
     threads: Optional[int] = None, settings: Optional[DemoSettings] = None, fresh: bool = False,
 ) -> DemoResult:
@@ -501,7 +509,7 @@ def run_demo(
     with torch_threads(threads):
         model, info = train_default_model(cache_dir, force_train, progress=progress, settings=train_settings,
                                           threads=threads)
-        run = _Run(output, model, info, layer, top_k, demo, progress, start)
+        run = _Run(output, model, info, layer=layer, top_k=top_k, demo=demo, verbose=progress, start=start)
         result = _explain_all(run, channels, samples, quick, fresh)
     result.files, result.seconds = list(output.written), time.perf_counter() - start
     return result
@@ -525,7 +533,7 @@ def _explain_all(run: _Run, channels: int, samples: int, quick: bool, fresh: boo
     artifact = run.artifact(channels, quick)
     pictures = run.artifact_references(artifact)
     explained = [run.explain_sample(index, rank, artifact)
-                 for rank, index in enumerate(tqdm(chosen, desc="explaining samples", disable=not run.progress))]
+                 for rank, index in enumerate(tqdm(chosen, desc="explaining samples", disable=not run.verbose))]
     graph, graph_png = run.graph(chosen[0], explained[0].explanation)
     flipping, flipping_png = run.flipping()
     names = test.class_names
@@ -639,8 +647,8 @@ def _report(result: DemoResult, pictures: Dict[str, Any], explained: List[Writte
         f"one class, its references show whether it drives that class through the mark.",
     )
     report.images([result.out_dir / "artifact_channel.png"], wide=True)
-    add_references_section(report, art.layer, art.channel, pictures["relmax"], pictures["actmax"],
-                           pictures["stats"], pictures["classes"])
+    add_references_section(report, art.layer, art.channel, relmax=pictures["relmax"], actmax=pictures["actmax"],
+                           stats_png=pictures["stats"], stats_refs=pictures["classes"])
     for rank, sample in enumerate(explained, start=1):
         add_sample_section(report, f"Sample {rank}: {sample.title}", sample)
     graph_result, graph_png = graph

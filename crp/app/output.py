@@ -86,7 +86,7 @@ class OutputFolder:
         self._write_manifest(sorted(self.claimed), self.folders)
 
     def path(self, name: str) -> Path:
-        """The absolute path of file or folder ``name`` (relative to the folder)."""
+        """Return the absolute path of file or folder ``name`` (relative to the folder)."""
         return self.root / name
 
     def owns_folder(self, name: str) -> bool:

@@ -86,7 +86,7 @@ def _draw_shapes(rng: np.random.Generator, labels: np.ndarray, size: int) -> np.
 
 
 def generate_shapes(
-    split: str = "train", n: Optional[int] = None, seed: int = 0, artifact_rate: Optional[float] = None,
+    split: str = "train", n: Optional[int] = None, seed: int = 0, *, artifact_rate: Optional[float] = None,
     other_rate: Optional[float] = None, artifact_class: int = 3, image_size: int = 32,
 ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Generate the arrays of a :class:`ShapesDataset` split; see there for the arguments.
@@ -100,7 +100,8 @@ def generate_shapes(
     has_artifact : numpy.ndarray
         bool ``(n,)``, True where the artifact patch is painted.
     """
-    split, n, (rate_in, rate_out) = _resolve(split, n, artifact_rate, other_rate, artifact_class, image_size)
+    split, n, (rate_in, rate_out) = _resolve(split, n, artifact_rate=artifact_rate, other_rate=other_rate,
+                                             artifact_class=artifact_class, image_size=image_size)
     shape_seq, artifact_seq = np.random.SeedSequence([int(seed), _SPLITS[split]]).spawn(2)
     shape_rng, artifact_rng = np.random.default_rng(shape_seq), np.random.default_rng(artifact_seq)
     labels = shape_rng.integers(0, len(CLASS_NAMES), n)
@@ -113,7 +114,7 @@ def generate_shapes(
     return np.ascontiguousarray(images), labels.astype(np.int64), has_artifact
 
 
-def _resolve(split, n, artifact_rate, other_rate, artifact_class, image_size):
+def _resolve(split, n, *, artifact_rate, other_rate, artifact_class, image_size):
     """Validate the arguments and fill in the split's defaults."""
     check_choice(split, tuple(_SPLITS), name="split")
     n = check_positive_int(_DEFAULT_N[split] if n is None else n, name="n")
@@ -173,11 +174,12 @@ class ShapesDataset(Dataset):
     class_names: Tuple[str, ...] = CLASS_NAMES
 
     def __init__(
-        self, split: str = "train", n: Optional[int] = None, seed: int = 0, artifact_rate: Optional[float] = None,
+        self, split: str = "train", n: Optional[int] = None, seed: int = 0, *, artifact_rate: Optional[float] = None,
         other_rate: Optional[float] = None, artifact_class: int = 3, image_size: int = 32,
     ) -> None:
         images, labels, has_artifact = generate_shapes(
-            split, n, seed, artifact_rate, other_rate, artifact_class, image_size
+            split, n, seed, artifact_rate=artifact_rate, other_rate=other_rate, artifact_class=artifact_class,
+            image_size=image_size,
         )
         self.split, self.seed, self.artifact_class = split, int(seed), int(artifact_class)
         self.images = torch.from_numpy(images)
@@ -185,9 +187,11 @@ class ShapesDataset(Dataset):
         self.has_artifact = torch.from_numpy(has_artifact)
 
     def __len__(self) -> int:
+        """Return the number of images."""
         return len(self.labels)
 
     def __getitem__(self, index: int) -> Tuple[torch.Tensor, int]:
+        """Return image ``index`` as float ``(3, H, W)`` in [0, 1] and its label."""
         return self.images[index].float() / 255, int(self.labels[index])
 
     def tensors(self) -> Tuple[torch.Tensor, torch.Tensor]:

@@ -300,7 +300,7 @@ def _load(settings: TrainSettings, path: Path) -> Optional[Tuple[ShapesNet, floa
 
 
 def train_default_model(
-    cache_dir: Optional[PathLike] = None, force: bool = False, epochs: Optional[int] = None,
+    cache_dir: Optional[PathLike] = None, force: bool = False, epochs: Optional[int] = None, *,
     progress: bool = True, settings: Optional[TrainSettings] = None, threads: Optional[int] = None,
 ) -> Tuple[ShapesNet, TrainInfo]:
     """Train :class:`ShapesNet` on the default :class:`~crp.app.shapes.ShapesDataset`, or load it from the cache.
