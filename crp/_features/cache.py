@@ -16,7 +16,7 @@ import types
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -84,18 +84,25 @@ def _describe_callable_or_object(obj: Any, depth: int, seen: frozenset) -> Any:
     if isinstance(obj, types.MethodType):
         return {"method": _qualname(obj.__func__)}
     if isinstance(obj, (types.FunctionType, types.BuiltinFunctionType)):
-        result = {"function": _qualname(obj)}
-        if getattr(obj, "__defaults__", None):
-            result["defaults"] = describe(obj.__defaults__, depth, seen)
-        if getattr(obj, "__kwdefaults__", None):
-            result["kwdefaults"] = describe(obj.__kwdefaults__, depth, seen)
-        if getattr(obj, "__closure__", None):
-            result["closure"] = [describe(_cell(cell), depth, seen) for cell in obj.__closure__]
+        result: Dict[str, Any] = {"function": _qualname(obj)}
+        defaults, kwdefaults = getattr(obj, "__defaults__", None), getattr(obj, "__kwdefaults__", None)
+        closure = getattr(obj, "__closure__", None)  # builtins have none of the three
+        if defaults:
+            result["defaults"] = describe(defaults, depth, seen)
+        if kwdefaults:
+            result["kwdefaults"] = describe(kwdefaults, depth, seen)
+        if closure:
+            result["closure"] = [describe(_cell(cell), depth, seen) for cell in closure]
         return result
     attributes = {key: value for key, value in getattr(obj, "__dict__", {}).items()
                   if not key.startswith("_") and key not in _SKIP_ATTRIBUTES
                   and not isinstance(value, types.MethodType)}
     return {"class": _qualname(type(obj)), "attributes": describe(attributes, depth, seen)}
+
+
+def _png_writer(image: Any) -> Callable[[Path], None]:
+    """Return a ``save(path)`` that writes the PIL image ``image`` as an optimized PNG."""
+    return lambda path: image.save(path, format="PNG", optimize=True)
 
 
 def _cell(cell) -> Any:
@@ -220,12 +227,12 @@ class ImageCache(Cache):
                         raise TypeError(f"ImageCache saves PIL images, but the plot function returned "
                                         f"{type(image).__name__} for id {concept_id!r}; use a plot function that "
                                         f"returns PIL images (e.g. vis_img_heatmap) or another Cache.")
-                    write_atomic(folder / f"{concept_id}_{tuple_index}_{rank}.png",
-                                 lambda temporary, image=image: image.save(temporary, format="PNG", optimize=True))
+                    write_atomic(folder / f"{concept_id}_{tuple_index}_{rank}.png", _png_writer(image))
 
     def load(self, ids: Sequence[Any], key: CacheKey, r_range: Range) -> Tuple[RefDict, Dict[Any, Range]]:
         folder = self.folder(key)
-        found, missing = {}, {}
+        found: RefDict = {}
+        missing: Dict[Any, Range] = {}
         for concept_id in ids:
             groups = []
             for tuple_index in (0, 1):
@@ -233,7 +240,7 @@ class ImageCache(Cache):
                 if images:
                     groups.append((images, first_missing))
             if not groups:
-                missing[concept_id] = tuple(r_range)
+                missing[concept_id] = (r_range[0], r_range[1])
                 continue
             stop = min(len(images) for images, _ in groups)
             lists = [images[:stop] for images, _ in groups]
@@ -259,7 +266,7 @@ class ImageCache(Cache):
     def _load_list(folder: Path, concept_id: Any, tuple_index: int, r_range: Range) -> Tuple[List[Any], bool]:
         from PIL import Image
 
-        images = []
+        images: List[Any] = []
         for rank in range(*r_range):
             file = folder / f"{concept_id}_{tuple_index}_{rank}.png"
             if not file.is_file():

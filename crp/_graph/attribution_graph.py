@@ -151,7 +151,7 @@ class AttributionGraph:
             if not frontier:
                 break
             done.update(frontier)
-            found = []
+            found: List[Node] = []
             for node, relevances in self._relevances(run, frontier):
                 connections[node] = self._children(relevances, w, abs_norm=abs_norm)
                 found.extend((layer, concept) for layer, concept, _ in connections[node])
@@ -209,7 +209,7 @@ class AttributionGraph:
                 offset += len(result.heatmap)
 
     def _children(self, relevances: Dict[str, torch.Tensor], w: int, *, abs_norm: bool) -> List[Edge]:
-        edges = []
+        edges: List[Edge] = []
         for name, relevance in relevances.items():
             shares = self.layer_map[name].attribute(relevance, abs_norm=abs_norm)[0]
             top = torch.argsort(shares, descending=True, stable=True)[:w]

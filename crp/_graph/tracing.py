@@ -359,7 +359,9 @@ class _LeafTracer(fx.Tracer):
 def _trace_fx(model: torch.nn.Module, names: Tuple[str, ...]) -> _Trace:
     graph = _LeafTracer(names).trace(model)
     listed = set(names)
-    parents, outputs, inputs = {}, {}, {}
+    parents: Dict[Hashable, Tuple[Hashable, ...]] = {}
+    outputs: Dict[Hashable, str] = {}
+    inputs: Dict[str, List[Hashable]] = {}
     for node in graph.nodes:
         parents[node.name] = tuple(arg.name for arg in node.all_input_nodes)
         if node.op == "call_module" and node.target in listed:

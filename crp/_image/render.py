@@ -92,11 +92,11 @@ def _gridify(array: np.ndarray, grid: bool | Sequence[int], gridfill: Any) -> np
     if array.ndim == 3:
         array = array[..., None]
     num, height, width, channels = array.shape
-    if grid is True:
+    if isinstance(grid, bool):  # True here; imgify does not tile for False
         cols = max(int(num**0.5), 1)
         rows = (num + cols - 1) // cols
     else:
-        rows, cols = grid
+        rows, cols = grid  # a pair, see _check_grid
     if gridfill is None:
         fill = array.min((0, 1, 2), keepdims=True)
     else:

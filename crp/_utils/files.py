@@ -7,7 +7,7 @@ from typing import Callable, Union
 __all__ = ["write_atomic"]
 
 
-def write_atomic(path: Union[str, os.PathLike], save: Callable[[Path], None]) -> None:
+def write_atomic(path: Union[str, os.PathLike], save: Callable[[Path], object]) -> None:
     """Write a file atomically: ``save(temporary)`` writes a hidden file beside ``path``, which then replaces it.
 
     Readers see the old file or the complete new one, never a partial one; the temporary file is removed if
@@ -18,7 +18,7 @@ def write_atomic(path: Union[str, os.PathLike], save: Callable[[Path], None]) ->
     path : str or os.PathLike
         The file to write.
     save : callable
-        Called with the temporary path; must create the file there.
+        Called with the temporary path; must create the file there. What it returns is ignored.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -23,7 +23,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -182,7 +182,7 @@ class ConceptAnalysis:
                               for i in range(0, len(images), batch_size)])
 
     def explain(self, image: torch.Tensor, layers: Sequence[str], top_k: int, target: Optional[int] = None,
-                extra: Optional[Dict[str, Sequence[int]]] = None) -> SampleExplanation:
+                extra: Optional[Mapping[str, Sequence[int]]] = None) -> SampleExplanation:
         """Heatmap of the predicted class (or ``target``) and the top-k concepts of each layer with their heatmaps.
 
         ``extra`` names further concepts per layer to add after the top-k (unless they are among them).
@@ -245,8 +245,8 @@ class ConceptAnalysis:
         from crp.image import vis_img_heatmap
 
         fv = self._fv()
-        targets, values = fv.compute_stats(concept, layer, mode="relevance", top_N=classes, mean_N=10)
-        targets = [int(t) for t in targets]
+        found, values = fv.compute_stats(concept, layer, mode="relevance", top_N=classes, mean_N=10)
+        targets = [int(t) for t in found]
         refs = fv.get_stats_reference(concept, layer, targets, mode="relevance", r_range=(0, count),
                                       composite=self.composite(), rf=True, plot_fn=vis_img_heatmap) if targets else {}
         by_class = {int(key.rsplit(":", 1)[1]): value for key, value in refs.items()}
@@ -336,7 +336,7 @@ def _upscale(picture: Image.Image, size: Optional[int]) -> Image.Image:
         return picture
     factor = size / max(picture.size)
     return picture.resize((max(1, round(picture.size[0] * factor)), max(1, round(picture.size[1] * factor))),
-                          Image.NEAREST)
+                          Image.Resampling.NEAREST)
 
 
 def _fit_cell(picture: Image.Image, cell: int) -> Image.Image:
@@ -345,7 +345,7 @@ def _fit_cell(picture: Image.Image, cell: int) -> Image.Image:
     factor = cell / max(picture.size)
     size = (max(1, round(picture.size[0] * factor)), max(1, round(picture.size[1] * factor)))
     canvas = Image.new("RGB", (cell, cell), "white")
-    canvas.paste(picture.resize(size, Image.NEAREST), ((cell - size[0]) // 2, (cell - size[1]) // 2))
+    canvas.paste(picture.resize(size, Image.Resampling.NEAREST), ((cell - size[0]) // 2, (cell - size[1]) // 2))
     return canvas
 
 

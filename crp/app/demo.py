@@ -415,14 +415,17 @@ class _Run:
         relmax = analysis.references(self.layer, [channel], "relevance", count)[channel]
         actmax = analysis.references(self.layer, [channel], "activation", count)[channel]
         stats = analysis.class_statistics(self.layer, channel, self.demo.stats_classes, count)
-        pictures = {"relmax": write(files[1], png_saver(references_mosaic(*relmax))),
-                    "actmax": write(files[2], png_saver(references_mosaic(*actmax))),
-                    "stats": write(files[3], figure_saver(statistics_figure(stats, analysis.class_name))),
-                    "classes": []}
+        classes: List[Tuple[str, Path]] = []
+        pictures: Dict[str, Any] = {
+            "relmax": write(files[1], png_saver(references_mosaic(*relmax))),
+            "actmax": write(files[2], png_saver(references_mosaic(*actmax))),
+            "stats": write(files[3], figure_saver(statistics_figure(stats, analysis.class_name))),
+            "classes": classes,
+        }
         for target in stats.classes:
             path = write(f"references/{channel}_class_{target}.png", png_saver(references_mosaic(
                 *stats.references[target])))
-            pictures["classes"].append((f"references among the images of class {self.names[target]!r}", path))
+            classes.append((f"references among the images of class {self.names[target]!r}", path))
         pictures["statistics"] = [(self.names[t], v) for t, v in zip(stats.classes, stats.values)]
         return pictures
 

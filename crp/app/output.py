@@ -102,7 +102,7 @@ class OutputFolder:
             shutil.rmtree(folder)
         return folder
 
-    def write(self, name: str, save: Callable[[Path], None]) -> Path:
+    def write(self, name: str, save: Callable[[Path], object]) -> Path:
         """Write file ``name`` atomically with ``save(temporary_path)`` and return its path."""
         if self.claimed is None:
             raise RuntimeError("call claim() before write().")
