@@ -103,7 +103,7 @@ def ours(model, x, heat, targets, **settings) -> Callable[[], object]:
     return lambda: metric(model, x, heat, targets)
 
 
-def quantus_flip(model, x, heat, targets, steps: int, baseline: str) -> Optional[Callable[[], object]]:
+def quantus_flip(model, x, heat, targets, *, steps: int, baseline: str) -> Optional[Callable[[], object]]:
     if x.device.type != "cpu":
         return None
     try:
@@ -118,7 +118,7 @@ def quantus_flip(model, x, heat, targets, steps: int, baseline: str) -> Optional
                           device="cpu", batch_size=len(x))
 
 
-def lrp_pf_auc(model, x, heat, targets, steps: int, region: int, mode: str) -> Optional[Callable[[], object]]:
+def lrp_pf_auc(model, x, heat, targets, *, steps: int, region: int, mode: str) -> Optional[Callable[[], object]]:
     if x.device.type != "cpu":
         return None
     try:
@@ -145,7 +145,7 @@ def count_forwards(model: torch.nn.Module, run: Callable[[], object], n: int) ->
     """Images passed through ``model`` per input image during one (untimed, silenced) ``run()``."""
     seen = [0]
 
-    def count(module: torch.nn.Module, args: tuple) -> None:
+    def count(_module: torch.nn.Module, args: tuple) -> None:
         seen[0] += len(args[0])
 
     handle = model.register_forward_pre_hook(count)
@@ -192,20 +192,22 @@ def cases(args, model, x, heat, targets) -> Dict[str, List[tuple]]:
     return {
         "flip-black": [
             ("crp constant", flip, mine("constant", steps=flip)),
-            ("quantus black", flip, quantus_flip(model, x, heat, targets, flip, "black")),
+            ("quantus black", flip, quantus_flip(model, x, heat, targets, steps=flip, baseline="black")),
         ],
         "flip-uniform": [
             ("crp random", flip, mine("random", steps=flip)),
-            ("quantus uniform", flip, quantus_flip(model, x, heat, targets, flip, "uniform")),
+            ("quantus uniform", flip, quantus_flip(model, x, heat, targets, steps=flip, baseline="uniform")),
         ],
         "region-inpaint": [
             ("crp inpainting", region, regions("inpainting")),
             ("crp telea", region, _if_cv2(lambda: regions("telea"))),
-            ("lrp-pf-auc inpainting", region, lrp_pf_auc(model, x, heat, targets, region, args.region, "inpainting")),
+            ("lrp-pf-auc inpainting", region, lrp_pf_auc(model, x, heat, targets, steps=region, region=args.region,
+                                                           mode="inpainting")),
         ],
         "region-random": [
             ("crp random", region, regions("random")),
-            ("lrp-pf-auc random", region, lrp_pf_auc(model, x, heat, targets, region, args.region, "random")),
+            ("lrp-pf-auc random", region, lrp_pf_auc(model, x, heat, targets, steps=region, region=args.region,
+                                                       mode="random")),
         ],
     }
 

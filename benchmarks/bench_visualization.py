@@ -89,7 +89,7 @@ def lrp_pass(model, dataset, composite, batch_size, device):
     return time.perf_counter() - start, time.process_time() - cpu
 
 
-def fv_run(model, dataset, composite, batch_size, device, path):
+def fv_run(model, dataset, composite, *, batch_size, device, path):
     from crp.attribution import CondAttribution
     from crp.concepts import ChannelConcept
     from crp.helper import get_layer_names
@@ -118,7 +118,7 @@ def time_case(case, device):
         lrp_times.append(lrp_pass(model, dataset, composite, batch_size, device))
         path = tempfile.mkdtemp(prefix="bench-fv-")
         try:
-            elapsed, files = fv_run(model, dataset, composite, batch_size, device, path)
+            elapsed, files = fv_run(model, dataset, composite, batch_size=batch_size, device=device, path=path)
         finally:
             shutil.rmtree(path)
         run_times.append(elapsed)
@@ -141,7 +141,7 @@ def peak_rss_child(n_samples):
     else:
         path = tempfile.mkdtemp(prefix="bench-fv-")
         try:
-            fv_run(model, dataset, composite, batch_size, torch.device("cpu"), path)
+            fv_run(model, dataset, composite, batch_size=batch_size, device=torch.device("cpu"), path=path)
         finally:
             shutil.rmtree(path)
     print(json.dumps({"samples": n_samples, "peak_rss_mib": _peak_rss_mib()}))

@@ -35,7 +35,7 @@ CASES = {
 RECORD = ["conv1", "conv2", "parallel.0", "linear1"]
 
 
-def run_side(model_dir: str, out: str, use_reference: bool) -> None:
+def run_side(model_dir: str, out: str) -> None:
     """Compute every case with whichever ``crp`` is importable and save the results to ``out`` (npz)."""
     import torch
     from zennit.composites import EpsilonPlusFlat
@@ -78,8 +78,8 @@ def main() -> None:
         for side, pythonpath in [("ours", str(here)), ("reference", args.reference_path)]:
             paths[side] = os.path.join(tmp, f"{side}.npz")
             env = dict(os.environ, PYTHONPATH=pythonpath)
-            subprocess.run([sys.executable, __file__, "--side", paths[side], "--model-dir", args.model_dir]
-                           + (["--reference"] if side == "reference" else []), env=env, check=True)
+            subprocess.run([sys.executable, __file__, "--side", paths[side], "--model-dir", args.model_dir],
+                           env=env, check=True)
         ours, ref = np.load(paths["ours"]), np.load(paths["reference"])
         report = {key: _relative_difference(key, ours[key], ref[key]) for key in ref.files}
         print(json.dumps(report, indent=1))
@@ -119,8 +119,7 @@ if __name__ == "__main__":
         side_parser = argparse.ArgumentParser()
         side_parser.add_argument("--side")
         side_parser.add_argument("--model-dir")
-        side_parser.add_argument("--reference", action="store_true")
         side_args = side_parser.parse_args()
-        run_side(side_args.model_dir, side_args.side, side_args.reference)
+        run_side(side_args.model_dir, side_args.side)
     else:
         main()
