@@ -24,6 +24,7 @@ install: $(VENV)/.installed
 
 lint: install
 	$(BIN)/ruff check crp tests benchmarks tutorials
+	$(BIN)/mypy crp
 	@# the package supports Python >= 3.9: byte-compile it with 3.9 where that interpreter runs
 	@if $(PY39) -c "" >/dev/null 2>&1; then $(PY39) -m compileall -q crp && echo "python3.9 compiles crp"; fi
 
@@ -49,4 +50,4 @@ bench: install
 	$(BIN)/python benchmarks/bench_generate.py
 
 clean:
-	rm -rf $(VENV) $(ZENNIT10) build *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(ZENNIT10) build *.egg-info .pytest_cache .ruff_cache .mypy_cache

@@ -26,7 +26,7 @@ setup(
         "tqdm",
     ],
     extras_require={
-        "test": ["pytest", "ruff", "nbclient", "nbformat", "ipykernel", "opencv-python-headless"],
+        "test": ["pytest", "ruff", "mypy", "nbclient", "nbformat", "ipykernel", "opencv-python-headless"],
         "inpainting": ["opencv-python-headless"],
     },
     entry_points={"console_scripts": ["crp=crp.__main__:main"]},
