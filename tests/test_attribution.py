@@ -1,7 +1,6 @@
 """CondAttribution against hand-derived values, invariances and its error paths."""
 import pytest
 import torch
-from conftest import TwoLayerLinear, hooks_left, small_cnn
 from torch import nn
 from zennit.canonizers import SequentialMergeBatchNorm
 from zennit.composites import EpsilonPlusFlat, NameMapComposite
@@ -9,6 +8,8 @@ from zennit.rules import Epsilon
 
 from crp.attribution import CondAttribution, attrResult
 from crp.concepts import ChannelConcept
+
+from helpers import TwoLayerLinear, hooks_left, small_cnn
 
 X = torch.tensor([[1.0, 2.0]], dtype=torch.float64)  # hidden = [5, 0, -5.5], output = [4.5, 13.5]
 
@@ -200,8 +201,8 @@ class _Boom(RuntimeError):
     pass
 
 
-def _exploding_mask(batch_id, ids, layer_name):
-    def mask(grad):
+def _exploding_mask(batch_id, ids, layer_name):  # noqa: ARG001 - a mask_map factory takes these
+    def mask(_grad):
         raise _Boom("mask failed")
     return mask
 
@@ -368,10 +369,10 @@ def test_small_cnn_fixture_is_deterministic():
 class _AbsHeatmap(CondAttribution):
     """Overrides both extension points: absolute heatmaps, relevance started at 1 for the targets."""
 
-    def heatmap_modifier(self, data, on_device=None):
+    def heatmap_modifier(self, data, on_device=None):  # noqa: ARG002 - CondAttribution's signature
         return data.grad.detach().abs().sum(1)
 
-    def relevance_init(self, prediction, target_list, init_rel):
+    def relevance_init(self, prediction, target_list, init_rel):  # noqa: ARG002 - CondAttribution's signature
         return super().relevance_init(prediction, target_list, 1)
 
 

@@ -26,7 +26,8 @@ def key(**changes):
 
 
 def test_digest_is_stable_across_processes():
-    code = ("from zennit.composites import EpsilonPlusFlat; from crp._features.cache import CacheKey, describe; "
+    code = ("from zennit.composites import EpsilonPlusFlat; from crp._features.cache import describe; "
+            "from crp.cache import CacheKey; "
             "print(CacheKey('get_max_reference', 'features.3', 'relevance', False, None, "
             "describe(EpsilonPlusFlat()), {'results': 1}).digest())")
     path = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])  # keeps a zennit found through it

@@ -1,6 +1,6 @@
 """Tests of the command line: ``python -m crp demo`` and ``python -m crp analyze`` end to end, and their errors.
 
-``analyze`` runs on a tiny model and image folder made here: ``cli_helpers:tiny_model`` (a module:callable on
+``analyze`` runs on a tiny model and image folder made here: ``helpers:tiny_model`` (a module:callable on
 the tests' path), a torchvision ResNet-18 with ``--num-classes`` and random weights saved by the test, and a
 folder of 16 x 16 PNG images in three classes.
 """
@@ -10,7 +10,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import cli_helpers
 import numpy as np
 import pytest
 import torch
@@ -20,19 +19,17 @@ from crp._utils.text import one_line
 from crp.app.analyze import AnalyzeError, AnalyzeOptions, prepare
 from crp.app.cli import build_parser, main
 from crp.app.output import MANIFEST_NAME
-from crp.app.shapes_model import torch_threads
+
+import helpers
 
 ROOT = Path(__file__).resolve().parents[1]
 # small settings for every analyze run (the defaults suit real models)
 SMALL = ["--image-size", "16", "--samples", "1", "--top", "2", "--references", "2", "--fv-samples", "0",
          "--flip-samples", "2", "--flip-steps", "2", "--batch-size", "4", "--no-progress", "--threads", "1"]
-TINY = ["--model", "cli_helpers:tiny_model"]
+TINY = ["--model", "helpers:tiny_model"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    with torch_threads(1):
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture
@@ -136,19 +133,22 @@ def test_demo_bad_layer(tmp_path, cache, capsys):
     assert not (tmp_path / "out").exists() and not cache.exists()
 
 
-def test_demo_too_many_top_channels(tmp_path, cache, capsys):
+@pytest.mark.usefixtures("cache")
+def test_demo_too_many_top_channels(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path / "out"), "--layer", "features.0", "--top", "17", "--quick"]) == 2
     one_line_error(capsys, "top must be at most 16, the number of channels of layer 'features.0'; got 17")
 
 
-def test_demo_foreign_output_folder_is_left_alone(tmp_path, cache, capsys):
+@pytest.mark.usefixtures("cache")
+def test_demo_foreign_output_folder_is_left_alone(tmp_path, capsys):
     (tmp_path / "paper.tex").write_text("precious")
     assert main(["demo", "--out", str(tmp_path), "--quick", "--no-progress"]) == 2
     one_line_error(capsys, "is not empty and was not written by `python -m crp`", "choose a new or empty folder")
     assert [p.name for p in tmp_path.iterdir()] == ["paper.tex"]
 
 
-def test_demo_output_is_a_file(tmp_path, cache, capsys):
+@pytest.mark.usefixtures("cache")
+def test_demo_output_is_a_file(tmp_path, capsys):
     (tmp_path / "out").write_text("x")
     assert main(["demo", "--out", str(tmp_path / "out"), "--quick", "--no-progress"]) == 2
     one_line_error(capsys, "is a file, not a folder")
@@ -183,7 +183,7 @@ def test_analyze_callable_model_on_an_image_folder(tmp_path, images, capsys):
     assert captured.err == ""
     lines = captured.out.splitlines()
     assert lines[0].startswith("crp analyze: wrote ") and str(out.resolve()) in lines[0]
-    assert "cli_helpers:tiny_model (random weights, no --weights); epsilon_plus_flat without canonizer" in lines[2]
+    assert "helpers:tiny_model (random weights, no --weights); epsilon_plus_flat without canonizer" in lines[2]
     assert "image folder" in lines[3] and "(13 images, 3 classes)" in lines[3]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["layers"] == ["0", "3"]  # in the model's order
@@ -220,27 +220,27 @@ def test_analyze_callable_dataset_and_list_layers(tmp_path, capsys):
     assert main(["analyze", *TINY, "--list-layers"]) == 0
     assert capsys.readouterr().out.splitlines() == ["0  Conv2d", "3  Conv2d", "7  Linear"]
     out = tmp_path / "report"
-    argv = ["analyze", *TINY, "--data", "cli_helpers:tiny_data", "--out", str(out), *SMALL, "--mean", "0.5",
+    argv = ["analyze", *TINY, "--data", "helpers:tiny_data", "--out", str(out), *SMALL, "--mean", "0.5",
             "0.5", "0.5", "--std", "0.25", "0.25", "0.25", "--canonizer", "none"]
     assert main(argv) == 0
     text = capsys.readouterr().out
-    assert "dataset cli_helpers:tiny_data (12 items)" in text and "-> " in text
+    assert "dataset helpers:tiny_data (12 items)" in text and "-> " in text
     summary = json.loads((out / "summary.json").read_text())
     assert summary["samples"][0]["label"] == "red" and summary["layers"] == ["3"]
 
 
 def test_analyze_interrupted_and_resumed(tmp_path, capsys, monkeypatch):
     out = tmp_path / "report"
-    argv = ["analyze", *TINY, "--data", "cli_helpers:tiny_data", "--out", str(out), *SMALL, "--batch-size", "2",
+    argv = ["analyze", *TINY, "--data", "helpers:tiny_data", "--out", str(out), *SMALL, "--batch-size", "2",
             "--checkpoint", "1"]
-    monkeypatch.setattr(cli_helpers, "INTERRUPT_AT", 7)  # Ctrl-C while the 4th batch (items 6, 7) is read
+    monkeypatch.setattr(helpers, "INTERRUPT_AT", 7)  # Ctrl-C while the 4th batch (items 6, 7) is read
     assert main(argv) == 130
     error = one_line_error(capsys, "python -m crp analyze: interrupted; the reference-sample search is saved in",
                            "(6 samples done); run the same command again to continue from there")
     assert str(out / "fv") in error
     manifest = json.loads((out / "fv" / "store" / "manifest.json").read_text())
     assert manifest["next_index"] == 6 and not manifest["complete"]
-    monkeypatch.setattr(cli_helpers, "INTERRUPT_AT", None)
+    monkeypatch.setattr(helpers, "INTERRUPT_AT", None)
     assert main(argv) == 0
     assert json.loads((out / "summary.json").read_text())["fv_reused"] is True
     assert json.loads((out / "fv" / "store" / "manifest.json").read_text())["complete"]
@@ -250,8 +250,8 @@ def test_analyze_interrupted_and_resumed(tmp_path, capsys, monkeypatch):
 
 
 def test_interrupted_before_anything_was_saved(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(cli_helpers, "INTERRUPT_AT", 1)
-    argv = ["analyze", *TINY, "--data", "cli_helpers:tiny_data", "--out", str(tmp_path / "o"), *SMALL]
+    monkeypatch.setattr(helpers, "INTERRUPT_AT", 1)
+    argv = ["analyze", *TINY, "--data", "helpers:tiny_data", "--out", str(tmp_path / "o"), *SMALL]
     assert main(argv) == 130
     one_line_error(capsys, "interrupted before any result was saved; run the same command again")
 
@@ -267,7 +267,7 @@ def broken_folder(tmp_path, images):
 
 
 def _bad_weights(tmp_path):
-    torch.save(cli_helpers.tiny_model(num_classes=5).state_dict(), tmp_path / "five.pt")
+    torch.save(helpers.tiny_model(num_classes=5).state_dict(), tmp_path / "five.pt")
     (tmp_path / "text.pt").write_text("hello")
     torch.save({"state_dict": [1, 2]}, tmp_path / "list.pt")
     return tmp_path
@@ -276,7 +276,7 @@ def _bad_weights(tmp_path):
 @pytest.mark.parametrize("extra, fragments", [
     (["--weights", "{tmp}/missing.pt"], ["--weights '{tmp}/missing.pt' does not exist",
                                          "torch.save(model.state_dict(), PATH)"]),
-    (["--weights", "{tmp}/five.pt"], ["--weights '{tmp}/five.pt' does not fit --model cli_helpers:tiny_model",
+    (["--weights", "{tmp}/five.pt"], ["--weights '{tmp}/five.pt' does not fit --model helpers:tiny_model",
                                       "7.weight has shape [5, 96] in the file but [3, 96] in the model (and 1 more)",
                                       "check --model and --num-classes"]),
     (["--weights", "{tmp}/text.pt"], ["cannot be read with torch.load(weights_only=True)",
@@ -304,9 +304,9 @@ def test_analyze_user_errors(tmp_path, images, capsys, extra, fragments):
     ("resnet19", ["--model 'resnet19' is neither a torchvision architecture (did you mean resnet18",
                   "nor module:callable"]),
     ("no_such_module:make", ["cannot import 'no_such_module'", "PYTHONPATH"]),
-    ("cli_helpers:nothing", ["module 'cli_helpers' has no attribute 'nothing'"]),
-    ("cli_helpers:INTERRUPT_AT", ["is not callable"]),
-    ("cli_helpers:not_a_dataset", ["returned a int, not a torch.nn.Module"]),
+    ("helpers:nothing", ["module 'helpers' has no attribute 'nothing'"]),
+    ("helpers:INTERRUPT_AT", ["is not callable"]),
+    ("helpers:not_a_dataset", ["returned a int, not a torch.nn.Module"]),
 ])
 def test_analyze_bad_model(tmp_path, images, capsys, model, fragments):
     assert main(["analyze", "--model", model, "--data", str(images), "--out", str(tmp_path / "o"), *SMALL]) == 2
@@ -321,7 +321,7 @@ def test_analyze_bad_data(tmp_path, broken_folder, capsys):
         (str(tmp_path / "nope"), [f"--data '{tmp_path / 'nope'}' is not an existing folder; give an image folder"]),
         (str(broken_folder), [f"--data: cannot read image '{broken_folder / 'dog' / '9.png'}'",
                               "remove or replace it"]),
-        ("cli_helpers:not_a_dataset", ["returned a int, not a dataset"]),
+        ("helpers:not_a_dataset", ["returned a int, not a dataset"]),
     ]
     for data, fragments in cases:
         assert main(["analyze", *TINY, "--data", data, "--out", str(tmp_path / "o"), *SMALL]) == 2

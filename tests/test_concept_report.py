@@ -17,14 +17,10 @@ from crp.app.concept_report import (
 )
 from crp.app.output import OutputFolder
 from crp.app.shapes import ShapesDataset
-from crp.app.shapes_model import ShapesNet, torch_threads
+from crp.app.shapes_model import ShapesNet
 from crp.concepts import ChannelConcept
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    with torch_threads(1):
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,6 @@
 import numpy as np
 import pytest
 import torch
-from conftest import hooks_left
 from torch import nn
 from zennit.composites import NameMapComposite
 
@@ -11,6 +10,8 @@ from crp._attribution.hooks import apply_masks
 from crp.concepts import ChannelConcept, ChannelMask, Concept, NeuronMask
 from crp.helper import abs_norm, get_layer_names, get_output_shapes, max_norm
 from crp.hooks import MaskHook
+
+from helpers import hooks_left
 
 
 def test_concept_is_abstract():

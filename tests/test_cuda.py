@@ -6,8 +6,6 @@ rankings are identical.
 import numpy as np
 import pytest
 import torch
-from conftest import small_cnn
-from test_visualization import LAYERS, TensorData, TinyNet
 from zennit.composites import EpsilonPlusFlat
 
 from crp._features.store import ResultStore
@@ -16,6 +14,8 @@ from crp.attribution import CondAttribution
 from crp.concepts import ChannelConcept
 from crp.evaluation import ConceptFaithfulness, PixelFlipping, RegionPerturbation
 from crp.visualization import FeatureVisualization
+
+from helpers import LAYERS, TensorData, TinyNet, small_cnn
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 CUDA = torch.device("cuda")

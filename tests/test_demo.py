@@ -26,11 +26,7 @@ from crp.attribution import CondAttribution
 MARK_CHANNEL, MID_CHANNEL, ARTIFACT_CHANNEL = 5, 7, 11
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Two torch threads on a busy two-core machine are many times slower than one."""
-    with torch_threads(1):
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def mark_detector() -> ShapesNet:

@@ -116,7 +116,7 @@ def test_constant_morf_curve_by_hand():
 # ---------------------------------------------------------------------------------- naive float64 reference
 
 
-def naive_pixel_flipping(model, x, attributions, targets, region, counts, order):
+def naive_pixel_flipping(model, x, attributions, targets, *, region, counts, order):
     """One sample, one step at a time, float64, constant 0 baseline."""
     model = model.double()
     curves = []
@@ -144,7 +144,7 @@ def test_curves_match_a_naive_float64_loop(order, region):
     metric = PixelFlipping(perturbation=Constant(0.0), order=order, region_size=region, steps=5, batch_size=7)
     result = metric(TinyNet(), x, attributions, targets)
     counts = region_counts((H // region) ** 2, steps=5)
-    expected = naive_pixel_flipping(TinyNet(), x, attributions, targets, region, counts, order)
+    expected = naive_pixel_flipping(TinyNet(), x, attributions, targets, region=region, counts=counts, order=order)
     np.testing.assert_allclose(result.scores, expected, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(result.fractions, counts / (H // region) ** 2)
 
@@ -237,7 +237,7 @@ def test_lrf_removes_least_relevant_first_and_ties_keep_index_order():
 def test_custom_order_callable():
     x, attributions = tiny_data()
 
-    def reverse_raster(scores, generator):
+    def reverse_raster(scores, _generator):
         return torch.arange(scores.shape[1] - 1, -1, -1).expand_as(scores)
 
     metric = PixelFlipping(perturbation="constant", order=reverse_raster, per_step=1)
@@ -294,7 +294,7 @@ def test_named_and_callable_scores():
     np.testing.assert_allclose(prob.scores[:, 0], first.softmax(1)[:, 2].numpy(), rtol=1e-5)
     np.testing.assert_allclose(np.exp(log_prob.scores), prob.scores, rtol=1e-5)
 
-    def margin(outputs, targets):
+    def margin(outputs, _targets):
         return outputs[:, 0] - outputs[:, 1]
 
     custom = PixelFlipping(score=margin, **kwargs)(model, x, attributions)

@@ -147,7 +147,7 @@ def test_hooks_are_removed_when_the_measure_fails(setup):
     attribution, x, composite = setup
 
     class Broken(ChannelConcept):
-        def attribute(self, *args, **kwargs):
+        def attribute(self, *_args, **_kwargs):
             raise RuntimeError("broken concept")
 
     metric = ConceptFaithfulness("conv", measure="activation", concept=Broken(), perturbation="constant", steps=2)

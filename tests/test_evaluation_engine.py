@@ -34,7 +34,7 @@ class CountingNet(torch.nn.Module):
 class SplitFill(FillPerturbation):
     """Fill 0 for the first two samples and 1 for the others: fully perturbed inputs equal in pairs."""
 
-    def fill(self, inputs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def fill(self, inputs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:  # noqa: ARG002 - interface
         return (torch.arange(len(inputs)) >= 2).to(inputs.dtype).view(-1, 1, 1, 1)
 
 
@@ -183,7 +183,7 @@ def test_fully_perturbed_inputs_are_shared_only_when_bitwise_equal():
     zeros[1:] = -0.0
 
     class SignedZero(FillPerturbation):
-        def fill(self, inputs, generator):
+        def fill(self, inputs, generator):  # noqa: ARG002 - the FillPerturbation interface
             return zeros
 
     PixelFlipping(perturbation=SignedZero(), steps=2)(model, x, heat, 0)

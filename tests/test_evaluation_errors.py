@@ -143,7 +143,7 @@ def test_schedules_that_do_not_fit_the_regions():
 
 
 def test_an_order_that_is_no_permutation():
-    def repeat_first(scores, generator):
+    def repeat_first(scores, _generator):
         return torch.zeros_like(scores, dtype=torch.long)
 
     with pytest.raises(ValueError, match=r"`order` 'repeat_first' must return a permutation of the 64 regions"):
@@ -151,7 +151,7 @@ def test_an_order_that_is_no_permutation():
 
 
 def test_a_score_of_the_wrong_shape():
-    def whole_output(outputs, targets):
+    def whole_output(outputs, _targets):
         return outputs
 
     with pytest.raises(ValueError, match=r"`score` must return one value per input, shape \(\d+,\), got \(\d+, 3\)"):

@@ -131,7 +131,7 @@ def test_mean_and_constant_fills_by_hand():
 def test_a_registered_perturbation_is_picked_by_name():
     @register_perturbation("test-negate")
     class Negate(FillPerturbation):
-        def fill(self, inputs, generator):
+        def fill(self, inputs, generator):  # noqa: ARG002 - the FillPerturbation interface
             return -inputs
 
     try:

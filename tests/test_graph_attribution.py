@@ -124,7 +124,7 @@ def block():
     return model, sample
 
 
-def _direct_shares(model, sample, condition, lower, start_layer, exclude_parallel, abs_norm=True):
+def _direct_shares(model, sample, condition, lower, *, start_layer, exclude_parallel, abs_norm=True):
     attribution = CondAttribution(model)
     result = attribution(sample.clone().requires_grad_(), [condition], EpsilonPlusFlat(), record_layer=[lower],
                          start_layer=start_layer, exclude_parallel=exclude_parallel)
@@ -143,9 +143,9 @@ CASES = [
 
 
 @pytest.mark.parametrize("exclude_parallel", [False, True])
-@pytest.mark.parametrize("concept_id, layer_name, target, parent_c_id, parent_layer, abs_norm", CASES)
-def test_shares_equal_direct_cond_attribution(block, concept_id, layer_name, target, parent_c_id, parent_layer,
-                                              abs_norm, exclude_parallel):
+@pytest.mark.parametrize("case", CASES)
+def test_shares_equal_direct_cond_attribution(block, case, exclude_parallel):
+    concept_id, layer_name, target, parent_c_id, parent_layer, abs_norm = case
     model, sample = block
     attgraph = _setup(model, sample, ["a", "b", "c", "fc"])
     result = attgraph(sample.clone().requires_grad_(), EpsilonPlusFlat(), concept_id, layer_name, target=target,
@@ -160,8 +160,8 @@ def test_shares_equal_direct_cond_attribution(block, concept_id, layer_name, tar
         lowers = attgraph.graph.find_input_layers(layer)
         assert [name for name, _, _ in edges] == [name for name in lowers for _ in range(len(edges) // len(lowers))]
         for lower in lowers:
-            shares = _direct_shares(model, sample, {layer: [concept], **context}, lower, start_layer,
-                                    exclude_parallel, abs_norm)
+            shares = _direct_shares(model, sample, {layer: [concept], **context}, lower, start_layer=start_layer,
+                                    exclude_parallel=exclude_parallel, abs_norm=abs_norm)
             mine = [(c, s) for name, c, s in edges if name == lower]
             # the chosen concepts carry the direct shares, and these are the largest ones (robust to ties)
             torch.testing.assert_close(torch.tensor([s for _, s in mine]), shares[[c for c, _ in mine]],

@@ -14,18 +14,13 @@ from crp.app.shapes_model import (
     cache_path,
     default_cache_dir,
     evaluate_shortcut,
-    torch_threads,
     train_default_model,
 )
 
 TINY = TrainSettings(epochs=1, n_train=64, n_test=40, batch_size=32)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Two torch threads on a busy two-core machine are many times slower than one."""
-    with torch_threads(1):
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def train_tiny(cache, **kwargs):

@@ -5,10 +5,11 @@ import re
 
 import numpy as np
 import pytest
-from browser import chromium, render
 from PIL import Image
 
 from crp.app.report import Report
+
+from helpers import chromium, render
 
 
 def _image(color, size=(6, 4)):

@@ -6,11 +6,12 @@ import re
 
 import numpy as np
 import pytest
-from browser import chromium, render
 from PIL import Image
 
 from crp.app.demo import run_demo
 from crp.app.shapes_model import torch_threads
+
+from helpers import chromium, render
 
 pytestmark = pytest.mark.skipif(chromium() is None,
                                 reason="Chromium is not installed (.ci/run installs Debian's chromium package)")

@@ -33,7 +33,8 @@ def test_committed_without_outputs(path):
 
 
 @pytest.mark.parametrize("path", TUTORIALS, ids=[p.stem for p in TUTORIALS])
-def test_tutorial_executes(path, tmp_path, shared_cache):
+@pytest.mark.usefixtures("shared_cache")
+def test_tutorial_executes(path, tmp_path):
     from nbclient import NotebookClient
 
     notebook = nbformat.read(path, as_version=4)

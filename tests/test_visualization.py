@@ -6,52 +6,19 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from torch import nn
 from zennit.composites import EpsilonPlusFlat
 
-from crp._features.ranking import Maximization
 from crp._features.store import ResultStore, legacy_folder_name
 from crp.attribution import CondAttribution
 from crp.cache import ImageCache
 from crp.concepts import ChannelConcept
 from crp.helper import load_maximization, load_stat_targets, load_statistics
+from crp.maximization import Maximization
 from crp.visualization import CorruptStoreError, FeatureVisualization
 
-N_SAMPLES, N_CLASSES, K = 64, 3, 5
-LAYERS = ["conv1", "conv2", "fc1"]
+from helpers import LAYERS, N_CLASSES, N_SAMPLES, TensorData, TinyNet
 
-
-class TinyNet(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.conv1 = nn.Conv2d(1, 4, 3)
-        self.conv2 = nn.Conv2d(4, 5, 3)
-        self.relu = nn.ReLU()
-        self.flatten = nn.Flatten()
-        self.fc1 = nn.Linear(5 * 4 * 4, 6)
-        self.fc2 = nn.Linear(6, N_CLASSES)
-
-    def forward(self, x):
-        x = self.relu(self.conv2(self.relu(self.conv1(x))))
-        return self.fc2(self.relu(self.fc1(self.flatten(x))))
-
-
-class TensorData(torch.utils.data.Dataset):
-    """Seeded samples and targets; ``fail_at`` raises at that index (to simulate a killed run)."""
-
-    def __init__(self, n=N_SAMPLES, fail_at=None):
-        generator = torch.Generator().manual_seed(1)
-        self.samples = torch.rand(n, 1, 8, 8, generator=generator, dtype=torch.float64)
-        self.targets = torch.randint(0, N_CLASSES, (n,), generator=generator).tolist()
-        self.fail_at = fail_at
-
-    def __len__(self):
-        return len(self.targets)
-
-    def __getitem__(self, index):
-        if index == self.fail_at:
-            raise RuntimeError(f"killed at {index}")
-        return self.samples[index], self.targets[index]
+K = 5
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +54,7 @@ def reference_pass(model, dataset, composite):
     modules = dict(model.named_modules())
 
     def hook(name):
-        def forward_hook(module, inputs, output):
+        def forward_hook(_module, _inputs, output):
             outputs[name] = output.detach()
             output.register_hook(lambda grad: grads.__setitem__(name, grad.detach()))
         return forward_hook
@@ -350,7 +317,7 @@ def test_multitarget(model, tmp_path):
 PLOT_CALLS = []
 
 
-def counting_plot(samples, heatmaps, rf):
+def counting_plot(samples, heatmaps, rf):  # noqa: ARG001 - the plot_fn interface
     """A plot function that records its calls (module level: a closure over the list would change its key)."""
     from PIL import Image
 
@@ -385,7 +352,8 @@ def test_image_cache_keys(analyzed, tmp_path):
         fv.get_max_reference(2, "conv1", r_range=(0, 2), composite=EpsilonPlusFlat(), plot_fn=plot)
         assert len(calls) == n_calls  # served from the cache
         with pytest.raises(TypeError, match="ImageCache saves PIL images"):
-            fv.get_max_reference(3, "conv1", r_range=(0, 2), composite=EpsilonPlusFlat(), plot_fn=lambda s, h, r: [1])
+            fv.get_max_reference(3, "conv1", r_range=(0, 2), composite=EpsilonPlusFlat(),
+                                 plot_fn=lambda *_args, **_kwargs: [1])
     finally:
         fv.Cache = None
 
