@@ -228,17 +228,17 @@ def _default_concept() -> Any:
     return ChannelConcept()
 
 
-def _layer_width(model: torch.nn.Module, layer: str, data: torch.Tensor) -> Tuple[int, Tuple[int, ...]]:
-    """Return the channel count of ``layer``'s output and the model's output shape (without the batch axis)."""
-    if not layer or layer not in dict(model.named_modules()):
-        raise ValueError(f"`layer` {layer!r} is not a module of the model; see model.named_modules().")
-    shapes = get_output_shapes(model, data, [layer, ""])  # "" names the model itself
-    if layer not in shapes:
-        raise ValueError(f"`layer` {layer!r} is not called in the model's forward pass; choose a layer it runs.")
-    return shapes[layer][0], tuple(shapes[""])
+def _layer_width(model: torch.nn.Module, layer_name: str, data: torch.Tensor) -> Tuple[int, Tuple[int, ...]]:
+    """Return the channel count of ``layer_name``'s output and the model's output shape (without the batch axis)."""
+    if not layer_name or layer_name not in dict(model.named_modules()):
+        raise ValueError(f"`layer` {layer_name!r} is not a module of the model; see model.named_modules().")
+    shapes = get_output_shapes(model, data, [layer_name, ""])  # "" names the model itself
+    if layer_name not in shapes:
+        raise ValueError(f"`layer` {layer_name!r} is not called in the model's forward pass; choose a layer it runs.")
+    return shapes[layer_name][0], tuple(shapes[""])
 
 
-def _concept_grid(concept_ids: ConceptIds, n: int, channels: int, layer: str) -> torch.Tensor:
+def _concept_grid(concept_ids: ConceptIds, n: int, channels: int, layer_name: str) -> torch.Tensor:
     """Concept ids as an int64 ``(N, K)`` tensor on the CPU, checked against the layer's channels."""
     raw = concept_ids.cpu().numpy() if isinstance(concept_ids, torch.Tensor) else np.asarray(concept_ids)
     if raw.dtype.kind not in "iu" or raw.ndim > 2 or raw.size == 0 or (raw.ndim == 2 and raw.shape[0] != n):
@@ -248,7 +248,9 @@ def _concept_grid(concept_ids: ConceptIds, n: int, channels: int, layer: str) ->
         )
     grid = np.broadcast_to(raw.reshape(1, -1) if raw.ndim < 2 else raw, (n, max(raw.shape[-1:] or (1,))))
     if (grid < 0).any() or (grid >= channels).any():
-        raise ValueError(f"`concept_ids` {np.unique(grid).tolist()} must lie in [0, {channels}) for layer {layer!r}.")
+        raise ValueError(
+            f"`concept_ids` {np.unique(grid).tolist()} must lie in [0, {channels}) for layer {layer_name!r}."
+        )
     return torch.tensor(np.array(grid, order="C"), dtype=torch.long)
 
 

@@ -279,7 +279,7 @@ def trace_model_graph(
     return graph
 
 
-def _trace_with(model: torch.nn.Module, sample: torch.Tensor, names: Tuple[str, ...], method: str) -> ModelGraph:
+def _trace_with(model: torch.nn.Module, data: torch.Tensor, names: Tuple[str, ...], method: str) -> ModelGraph:
     reason = None
     if method in ("auto", "fx"):
         try:
@@ -300,7 +300,7 @@ def _trace_with(model: torch.nn.Module, sample: torch.Tensor, names: Tuple[str, 
                 ) from error
         logger.debug("torch.fx tracing not used (%s); reading the autograd graph of one forward pass", reason)
     try:
-        trace = _trace_autograd(model, sample, names)
+        trace = _trace_autograd(model, data, names)
     except _LayersNotTraced as error:
         raise ValueError(
             f"layer_names: {error.missing} are not called in the forward pass of the sample (unused modules or "
@@ -426,7 +426,7 @@ class _AutogradRecorder:
         return value
 
 
-def _trace_autograd(model: torch.nn.Module, sample: torch.Tensor, names: Tuple[str, ...]) -> _Trace:
+def _trace_autograd(model: torch.nn.Module, data: torch.Tensor, names: Tuple[str, ...]) -> _Trace:
     recorder, modules = _AutogradRecorder(), dict(model.named_modules())
     with preserved_tensors(model, buffer_values=True, requires_grad=True):
         handles = []
@@ -435,11 +435,11 @@ def _trace_autograd(model: torch.nn.Module, sample: torch.Tensor, names: Tuple[s
                 handles.append(modules[name].register_forward_pre_hook(
                     _bind(recorder.pre_hook, name), with_kwargs=True))
                 handles.append(modules[name].register_forward_hook(_bind(recorder.post_hook, name), with_kwargs=True))
-            data = sample.detach().clone()
-            if data.is_floating_point() or data.is_complex():
-                data.requires_grad_(True)
+            leaf = data.detach().clone()
+            if leaf.is_floating_point() or leaf.is_complex():
+                leaf.requires_grad_(True)
             with torch.enable_grad():
-                output = model(data)
+                output = model(leaf)
         finally:
             for handle in handles:
                 handle.remove()

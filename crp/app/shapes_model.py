@@ -165,7 +165,7 @@ def default_threads() -> int:
     return max(1, min(4, cores - 1))
 
 
-def _fit(model: nn.Module, train: ShapesDataset, settings: TrainSettings, progress: bool) -> None:
+def _fit(model: nn.Module, train: ShapesDataset, settings: TrainSettings, verbose: bool) -> None:
     """Train ``model`` in place: Adam with a one-cycle learning rate, cross-entropy, seeded batch order."""
     images, labels = train.tensors()
     if settings.epochs == 0:
@@ -176,7 +176,7 @@ def _fit(model: nn.Module, train: ShapesDataset, settings: TrainSettings, progre
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=settings.lr, total_steps=steps)
     generator = torch.Generator().manual_seed(settings.seed)
     model.train()
-    epochs = tqdm(range(settings.epochs), desc="training ShapesNet", unit="epoch", disable=not progress)
+    epochs = tqdm(range(settings.epochs), desc="training ShapesNet", unit="epoch", disable=not verbose)
     for _ in epochs:
         order = torch.randperm(len(labels), generator=generator)
         total = 0.0
@@ -221,13 +221,13 @@ def _check_threads(threads: Optional[int]) -> int:
     return check_positive_int(threads, name="threads", fix="None picks default_threads().")
 
 
-def _train(settings: TrainSettings, progress: bool) -> ShapesNet:
+def _train(settings: TrainSettings, verbose: bool) -> ShapesNet:
     """Return a freshly trained model; the global torch random state is restored afterwards."""
     train = ShapesDataset("train", n=settings.n_train, seed=settings.seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(settings.seed)
         model = ShapesNet()
-        _fit(model, train, settings, progress)
+        _fit(model, train, settings, verbose)
     return model
 
 
@@ -346,17 +346,17 @@ def train_default_model(
             model, seconds = loaded
             logger.info("loaded ShapesNet from %s", path)
         else:
-            model, seconds = _train_and_save(settings, path, progress)
+            model, seconds = _train_and_save(settings, path, verbose=progress)
         validation = ShapesDataset("validation", n=settings.n_test, seed=settings.seed)
         accuracy = evaluate_shortcut(model, validation)["test_accuracy"]
         scores = evaluate_shortcut(model, ShapesDataset("test", n=settings.n_test, seed=settings.seed))
     return model, TrainInfo(settings, path, loaded is not None, seconds, accuracy, **scores)
 
 
-def _train_and_save(settings: TrainSettings, path: Path, progress: bool) -> Tuple[ShapesNet, float]:
+def _train_and_save(settings: TrainSettings, path: Path, verbose: bool) -> Tuple[ShapesNet, float]:
     logger.info("training ShapesNet (%s)", settings)
     start = time.perf_counter()
-    model = _train(settings, progress)
+    model = _train(settings, verbose)
     seconds = time.perf_counter() - start
     _save(model, settings, path, seconds)
     logger.info("trained in %.1f s; cached in %s", seconds, path)
