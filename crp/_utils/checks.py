@@ -8,6 +8,8 @@ import math
 import numbers
 from typing import Any, Collection, Optional, Tuple, Type, TypeVar, Union
 
+import numpy as np
+
 __all__ = [
     "check_type", "check_kind", "check_value", "check_int", "check_positive_int", "check_number",
     "check_positive_number", "check_bool", "check_choice", "check_callable", "echo",
@@ -210,7 +212,7 @@ def check_positive_number(value: Any, *, name: str, fix: Optional[str] = None) -
 
 def check_bool(value: Any, *, name: str) -> bool:
     """Return ``value`` as a ``bool`` if it is a Python or numpy bool; raise a TypeError otherwise."""
-    if not isinstance(value, bool) and type(value).__name__ != "bool_":
+    if not isinstance(value, (bool, np.bool_)):  # numpy 2 names its bool type "bool", numpy 1 "bool_"
         raise _fail(TypeError, name, "True or False", value, None)
     return bool(value)
 
