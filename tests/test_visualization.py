@@ -531,7 +531,7 @@ def test_attribution_calls_free_their_recordings(model):
     """run() calls CondAttribution once per batch: nothing of a call may outlive it (no reference cycles)."""
     import gc
 
-    import crp._attribution.engine
+    import crp._attribution.probes
 
     attribution = CondAttribution(model)
     x = TensorData().samples[:4].clone().requires_grad_()
@@ -540,7 +540,7 @@ def test_attribution_calls_free_their_recordings(model):
     try:
         for _ in range(3):
             attribution(x, [{"y": [0]}], EpsilonPlusFlat(), record_layer=LAYERS, exclude_parallel=False)
-        kinds = (crp._attribution.engine._Recording, crp._attribution.engine._Probe)
+        kinds = (crp._attribution.probes.Recording, crp._attribution.probes.Probe)
         alive = [o for o in gc.get_objects() if type(o) in kinds]
     finally:
         gc.enable()

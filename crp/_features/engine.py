@@ -9,7 +9,6 @@ overall and per target class (:class:`crp.maximization.Maximization`) in a compa
 optionally restricted to the receptive field of the concept's most relevant neuron, and cached
 (:mod:`crp.cache`). The API follows zennit-crp 0.6.
 """
-import contextlib
 import hashlib
 import json
 import logging
@@ -24,7 +23,7 @@ import torch
 from tqdm import tqdm
 from zennit.core import Composite
 
-from crp._attribution.concepts import ChannelConcept, Concept
+from crp._attribution.concepts import Concept
 from crp._attribution.engine import CondAttribution
 from crp._features.cache import Cache, CacheKey, describe
 from crp._features.ranking import MODES, Maximization
@@ -326,8 +325,7 @@ class FeatureVisualization:
         loader = self._loader(next_index, data_end, batch_size, int(num_workers))
         bar = tqdm(total=data_end - data_start, initial=next_index - data_start, unit="sample", disable=not verbose,
                    desc="FeatureVisualization", dynamic_ncols=True)
-        context = composite.context(self.attribution.model) if composite is not None else contextlib.nullcontext()
-        with bar, context:
+        with bar, self.attribution.context(composite):
             for batch, (indices, data, targets) in enumerate(loader):
                 self._analyze_batch(analysis, indices, data, targets, on_device)
                 next_index = int(indices[-1]) + 1
@@ -430,9 +428,8 @@ class FeatureVisualization:
         x = (data if len(rows) == len(data) and rows == list(range(len(data))) else data[rows_t]).requires_grad_()
         conditions = [{self.attribution.MODEL_OUTPUT_NAME: [t]} for t in row_targets]
         # no input heatmap is needed: the backward pass stops at the lowest layer of the layer map
-        result = self.attribution._call(x, conditions, composite=None, record_layer=list(self.layer_map),
-                                        mask_map=ChannelConcept.mask, start_layer=None, init_rel=None,
-                                        on_device=on_device, exclude_parallel=False, heatmap=False)
+        result = self.attribution(x, conditions, record_layer=list(self.layer_map), on_device=on_device,
+                                  exclude_parallel=False, heatmap=False)
         first = torch.as_tensor(np.unique(np.asarray(rows), return_index=True)[1])  # every sample's first row
         row_indices, row_targets_t = indices[rows], torch.as_tensor(row_targets)
         missing = [layer for layer in self.layer_map if layer not in result.relevances]

@@ -32,7 +32,10 @@ def echo(value: Any) -> str:
 
 
 def _fail(error: Type[Exception], name: str, expected: str, value: Any, fix: Optional[str]) -> Exception:
-    message = f"{name} must be {expected}, got {echo(value)}."
+    given = echo(value)
+    if error is TypeError and value is not None and not given.startswith(type(value).__name__):
+        given = f"{type(value).__name__} {given}"  # a wrong type: say which
+    message = f"{name} must be {expected}, got {given}."
     return error(f"{message} {fix}" if fix else message)
 
 
