@@ -10,7 +10,7 @@ from torch import nn
 from zennit.composites import EpsilonPlusFlat
 
 from crp._features.ranking import Maximization
-from crp._features.store import ResultStore, legacy_folder_name
+from crp._features.store import ResultStore, legacy_folder_name, pack_records
 from crp.attribution import CondAttribution
 from crp.cache import ImageCache
 from crp.concepts import ChannelConcept
@@ -204,16 +204,14 @@ def test_merge_of_disjoint_ranges_equals_one_run(model, tmp_path):
     parts = []
     for name, (start, stop) in {"a": (0, 24), "b": (24, N_SAMPLES)}.items():
         make_fv(model, tmp_path / name).run(EpsilonPlusFlat(), start, stop, batch_size=16, verbose=False)
-        store = ResultStore(tmp_path / name)
-        layers = {layer: store.layer_arrays(layer, mmap=False) for layer in LAYERS}
-        parts.append(Maximization.from_arrays({n: ChannelConcept() for n in LAYERS}, layers,
-                                              store.manifest["targets"], store.manifest["counts"], k=K))
+        layers, targets, counts = ResultStore(tmp_path / name).checkpoint()
+        parts.append(Maximization.from_arrays({n: ChannelConcept() for n in LAYERS}, layers, targets, counts, k=K))
     merged = parts[1].merge(parts[0])
     assert merged.counts() == ResultStore(tmp_path / "full").manifest["counts"]
     merged, full = merged.to_arrays(), stored_arrays(tmp_path / "full")
     for layer in LAYERS:
         for kind in ("max", "stats"):
-            np.testing.assert_array_equal(merged[layer][kind], full[layer][kind])
+            np.testing.assert_array_equal(pack_records(merged[layer][kind]), full[layer][kind])
 
 
 def test_refuses_other_configurations(model, tmp_path):

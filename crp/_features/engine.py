@@ -26,8 +26,16 @@ from zennit.core import Composite
 from crp._attribution.concepts import Concept
 from crp._attribution.engine import CondAttribution
 from crp._features.cache import Cache, CacheKey, describe
-from crp._features.ranking import MODES, Maximization
-from crp._features.store import LegacyStore, ResultReader, ResultStore, legacy_folder_name, open_results
+from crp._features.ranking import Maximization
+from crp._features.store import (
+    MODES,
+    LegacyStore,
+    ResultReader,
+    ResultStore,
+    check_mode,
+    legacy_folder_name,
+    open_results,
+)
 from crp._image.render import vis_img_heatmap, vis_opaque_img
 from crp._utils.modules import check_layer_names
 
@@ -115,11 +123,6 @@ def _positive_int(name: str, value) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
         raise ValueError(f"{name} must be a positive int, got {value!r}.")
     return int(value)
-
-
-def _check_mode(mode: str) -> None:
-    if mode not in MODES:
-        raise ValueError(f"mode must be 'relevance' or 'activation', got {mode!r}.")
 
 
 def _check_plot_fn(plot_fn) -> None:
@@ -369,7 +372,7 @@ class FeatureVisualization:
         fresh = Maximization(self.layer_map, self.top_k, self.max_target, self.abs_norm)
         if not store.exists():
             return fresh, config["data_start"]
-        stored = store.manifest["config"]
+        stored = store.config
         wanted = _json_roundtrip(config)
         if stored != wanted:
             differing = sorted(key for key in set(stored) | set(wanted) if stored.get(key) != wanted.get(key))
@@ -379,12 +382,12 @@ class FeatureVisualization:
             )
         if not resume:
             return fresh, config["data_start"]
-        if store.manifest["complete"]:
+        if store.complete:
             logger.info("results in %s are complete; nothing to do", self.path)
             return None, config["data_end"]
-        logger.info("resuming at dataset index %d", store.manifest["next_index"])
-        self._check_fingerprint(store.manifest.get("dataset_fingerprint"))
-        return self._load_checkpoint(store, on_device), int(store.manifest["next_index"])
+        logger.info("resuming at dataset index %d", store.next_index)
+        self._check_fingerprint(store.dataset_fingerprint)
+        return self._load_checkpoint(store, on_device), store.next_index
 
     def _fingerprint(self, indices: Sequence[int]) -> Dict[str, Any]:
         """SHA-256 of the dataset items at ``indices`` (samples and targets), to recognize the dataset on resume."""
@@ -405,10 +408,9 @@ class FeatureVisualization:
                 f"into another path). Datasets with random transforms always differ.", stacklevel=3)
 
     def _load_checkpoint(self, store: ResultStore, on_device) -> Maximization:
-        manifest = store.manifest
-        layers = {layer: store.layer_arrays(layer, mmap=False, verify=True) for layer in manifest["layers"]}
+        layers, targets, counts = store.checkpoint(verify=True)
         device = torch.device(on_device) if on_device else self.device
-        return Maximization.from_arrays(self.layer_map, layers, manifest["targets"], manifest["counts"], self.top_k,
+        return Maximization.from_arrays(self.layer_map, layers, targets, counts, self.top_k,
                                         self.max_target, self.abs_norm, device=device)
 
     def _loader(self, start: int, stop: int, batch_size: int, num_workers: int) -> torch.utils.data.DataLoader:
@@ -517,7 +519,7 @@ class FeatureVisualization:
             ``{concept_id: plot_fn(samples, heatmaps, rf)}`` (or the raw tensors, see ``plot_fn``).
         """
         self._check_layer(layer_name)
-        _check_mode(mode)
+        check_mode(mode)
         r_range, batch_size = _check_range(r_range), _positive_int("batch_size", batch_size)
         _check_plot_fn(plot_fn)
         indices, _, neurons = self.results.maximization(layer_name, mode)
@@ -548,7 +550,7 @@ class FeatureVisualization:
             ``{"{concept_id}:{target}": plot_fn(samples, heatmaps, rf)}``.
         """
         self._check_layer(layer_name)
-        _check_mode(mode)
+        check_mode(mode)
         r_range, batch_size = _check_range(r_range), _positive_int("batch_size", batch_size)
         _check_plot_fn(plot_fn)
         reader = self.results
@@ -601,7 +603,7 @@ class FeatureVisualization:
             Targets sorted by decreasing mean value (ties: lower target first) and the mean values.
         """
         self._check_layer(layer_name)
-        _check_mode(mode)
+        check_mode(mode)
         top_N, mean_N = _positive_int("top_N", top_N), _positive_int("mean_N", mean_N)
         reader = self.results
         n_concepts = reader.maximization(layer_name, mode)[0].shape[1]
@@ -674,9 +676,7 @@ class FeatureVisualization:
     def _results_fingerprint(self) -> Any:
         reader = self.results
         if isinstance(reader, ResultStore):
-            manifest = reader.manifest
-            return {"config": manifest["config"], "next_index": manifest["next_index"],
-                    "complete": manifest["complete"]}
+            return reader.progress()
         folder = self.path
         return {"legacy": str(folder.resolve()), "mtime_ns": max(p.stat().st_mtime_ns for p in folder.iterdir())}
 

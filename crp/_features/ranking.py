@@ -10,22 +10,20 @@ The concepts of all layers are the columns of one :class:`crp._features.topk.Top
 one per mode for the per-target rankings: deterministic (ties go to the lower dataset index), independent of
 batch size and order, and mergeable.
 """
-import sys
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
 from crp._attribution.concepts import ChannelConcept, Concept
-from crp._features.store import RECORD, stats_offsets
+from crp._features.store import FIELDS, MODES, check_mode, stats_offsets
 from crp._features.topk import TopK
 
-__all__ = ["Maximization", "MODES", "concept_values"]
+__all__ = ["Maximization", "concept_values"]
 
-#: The two rankings: by conditional relevance and by activation.
-MODES = ("relevance", "activation")
-
-Arrays = Dict[str, np.ndarray]
+#: The :data:`crp._features.store.FIELDS` arrays of one kind, and both kinds of one layer.
+Fields = Dict[str, np.ndarray]
+LayerFields = Dict[str, Fields]
 
 
 def concept_values(concept: Concept, output: torch.Tensor, layer: str, max_target: str,
@@ -174,13 +172,14 @@ class Maximization:
                 [pair[0].count()] + [pair[1].count(t) for t in targets]
         return result
 
-    def to_arrays(self) -> Dict[str, Arrays]:
-        """Export every layer as record arrays (fields ``index``, ``value``, ``neuron``, see :data:`RECORD`).
+    def to_arrays(self) -> Dict[str, LayerFields]:
+        """Export every layer as arrays of the store's fields (int32 ``index``, float32 ``value``, int32 ``neuron``).
 
         Returns
         -------
         dict
-            ``{layer: {"max": (2, R, C), "stats": (2, N, C)}}``: axis 0 is the mode (:data:`MODES`); ``max``
+            ``{layer: {"max": fields, "stats": fields}}``, each field of shape ``(2, R, C)`` and ``(2, N, C)``:
+            axis 0 is the mode (:data:`MODES`); ``max``
             ranks all samples (``R = min(k, samples)``), ``stats`` the samples of each target of
             :meth:`targets`, one target after another: the rows of target ``i`` are
             ``offsets[i]:offsets[i + 1]`` with ``offsets = stats_offsets(counts(), k)`` (see
@@ -197,13 +196,14 @@ class Maximization:
             overall, per_target = self.accumulators.get(mode) or (_Empty(self._total()), _Empty(self._total()))
             parts["max"].append(overall.to_tensors([0], [rows_max]))
             parts["stats"].append(per_target.to_tensors(targets, rows_stats))
-        joined = {kind: {name: torch.stack([part[name].cpu() for part in exported])
-                         for name in ("index", "value", "neuron")} for kind, exported in parts.items()}
-        return {layer: {kind: _records(fields, columns) for kind, fields in joined.items()}
+        joined = {kind: {name: torch.stack([part[name].cpu() for part in exported]).numpy() for name in FIELDS}
+                  for kind, exported in parts.items()}
+        return {layer: {kind: {name: field[..., columns] for name, field in fields.items()}
+                        for kind, fields in joined.items()}
                 for layer, columns in self._columns().items()}
 
     @classmethod
-    def from_arrays(cls, layer_map: Mapping[str, Concept], layers: Mapping[str, Arrays], targets: Sequence[int],
+    def from_arrays(cls, layer_map: Mapping[str, Concept], layers: Mapping[str, LayerFields], targets: Sequence[int],
                     counts: Mapping[str, Sequence[int]], k: int = 40, max_target: str = "sum", abs_norm: bool = True,
                     slack: Optional[int] = None, device: Optional[torch.device] = None) -> "Maximization":
         """Rebuild the results from :meth:`to_arrays`, :meth:`targets` and :meth:`counts` (e.g. a checkpoint)."""
@@ -212,21 +212,23 @@ class Maximization:
         missing = [layer for layer in layer_map if layer not in layers]
         if missing:
             raise KeyError(f"the arrays have no results for layers {missing}.")
-        result._set_columns([layers[layer]["max"].shape[-1] for layer in layer_map])
-        joined = {kind: np.concatenate([np.asarray(layers[layer][kind]) for layer in layer_map], -1)
-                  for kind in ("max", "stats")}
+        result._set_columns([layers[layer]["max"]["index"].shape[-1] for layer in layer_map])
+        joined = {kind: {name: np.concatenate([np.asarray(layers[layer][kind][name]) for layer in layer_map], -1)
+                         for name in FIELDS} for kind in ("max", "stats")}
         labels = np.asarray(targets, dtype=np.int64)
         offsets = stats_offsets(counts, k)
         for m, mode in enumerate(MODES):
             count = np.asarray(counts[mode], dtype=np.int64)
             overall = TopK.from_arrays({"labels": np.zeros(1, np.int64), "counts": count[:1],
-                                        **_fields(joined["max"][m][None])}, k=k, device=device)
+                                        **{name: f[m][None] for name, f in joined["max"].items()}}, k=k,
+                                       device=device)
             seen = np.flatnonzero(count[1:] > 0)
             rows = [np.arange(offsets[g], offsets[g + 1]) for g in seen]
-            selected = joined["stats"][m][np.concatenate(rows) if rows else np.zeros(0, np.int64)]
+            chosen = np.concatenate(rows) if rows else np.zeros(0, np.int64)
             per_target = TopK.from_arrays({"labels": labels[seen], "counts": count[1:][seen],
                                            "offsets": np.cumsum([0] + [len(r) for r in rows]),
-                                           **_fields(selected)}, k=k, slack=slack, device=device)
+                                           **{name: f[m][chosen] for name, f in joined["stats"].items()}}, k=k,
+                                          slack=slack, device=device)
             result.accumulators[mode] = (overall, per_target)
         return result
 
@@ -247,16 +249,11 @@ class Maximization:
                                  f"every sample must give the layer an output of the same number of concepts.")
 
     def _accumulators(self, mode: str) -> Tuple[TopK, TopK]:
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {mode!r}.")
+        check_mode(mode)
         if mode not in self.accumulators:
             total = self._total()
             self.accumulators[mode] = (TopK(self.k, total), TopK(self.k, total, slack=self.slack))
         return self.accumulators[mode]
-
-
-def _fields(records: np.ndarray) -> Arrays:
-    return {name: np.asarray(records[name]) for name in ("index", "value", "neuron")}
 
 
 class _Empty:
@@ -269,14 +266,3 @@ class _Empty:
         shape = (int(sum(rows)), self.n_columns)
         return {"index": torch.full(shape, -1, dtype=torch.int32), "value": torch.full(shape, float("nan")),
                 "neuron": torch.full(shape, -1, dtype=torch.int32)}
-
-
-def _records(fields: Mapping[str, torch.Tensor], columns: slice) -> np.ndarray:
-    """The ``columns`` of int32 ``index``, float32 ``value`` and int32 ``neuron`` tensors as one record array."""
-    index, value, neuron = (fields[name][..., columns] for name in ("index", "value", "neuron"))
-    if sys.byteorder != "little":  # RECORD is little-endian; build it field by field
-        records = np.empty(index.shape, RECORD)
-        records["index"], records["value"], records["neuron"] = index.numpy(), value.numpy(), neuron.numpy()
-        return records
-    packed = torch.stack([index, value.view(torch.int32), neuron], -1).numpy()  # (..., 3) int32, contiguous
-    return packed.view(RECORD)[..., 0]

@@ -27,6 +27,7 @@ import json
 import os
 import re
 import shutil
+import sys
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
@@ -38,12 +39,17 @@ from crp._utils.files import write_atomic
 
 __all__ = [
     "ResultReader", "ResultStore", "LegacyStore", "CorruptStoreError", "open_results", "open_result_folder",
-    "legacy_folder_name", "stats_offsets", "MODES", "RECORD",
+    "legacy_folder_name", "stats_offsets", "check_mode", "pack_records", "record_fields", "MODES", "KINDS",
+    "FIELDS", "RECORD",
 ]
 
+#: The two rankings, axis 0 of every array: by conditional relevance and by activation.
 MODES = ("relevance", "activation")
 #: One entry of a ranking: dataset index, value, most relevant (active) neuron.
 RECORD = np.dtype([("index", "<i4"), ("value", "<f4"), ("neuron", "<i4")])
+#: The fields of :data:`RECORD`.
+FIELDS = ("index", "value", "neuron")
+Fields = Mapping[str, np.ndarray]
 KINDS = ("max", "stats")
 FORMAT = "crp.FeatureVisualization"
 FORMAT_VERSION = 2
@@ -75,7 +81,7 @@ def stats_offsets(counts: Mapping[str, Sequence[int]], k: int) -> np.ndarray:
 
 def legacy_folder_name(mode: str, kind: str, max_target: str, abs_norm: bool) -> str:
     """zennit-crp 0.6's sub-folder name, e.g. ``RelMax_sum_normed`` for ``("relevance", "max", "sum", True)``."""
-    _check_mode(mode)
+    check_mode(mode)
     prefix = "Rel" if mode == "relevance" else "Act"
     middle = {"max": "Max", "stats": "Stats"}[kind]
     return f"{prefix}{middle}_{max_target}_{'normed' if abs_norm else 'unnormed'}"
@@ -177,9 +183,41 @@ class ResultStore(ResultReader):
             self._manifest = self._read_manifest()
         return self._manifest
 
-    def reload(self) -> None:
-        """Forget the cached manifest (after another process wrote to the store)."""
-        self._manifest = None
+    @property
+    def config(self) -> Dict[str, Any]:
+        """The configuration of the run that wrote the store (compared on resume)."""
+        return self.manifest["config"]
+
+    @property
+    def next_index(self) -> int:
+        """The first dataset index not yet included."""
+        return int(self.manifest["next_index"])
+
+    @property
+    def complete(self) -> bool:
+        """Whether the run that wrote the store has finished."""
+        return bool(self.manifest["complete"])
+
+    @property
+    def dataset_fingerprint(self) -> Optional[Dict[str, Any]]:
+        """The identification of the data analyzed so far, as given to :meth:`save`."""
+        return self.manifest.get("dataset_fingerprint")
+
+    def progress(self) -> Dict[str, Any]:
+        """Configuration and progress: what identifies the results in the store (e.g. for a cache key)."""
+        return {"config": self.config, "next_index": self.next_index, "complete": self.complete}
+
+    def checkpoint(self, *, verify: bool = True) -> Tuple[Dict[str, Dict[str, Dict[str, np.ndarray]]], List[int],
+                                                         Dict[str, List[int]]]:
+        """Read everything needed to resume: ``({layer: {kind: fields}}, targets, counts)``.
+
+        ``fields`` are :data:`FIELDS` arrays as passed to :meth:`save`; every file is checked against its
+        checksum when ``verify``.
+        """
+        layers = {layer: {kind: record_fields(array) for kind, array in
+                          self.layer_arrays(layer, mmap=False, verify=verify).items()}
+                  for layer in self.manifest["layers"]}
+        return layers, list(self.manifest["targets"]), {m: list(c) for m, c in self.manifest["counts"].items()}
 
     def layer_arrays(self, layer: str, mmap: bool = True, verify: bool = False) -> Dict[str, np.ndarray]:
         """Return the record arrays ``{"max": (2, R, C), "stats": (2, N, C)}`` of ``layer``.
@@ -203,12 +241,12 @@ class ResultStore(ResultReader):
         return arrays
 
     def maximization(self, layer: str, mode: str) -> Triple:
-        m = _check_mode(mode)
+        m = check_mode(mode)
         rows = min(self.manifest["k"], self.manifest["counts"][mode][0])
         return _triple(self.layer_arrays(layer)["max"][m, :rows])
 
     def statistics(self, layer: str, mode: str, target: int) -> Triple:
-        m = _check_mode(mode)
+        m = check_mode(mode)
         targets = self.manifest["targets"]
         count = self.manifest["counts"][mode]
         if int(target) not in targets or count[1 + targets.index(int(target))] == 0:
@@ -220,12 +258,12 @@ class ResultStore(ResultReader):
         return _triple(self.layer_arrays(layer)["stats"][m, start:start + rows])
 
     def targets(self, mode: str) -> np.ndarray:
-        _check_mode(mode)
+        check_mode(mode)
         counts = self.manifest["counts"][mode][1:]
         return np.asarray([t for t, c in zip(self.manifest["targets"], counts) if c > 0], dtype=np.int64)
 
     def mean_values(self, layer: str, mode: str, concept: int, mean_n: int) -> Tuple[np.ndarray, np.ndarray]:
-        m = _check_mode(mode)
+        m = check_mode(mode)
         stats = self.layer_arrays(layer)["stats"]
         counts = np.asarray(self.manifest["counts"][mode][1:])
         offsets = self.manifest["stats_offsets"]
@@ -249,7 +287,7 @@ class ResultStore(ResultReader):
         ----------
         layers : dict
             ``{layer: {"max": ..., "stats": ...}}`` record arrays (:data:`RECORD`) of shape ``(2, R, C)`` and
-            ``(2, N, C)``, ``N = stats_offsets(counts, k)[-1]``.
+            ``(2, N, C)``, ``N = stats_offsets(counts, k)[-1]``, or dicts of their :data:`FIELDS` arrays.
         targets : list of int
             The target of every entry of the stats' axis 1.
         counts : dict
@@ -264,6 +302,7 @@ class ResultStore(ResultReader):
             JSON-serializable identification of the data analyzed so far, kept in the manifest.
         """
         offsets = stats_offsets(counts, int(config.get("k", 0)))
+        layers = {layer: {kind: _as_records(arrays[kind]) for kind in KINDS} for layer, arrays in layers.items()}
         for layer, arrays in layers.items():
             if np.shape(arrays["stats"])[:2] != (len(MODES), offsets[-1]):
                 raise ValueError(f"the stats of layer {layer!r} have shape {np.shape(arrays['stats'])}; with these "
@@ -385,10 +424,32 @@ def open_result_folder(path_folder: PathLike) -> Tuple[ResultReader, Optional[st
 # ----------------------------------------------------------------------------------------------------------
 # helpers
 
-def _check_mode(mode: str) -> int:
+def check_mode(mode: str) -> int:
+    """Return the position of ``mode`` in :data:`MODES` (axis 0 of every array); ValueError for others."""
     if mode not in MODES:
         raise ValueError(f"mode must be 'relevance' or 'activation', got {mode!r}.")
     return MODES.index(mode)
+
+
+def pack_records(fields: Fields) -> np.ndarray:
+    """Pack int32 ``index``, float32 ``value`` and int32 ``neuron`` arrays of one shape into :data:`RECORD`."""
+    index, value, neuron = (np.asarray(fields[name]) for name in FIELDS)
+    if sys.byteorder != "little":  # RECORD is little-endian; build it field by field
+        records = np.empty(index.shape, RECORD)
+        records["index"], records["value"], records["neuron"] = index, value, neuron
+        return records
+    packed = np.stack([index.astype(np.int32, copy=False), value.astype(np.float32, copy=False).view(np.int32),
+                       neuron.astype(np.int32, copy=False)], -1)  # (..., 3) int32, contiguous
+    return packed.view(RECORD)[..., 0]
+
+
+def record_fields(records: np.ndarray) -> Dict[str, np.ndarray]:
+    """The :data:`FIELDS` of a :data:`RECORD` array as separate arrays."""
+    return {name: np.asarray(records[name]) for name in FIELDS}
+
+
+def _as_records(array: Any) -> np.ndarray:
+    return pack_records(array) if isinstance(array, Mapping) else np.asarray(array)
 
 
 def _triple(records: np.ndarray) -> Triple:
