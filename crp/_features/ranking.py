@@ -15,65 +15,15 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from crp._attribution.concepts import ChannelConcept, Concept
+from crp._attribution.concepts import Concept
 from crp._features.store import FIELDS, MODES, check_mode, stats_offsets
 from crp._features.topk import TopK
 
-__all__ = ["Maximization", "concept_values"]
+__all__ = ["Maximization"]
 
 #: The :data:`crp._features.store.FIELDS` arrays of one kind, and both kinds of one layer.
 Fields = Dict[str, np.ndarray]
 LayerFields = Dict[str, Fields]
-
-
-def concept_values(concept: Concept, output: torch.Tensor, layer: str, max_target: str,
-                   abs_norm: bool) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Score every concept of every row: values and most relevant (active) neuron indices, each ``(n, C)``.
-
-    The result is that of ``concept.reference_sampling`` in row order. For :class:`ChannelConcept` (unless a
-    subclass overrides ``reference_sampling``) it is computed directly, with one pass for the peak and its
-    index, and without sorting.
-    """
-    if isinstance(concept, ChannelConcept) and type(concept).reference_sampling is ChannelConcept.reference_sampling:
-        if not isinstance(output, torch.Tensor) or output.dim() < 2:
-            return concept.reference_sampling(output, layer, max_target, abs_norm)  # raises the concept's error
-        flat = output.reshape(*output.shape[:2], -1)
-        peak, neurons = _peaks(flat)
-        values = flat.sum(-1) if max_target == "sum" else peak
-        if abs_norm:
-            values = values / (values.abs().sum(-1, keepdim=True) + 1e-10)
-        return values, neurons
-    order, values, neurons = concept.reference_sampling(output, layer, max_target, abs_norm)
-    return torch.empty_like(values).scatter_(0, order, values), torch.empty_like(neurons).scatter_(0, order, neurons)
-
-
-def _peaks(flat: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """The first maximum of every ``(row, concept)`` of ``flat`` ``(n, C, neurons)`` and its index; a single
-    neuron is its own peak.
-
-    Large maps are searched in two steps: the maximum of every block of ``_BLOCK`` neurons (a plain reduction,
-    several times faster than one that also tracks indices), then the index inside the first block that holds
-    the maximum. The result is that of ``flat.max(-1)``, NaN included.
-    """
-    n = flat.shape[-1]
-    if n == 1:
-        return flat[..., 0], torch.zeros(flat.shape[:2], dtype=torch.int64, device=flat.device)
-    if n < _TWO_STEP_FROM:
-        return flat.max(-1)
-    blocks = n // _BLOCK
-    body = flat[..., :blocks * _BLOCK].unflatten(-1, (blocks, _BLOCK))
-    peak, block = body.amax(-1).max(-1)
-    inside = body.gather(-2, block[..., None, None].expand(*block.shape, 1, _BLOCK)).squeeze(-2).max(-1).indices
-    index = block * _BLOCK + inside
-    if blocks * _BLOCK < n:  # the neurons after the last whole block; ties stay with the earlier maximum
-        tail_peak, tail_index = flat[..., blocks * _BLOCK:].max(-1)
-        later = (tail_peak > peak) | (tail_peak.isnan() & ~peak.isnan())
-        peak, index = torch.where(later, tail_peak, peak), torch.where(later, tail_index + blocks * _BLOCK, index)
-    return peak, index
-
-
-#: Neurons per block of the two-step peak search, and the map size from which it is used.
-_BLOCK, _TWO_STEP_FROM = 64, 2048
 
 
 class Maximization:
@@ -133,7 +83,7 @@ class Maximization:
         targets : torch.Tensor
             ``(n,)`` target class of every row (the class the relevance was computed for).
         """
-        scored = [concept_values(concept, outputs[layer], layer, self.max_target, self.abs_norm)
+        scored = [concept.scores(outputs[layer], layer, self.max_target, self.abs_norm)
                   for layer, concept in self.layer_map.items()]
         self._set_columns([values.shape[1] for values, _ in scored])
         values = torch.cat([values for values, _ in scored], 1)
