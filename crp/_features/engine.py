@@ -9,8 +9,6 @@ overall and per target class (:class:`crp.maximization.Maximization`) in a compa
 optionally restricted to the receptive field of the concept's most relevant neuron, and cached
 (:mod:`crp.cache`). The API follows zennit-crp 0.6.
 """
-import hashlib
-import json
 import logging
 import numbers
 import warnings
@@ -26,6 +24,8 @@ from zennit.core import Composite
 from crp._attribution.concepts import Concept
 from crp._attribution.engine import CondAttribution
 from crp._features.cache import Cache, CacheKey, describe
+from crp._features.dataset import SampleRange, collate, int_target, split_item
+from crp._features.fingerprint import dataset_fingerprint, json_roundtrip, run_config
 from crp._features.ranking import Maximization
 from crp._features.store import (
     MODES,
@@ -37,6 +37,7 @@ from crp._features.store import (
     open_results,
 )
 from crp._image.render import vis_img_heatmap, vis_opaque_img
+from crp._utils.checks import check_int, check_positive_int
 from crp._utils.modules import check_layer_names
 
 __all__ = ["FeatureVisualization", "ResultFolder"]
@@ -60,69 +61,6 @@ class ResultFolder:
     PATH: Path
     mode: str
     kind: str
-
-
-class _SampleRange(torch.utils.data.Dataset):
-    """Items ``start .. stop - 1`` of a dataset, each returned with its dataset index."""
-
-    def __init__(self, dataset, start: int, stop: int) -> None:
-        self.dataset, self.start, self.stop = dataset, start, stop
-
-    def __len__(self) -> int:
-        return self.stop - self.start
-
-    def __getitem__(self, i: int):
-        index = self.start + i
-        return index, self.dataset[index]
-
-
-def _collate(batch) -> Tuple[torch.Tensor, torch.Tensor, List[Any]]:
-    """Stack ``(index, (sample, target))`` items; reject items that are not ``(tensor, target)`` pairs."""
-    indices, samples, targets = [], [], []
-    for index, item in batch:
-        sample, target = _split_item(index, item)
-        indices.append(index)
-        samples.append(sample)
-        targets.append(target)
-    try:
-        data = torch.stack(samples)
-    except RuntimeError:
-        shapes = sorted({tuple(s.shape) for s in samples})
-        raise ValueError(f"dataset samples {indices[0]}..{indices[-1]} have different shapes {shapes}; every "
-                         f"sample must have the same shape.") from None
-    return torch.as_tensor(indices, dtype=torch.int64), data, targets
-
-
-def _split_item(index: int, item) -> Tuple[torch.Tensor, Any]:
-    if not isinstance(item, (tuple, list)) or len(item) != 2 or not isinstance(item[0], torch.Tensor):
-        raise TypeError(f"dataset[{index}] must be a (torch.Tensor, target) pair, got {_brief(item)}; wrap the "
-                        f"dataset so that it returns (sample, target).")
-    return item[0], item[1]
-
-
-def _brief(item) -> str:
-    if isinstance(item, (tuple, list)):
-        return f"{type(item).__name__} of ({', '.join(type(x).__name__ for x in item)})"
-    return type(item).__name__
-
-
-def _int_target(target, index: Any) -> int:
-    if isinstance(target, torch.Tensor) and target.numel() == 1 and not target.is_floating_point():
-        target = target.item()
-    if isinstance(target, np.ndarray) and target.size == 1 and np.issubdtype(target.dtype, np.integer):
-        target = target.item()
-    if isinstance(target, bool) or not isinstance(target, numbers.Integral) or target < 0:
-        raise TypeError(
-            f"the target of dataset[{index}] must be a non-negative int, got {target!r}; for multi-label targets "
-            f"override FeatureVisualization.multitarget_to_single."
-        )
-    return int(target)
-
-
-def _positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}.")
-    return int(value)
 
 
 def _check_plot_fn(plot_fn) -> None:
@@ -195,7 +133,7 @@ class FeatureVisualization:
             raise TypeError(f"cache must be a crp.cache.Cache (e.g. ImageCache(path)) or None, got {cache!r}.")
         self.attribution, self.dataset, self.layer_map = attribution, dataset, dict(layer_map)
         self.preprocess_fn, self.max_target, self.abs_norm = preprocess_fn, max_target, bool(abs_norm)
-        self.top_k = _positive_int("top_k", top_k)
+        self.top_k = check_positive_int(top_k, name="top_k")
         self.path = Path(path)
         self.device = attribution.device if device is None else torch.device(device)
         self.Cache = cache
@@ -230,7 +168,7 @@ class FeatureVisualization:
         preprocessing : bool
             Apply :meth:`preprocess_data` (for the model) or not (for plotting).
         """
-        sample, target = _split_item(index, self.dataset[index])
+        sample, target = split_item(index, self.dataset[index])
         data = sample.to(self.device).unsqueeze(0)
         if preprocessing:
             data = self.preprocess_data(data)
@@ -238,7 +176,7 @@ class FeatureVisualization:
 
     def get_data_concurrently(self, indices: Sequence[int], preprocessing: bool = False) -> Tuple[torch.Tensor, list]:
         """Return the samples ``indices`` as one batch on ``device`` and their targets (name kept from zennit-crp)."""
-        items = [_split_item(int(i), self.dataset[int(i)]) for i in indices]
+        items = [split_item(int(i), self.dataset[int(i)]) for i in indices]
         data = torch.stack([sample for sample, _ in items]).to(self.device)
         if preprocessing:
             data = self.preprocess_data(data)
@@ -261,9 +199,9 @@ class FeatureVisualization:
         rows, row_targets = [], []
         for position, (index, target) in enumerate(zip(indices.tolist(), targets)):
             if self._has_multitarget():
-                singles = [_int_target(t, index) for t in self.multitarget_to_single(target)]
+                singles = [int_target(t, index) for t in self.multitarget_to_single(target)]
             else:
-                singles = [_int_target(target, index)]
+                singles = [int_target(target, index)]
             rows.extend([position] * len(singles))
             row_targets.extend(singles)
         return rows, row_targets
@@ -317,15 +255,15 @@ class FeatureVisualization:
             If a checkpoint to resume from is corrupt (nothing is overwritten).
         """
         data_start, data_end = self._check_data_range(data_start, data_end)
-        batch_size, checkpoint = _positive_int("batch_size", batch_size), _positive_int("checkpoint", checkpoint)
-        if isinstance(num_workers, bool) or not isinstance(num_workers, numbers.Integral) or num_workers < 0:
-            raise ValueError(f"num_workers must be an int >= 0, got {num_workers!r}.")
+        batch_size = check_positive_int(batch_size, name="batch_size")
+        checkpoint = check_positive_int(checkpoint, name="checkpoint")
+        num_workers = check_int(num_workers, name="num_workers", minimum=0)
         store = ResultStore(self.path)
         config = self._config(composite, data_start, data_end)
         analysis, next_index = self._begin(store, config, resume, on_device)
         if analysis is None:
             return store.saved_files()
-        loader = self._loader(next_index, data_end, batch_size, int(num_workers))
+        loader = self._loader(next_index, data_end, batch_size, num_workers)
         bar = tqdm(total=data_end - data_start, initial=next_index - data_start, unit="sample", disable=not verbose,
                    desc="FeatureVisualization", dynamic_ncols=True)
         with bar, self.attribution.context(composite):
@@ -350,18 +288,11 @@ class FeatureVisualization:
 
     def _config(self, composite: Optional[Composite], data_start: int, data_end: int) -> Dict[str, Any]:
         """Everything that determines the results; a store of another configuration is not overwritten."""
-        model = self.attribution.model
-        return {
-            "k": self.top_k, "max_target": self.max_target, "abs_norm": self.abs_norm,
-            "data_start": data_start, "data_end": data_end,
-            "dataset": {"class": type(self.dataset).__qualname__, "length": len(self.dataset)},
-            "layers": {name: describe(concept) for name, concept in self.layer_map.items()},
-            "composite": describe(composite),
-            "model": {"class": type(model).__qualname__,
-                      "parameters": [[n, list(p.shape)] for n, p in model.named_parameters()]},
-            "preprocess_fn": describe(self.preprocess_fn),
-            "multitarget_to_single": describe(type(self).multitarget_to_single) if self._has_multitarget() else None,
-        }
+        return run_config(
+            model=self.attribution.model, dataset=self.dataset, layer_map=self.layer_map, composite=composite,
+            settings={"k": self.top_k, "max_target": self.max_target, "abs_norm": self.abs_norm},
+            data_range=(data_start, data_end), preprocess_fn=self.preprocess_fn,
+            multitarget=type(self).multitarget_to_single if self._has_multitarget() else None)
 
     def _begin(self, store: ResultStore, config: Dict[str, Any], resume: bool,
                on_device) -> Tuple[Optional[Maximization], int]:
@@ -373,7 +304,7 @@ class FeatureVisualization:
         if not store.exists():
             return fresh, config["data_start"]
         stored = store.config
-        wanted = _json_roundtrip(config)
+        wanted = json_roundtrip(config)
         if stored != wanted:
             differing = sorted(key for key in set(stored) | set(wanted) if stored.get(key) != wanted.get(key))
             raise FileExistsError(
@@ -389,19 +320,10 @@ class FeatureVisualization:
         self._check_fingerprint(store.dataset_fingerprint)
         return self._load_checkpoint(store, on_device), store.next_index
 
-    def _fingerprint(self, indices: Sequence[int]) -> Dict[str, Any]:
-        """SHA-256 of the dataset items at ``indices`` (samples and targets), to recognize the dataset on resume."""
-        digest = hashlib.sha256()
-        for index in indices:
-            sample, target = _split_item(index, self.dataset[index])
-            digest.update(np.ascontiguousarray(sample.detach().cpu().numpy()).tobytes())
-            digest.update(repr(target.tolist() if isinstance(target, torch.Tensor) else target).encode())
-        return {"indices": [int(i) for i in indices], "sha256": digest.hexdigest()}
-
     def _check_fingerprint(self, stored: Optional[Dict[str, Any]]) -> None:
         """Warn if the items the interrupted run analyzed first and last have changed (the configuration only
         knows the dataset's class and length). A warning, not an error: random transforms change items too."""
-        if stored and self._fingerprint(stored["indices"]) != stored:
+        if stored and dataset_fingerprint(self.dataset, stored["indices"]) != stored:
             warnings.warn(
                 f"dataset items {stored['indices']} differ from those the interrupted run in {self.path} analyzed; "
                 f"if the dataset changed, the resumed results mix two datasets: run again without resume=True (or "
@@ -415,8 +337,8 @@ class FeatureVisualization:
 
     def _loader(self, start: int, stop: int, batch_size: int, num_workers: int) -> torch.utils.data.DataLoader:
         return torch.utils.data.DataLoader(
-            _SampleRange(self.dataset, start, stop), batch_size=batch_size, shuffle=False, num_workers=num_workers,
-            collate_fn=_collate, pin_memory=self.device.type == "cuda",
+            SampleRange(self.dataset, start, stop), batch_size=batch_size, shuffle=False, num_workers=num_workers,
+            collate_fn=collate, pin_memory=self.device.type == "cuda",
         )
 
     def _analyze_batch(self, analysis: Maximization, indices: torch.Tensor, data: torch.Tensor,
@@ -447,7 +369,7 @@ class FeatureVisualization:
 
     def _save(self, store: ResultStore, analysis: Maximization, config: Dict[str, Any], next_index: int,
               complete: bool) -> List[Path]:
-        fingerprint = self._fingerprint(sorted({config["data_start"], next_index - 1}))
+        fingerprint = dataset_fingerprint(self.dataset, sorted({config["data_start"], next_index - 1}))
         files = store.save(analysis.to_arrays(), analysis.targets(), analysis.counts(), config, next_index, complete,
                            dataset_fingerprint=fingerprint)
         logger.info("saved results up to dataset index %d to %s", next_index, store.path)
@@ -520,7 +442,7 @@ class FeatureVisualization:
         """
         self._check_layer(layer_name)
         check_mode(mode)
-        r_range, batch_size = _check_range(r_range), _positive_int("batch_size", batch_size)
+        r_range, batch_size = _check_range(r_range), check_positive_int(batch_size, name="batch_size")
         _check_plot_fn(plot_fn)
         indices, _, neurons = self.results.maximization(layer_name, mode)
         ids = self._concept_ids(concept_ids, layer_name, indices.shape[1])
@@ -551,7 +473,7 @@ class FeatureVisualization:
         """
         self._check_layer(layer_name)
         check_mode(mode)
-        r_range, batch_size = _check_range(r_range), _positive_int("batch_size", batch_size)
+        r_range, batch_size = _check_range(r_range), check_positive_int(batch_size, name="batch_size")
         _check_plot_fn(plot_fn)
         reader = self.results
         target_list = [targets] if not isinstance(targets, Iterable) else list(targets)
@@ -604,7 +526,7 @@ class FeatureVisualization:
         """
         self._check_layer(layer_name)
         check_mode(mode)
-        top_N, mean_N = _positive_int("top_N", top_N), _positive_int("mean_N", mean_N)
+        top_N, mean_N = check_positive_int(top_N, name="top_N"), check_positive_int(mean_N, name="mean_N")
         reader = self.results
         n_concepts = reader.maximization(layer_name, mode)[0].shape[1]
         concept_id = self._concept_ids(concept_id, layer_name, n_concepts)[0]
@@ -718,8 +640,8 @@ class FeatureVisualization:
 
     def _explained_targets(self, target, index) -> List[int]:
         if self._has_multitarget():
-            return [_int_target(t, index) for t in self.multitarget_to_single(target)]
-        return [_int_target(target, index)]
+            return [int_target(t, index) for t in self.multitarget_to_single(target)]
+        return [int_target(target, index)]
 
     def _heatmaps(self, data: torch.Tensor, concept_id: int, layer_name: str, composite, rf: bool,
                   neurons: np.ndarray, batch_size: int, targets: Optional[List[List[int]]]) -> torch.Tensor:
@@ -744,7 +666,3 @@ class FeatureVisualization:
             )
             heatmaps.append(result.heatmap)
         return torch.cat(heatmaps)
-
-
-def _json_roundtrip(value: Any) -> Any:
-    return json.loads(json.dumps(value, sort_keys=True))

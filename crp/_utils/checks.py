@@ -7,6 +7,8 @@ what fixes it. The other checks here are built on these two.
 import numbers
 from typing import Any, Collection, Optional, Tuple, Type, TypeVar, Union
 
+import numpy as np
+
 __all__ = [
     "check_type", "check_value", "check_int", "check_positive_int", "check_bool", "check_choice",
     "check_callable", "echo",
@@ -92,7 +94,7 @@ def check_value(ok: bool, value: Any, *, name: str, expected: str, fix: Optional
 
 
 def check_int(value: Any, *, name: str, minimum: Optional[int] = None, maximum: Optional[int] = None,
-              fix: Optional[str] = None) -> int:
+              fix: Optional[str] = None, expected: Optional[str] = None) -> int:
     """Return ``value`` as an ``int`` if it is an integer (not a bool) within ``[minimum, maximum]``.
 
     Parameters
@@ -105,6 +107,8 @@ def check_int(value: Any, *, name: str, minimum: Optional[int] = None, maximum: 
         Inclusive bounds.
     fix : str, optional
         What to do instead, appended to the message.
+    expected : str, optional
+        How the message describes a valid value; by default "an int" and the bounds.
 
     Returns
     -------
@@ -118,12 +122,12 @@ def check_int(value: Any, *, name: str, minimum: Optional[int] = None, maximum: 
     ValueError
         If it lies outside the bounds.
     """
-    bounds = _bounds_text(minimum, maximum)
+    expected = expected or f"an int{_bounds_text(minimum, maximum)}"
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise _fail(TypeError, name, f"an int{bounds}", value, fix)
+        raise _fail(TypeError, name, expected, value, fix)
     too_low = minimum is not None and value < minimum
     too_high = maximum is not None and value > maximum
-    check_value(not (too_low or too_high), value, name=name, expected=f"an int{bounds}", fix=fix)
+    check_value(not (too_low or too_high), value, name=name, expected=expected, fix=fix)
     return int(value)
 
 
@@ -139,12 +143,12 @@ def _bounds_text(minimum: Optional[int], maximum: Optional[int]) -> str:
 
 def check_positive_int(value: Any, *, name: str, fix: Optional[str] = None) -> int:
     """Return ``value`` as an ``int`` if it is an integer of at least 1 (see :func:`check_int`)."""
-    return check_int(value, name=name, minimum=1, fix=fix)
+    return check_int(value, name=name, minimum=1, fix=fix, expected="a positive int")
 
 
 def check_bool(value: Any, *, name: str) -> bool:
     """Return ``value`` as a ``bool`` if it is a Python or numpy bool; raise a TypeError otherwise."""
-    if not isinstance(value, bool) and type(value).__name__ != "bool_":
+    if not isinstance(value, (bool, np.bool_)):
         raise _fail(TypeError, name, "True or False", value, None)
     return bool(value)
 
