@@ -27,6 +27,14 @@ from crp._features.cache import Cache, CacheKey, describe
 from crp._features.dataset import SampleRange, collate, int_target, split_item
 from crp._features.fingerprint import dataset_fingerprint, json_roundtrip, run_config
 from crp._features.ranking import Maximization
+from crp._features.references import (
+    Range,
+    cached_references,
+    check_plot_fn,
+    check_range,
+    rank_rows,
+    results_fingerprint,
+)
 from crp._features.store import (
     MODES,
     LegacyStore,
@@ -46,7 +54,6 @@ logger = logging.getLogger(__name__)
 
 LayerMap = Mapping[str, Concept]
 PlotFn = Callable[[torch.Tensor, torch.Tensor, bool], Any]
-Range = Tuple[int, int]
 
 
 @dataclass(frozen=True)
@@ -61,21 +68,6 @@ class ResultFolder:
     PATH: Path
     mode: str
     kind: str
-
-
-def _check_plot_fn(plot_fn) -> None:
-    if plot_fn is not None and not callable(plot_fn):
-        raise TypeError(f"plot_fn must be a function (samples, heatmaps, rf) -> images, or None for the raw tensors; "
-                        f"got {plot_fn!r}.")
-
-
-def _check_range(r_range) -> Range:
-    ok = isinstance(r_range, (tuple, list)) and len(r_range) == 2 and all(
-        isinstance(r, numbers.Integral) and not isinstance(r, bool) for r in r_range)
-    if not ok or not 0 <= r_range[0] < r_range[1]:
-        raise ValueError(f"r_range must be a pair of ints (start, stop) with 0 <= start < stop, got {r_range!r}; "
-                         f"e.g. (0, 8) for the top 8 samples.")
-    return int(r_range[0]), int(r_range[1])
 
 
 class FeatureVisualization:
@@ -442,13 +434,13 @@ class FeatureVisualization:
         """
         self._check_layer(layer_name)
         check_mode(mode)
-        r_range, batch_size = _check_range(r_range), check_positive_int(batch_size, name="batch_size")
-        _check_plot_fn(plot_fn)
+        r_range, batch_size = check_range(r_range), check_positive_int(batch_size, name="batch_size")
+        check_plot_fn(plot_fn)
         indices, _, neurons = self.results.maximization(layer_name, mode)
         ids = self._concept_ids(concept_ids, layer_name, indices.shape[1])
 
         def compute(concept_id: int, ranks: Range):
-            rows = self._rows(indices, ranks, f"{mode} maximization of layer {layer_name!r}")
+            rows = rank_rows(indices, ranks, f"{mode} maximization of layer {layer_name!r}")
             return self._reference(indices[rows, concept_id], neurons[rows, concept_id], concept_id, layer_name,
                                    composite, rf, plot_fn, batch_size, None, full_backward)
 
@@ -473,8 +465,8 @@ class FeatureVisualization:
         """
         self._check_layer(layer_name)
         check_mode(mode)
-        r_range, batch_size = _check_range(r_range), check_positive_int(batch_size, name="batch_size")
-        _check_plot_fn(plot_fn)
+        r_range, batch_size = check_range(r_range), check_positive_int(batch_size, name="batch_size")
+        check_plot_fn(plot_fn)
         reader = self.results
         target_list = [targets] if not isinstance(targets, Iterable) else list(targets)
         n_concepts = reader.maximization(layer_name, mode)[0].shape[1]
@@ -488,20 +480,13 @@ class FeatureVisualization:
         def compute(stat_id: str, ranks: Range):
             target = int(stat_id.rsplit(":", 1)[1])
             indices, _, neurons = reader.statistics(layer_name, mode, target)
-            rows = self._rows(indices, ranks, f"{mode} statistics of layer {layer_name!r}, target {target}")
+            rows = rank_rows(indices, ranks, f"{mode} statistics of layer {layer_name!r}, target {target}")
             return self._reference(indices[rows, concept_id], neurons[rows, concept_id], concept_id, layer_name,
                                    composite, rf, plot_fn, batch_size, target, full_backward)
 
         key = self._cache_key("get_stats_reference", layer_name, mode, rf, plot_fn, composite, full_backward)
         ids = [f"{concept_id}:{int(t)}" for t in target_list]
         return self._cached(ids, key, r_range, compute, composite, plot_fn, overwrite, rf)
-
-    @staticmethod
-    def _rows(indices: np.ndarray, ranks: Range, what: str) -> slice:
-        if ranks[0] >= len(indices):
-            raise ValueError(f"r_range starts at rank {ranks[0]}, but the {what} holds {len(indices)} samples; "
-                             f"choose a range below {len(indices)}.")
-        return slice(ranks[0], min(ranks[1], len(indices)))
 
     def compute_stats(self, concept_id: int, layer_name: str, mode: str = "relevance", top_N: int = 5,
                       mean_N: int = 10, norm: bool = False) -> Tuple[np.ndarray, torch.Tensor]:
@@ -588,19 +573,12 @@ class FeatureVisualization:
 
     def _cache_key(self, func_name: str, layer_name: str, mode: str, rf: bool, plot_fn, composite,
                    full_backward: bool) -> CacheKey:
-        extra = {
-            "results": self._results_fingerprint(), "concept": describe(self.layer_map[layer_name]),
+        identity = {
+            "results": results_fingerprint(self.results, self.path), "concept": describe(self.layer_map[layer_name]),
             "preprocess_fn": describe(self.preprocess_fn), "full_backward": bool(full_backward),
             "max_target": self.max_target, "abs_norm": self.abs_norm,
         }
-        return CacheKey(func_name, layer_name, mode, bool(rf), describe(plot_fn), describe(composite), extra)
-
-    def _results_fingerprint(self) -> Any:
-        reader = self.results
-        if isinstance(reader, ResultStore):
-            return reader.progress()
-        folder = self.path
-        return {"legacy": str(folder.resolve()), "mtime_ns": max(p.stat().st_mtime_ns for p in folder.iterdir())}
+        return CacheKey(func_name, layer_name, mode, bool(rf), describe(plot_fn), describe(composite), identity)
 
     def _cached(self, ids: List[Any], key: CacheKey, r_range: Range, compute, composite, plot_fn, overwrite: bool,
                 rf: bool) -> Dict[Any, Any]:
@@ -608,17 +586,9 @@ class FeatureVisualization:
         if rf and composite is None:
             warnings.warn("rf=True needs a composite: the receptive field is only used for heatmaps; pass a zennit "
                           "composite.", stacklevel=3)
-        if self.Cache is None or plot_fn is None or composite is None:
-            return {ref_id: compute(ref_id, r_range) for ref_id in ids}
-        if overwrite:
-            found, missing = {}, {ref_id: r_range for ref_id in ids}
-        else:
-            found, missing = self.Cache.load(ids, key, r_range)
-        for ref_id, ranks in missing.items():
-            value = compute(ref_id, ranks)
-            self.Cache.save({ref_id: value}, key, ranks)
-            found = self.Cache.extend_dict(found, {ref_id: value})
-        return {ref_id: found[ref_id] for ref_id in ids if ref_id in found}
+        use_cache = self.Cache is not None and plot_fn is not None and composite is not None
+        return cached_references(self.Cache if use_cache else None, ids, key=key, r_range=r_range, compute=compute,
+                                 overwrite=overwrite)
 
     def _reference(self, indices: np.ndarray, neurons: np.ndarray, concept_id: int, layer_name: str, composite,
                    rf: bool, plot_fn, batch_size: int, target: Optional[int], full_backward: bool):
