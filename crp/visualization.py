@@ -2,7 +2,7 @@
 
 The engine lives in :mod:`crp._features` (run loop, top-k state, result store, image cache).
 """
-from crp._features.engine import FeatureVisualization, ResultFolder
+from crp._features.engine import FeatureVisualization
 from crp._features.store import CorruptStoreError
 
-__all__ = ["FeatureVisualization", "ResultFolder", "CorruptStoreError"]
+__all__ = ["FeatureVisualization", "CorruptStoreError"]

@@ -16,9 +16,10 @@ ZENNIT_CRP_NAMES = {
     "crp.graph": ["GraphNode", "ModelGraph", "trace_model_graph", "dump_pytorch_graph"],
     "crp.helper": ["get_layer_names", "abs_norm", "max_norm", "get_output_shapes", "load_maximization",
                    "load_stat_targets", "load_statistics", "load_receptive_field", "find_files"],
-    "crp.hooks": ["MaskHook"],
+    "crp.hooks": ["MaskHook", "FeatVisHook"],
     "crp.image": ["get_crop_range", "vis_opaque_img", "vis_img_heatmap", "imgify", "plot_grid"],
     "crp.maximization": ["Maximization"],
+    "crp.statistics": ["Statistics"],
     "crp.visualization": ["FeatureVisualization"],
 }
 #: The public faces: thin modules that re-export from the private packages.

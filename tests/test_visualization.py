@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from zennit.composites import EpsilonPlusFlat
 
-from crp._features.ranking import Maximization
+from crp._features.ranking import ModeSettings, Rankings
 from crp._features.store import ResultStore, legacy_folder_name, pack_records
 from crp.attribution import CondAttribution
 from crp.cache import ImageCache
@@ -205,7 +205,9 @@ def test_merge_of_disjoint_ranges_equals_one_run(model, tmp_path):
     for name, (start, stop) in {"a": (0, 24), "b": (24, N_SAMPLES)}.items():
         make_fv(model, tmp_path / name).run(EpsilonPlusFlat(), start, stop, batch_size=16, verbose=False)
         layers, targets, counts = ResultStore(tmp_path / name).checkpoint()
-        parts.append(Maximization.from_arrays({n: ChannelConcept() for n in LAYERS}, layers, targets, counts, k=K))
+        settings = {mode: ModeSettings(k_max=K, k_stats=K) for mode in ("relevance", "activation")}
+        parts.append(Rankings.from_arrays({n: ChannelConcept() for n in LAYERS}, layers, targets, counts,
+                                          settings=settings))
     merged = parts[1].merge(parts[0])
     assert merged.counts() == ResultStore(tmp_path / "full").manifest["counts"]
     merged, full = merged.to_arrays(), stored_arrays(tmp_path / "full")
@@ -216,7 +218,7 @@ def test_merge_of_disjoint_ranges_equals_one_run(model, tmp_path):
 
 def test_refuses_other_configurations(model, tmp_path):
     make_fv(model, tmp_path).run(EpsilonPlusFlat(), batch_size=32, verbose=False)
-    with pytest.raises(FileExistsError, match=r"different configuration \(differs in \['k'\]\)"):
+    with pytest.raises(FileExistsError, match=r"different configuration \(differs in \['k', 'modes'\]\)"):
         make_fv(model, tmp_path, top_k=K + 1).run(EpsilonPlusFlat(), verbose=False)
     with pytest.raises(FileExistsError, match=r"differs in \['composite'\]"):
         make_fv(model, tmp_path).run(EpsilonPlusFlat(epsilon=0.1), resume=True, verbose=False)
@@ -228,7 +230,7 @@ def test_refuses_other_configurations(model, tmp_path):
 
 def test_refuses_a_zennit_crp_folder(model, tmp_path):
     (tmp_path / "RelMax_sum_normed").mkdir()
-    with pytest.raises(FileExistsError, match="holds zennit-crp 0.6 results"):
+    with pytest.raises(FileExistsError, match="holds results in zennit-crp.s layout; run into another path"):
         make_fv(model, tmp_path).run(EpsilonPlusFlat(), verbose=False)
 
 

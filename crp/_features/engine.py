@@ -12,13 +12,13 @@ optionally restricted to the receptive field of the concept's most relevant neur
 import logging
 import numbers
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 from tqdm import tqdm
+from zennit.composites import NameMapComposite
 from zennit.core import Composite
 
 from crp._attribution.concepts import Concept
@@ -26,7 +26,8 @@ from crp._attribution.engine import CondAttribution
 from crp._features.cache import Cache, CacheKey, describe
 from crp._features.dataset import SampleRange, collate, int_target, split_item
 from crp._features.fingerprint import dataset_fingerprint, json_roundtrip, run_config
-from crp._features.ranking import Maximization
+from crp._features.hooks import FeatVisHook
+from crp._features.ranking import ModeSettings, Rankings
 from crp._features.references import (
     Range,
     cached_references,
@@ -35,39 +36,27 @@ from crp._features.references import (
     rank_rows,
     results_fingerprint,
 )
+from crp._features.results_objects import Maximization, Statistics
 from crp._features.store import (
-    MODES,
     LegacyStore,
     ResultReader,
     ResultStore,
     check_mode,
-    legacy_folder_name,
     open_results,
 )
 from crp._image.render import vis_img_heatmap, vis_opaque_img
 from crp._utils.checks import check_int, check_positive_int
 from crp._utils.modules import check_layer_names
 
-__all__ = ["FeatureVisualization", "ResultFolder"]
+__all__ = ["FeatureVisualization"]
 
 logger = logging.getLogger(__name__)
 
 LayerMap = Mapping[str, Concept]
+#: zennit-crp's seams of FeatureVisualization and of its result objects; overriding one runs zennit-crp's flow.
+_FV_SEAMS = ("run_distributed", "collect_results", "analyze_relevance", "analyze_activation", "_save_results")
+_RESULT_SEAMS = ("analyze_layer", "add_ranked", "_save_results", "collect_results", "delete_result_arrays")
 PlotFn = Callable[[torch.Tensor, torch.Tensor, bool], Any]
-
-
-@dataclass(frozen=True)
-class ResultFolder:
-    """zennit-crp style handle of one kind of result, e.g. ``fv.RelMax``.
-
-    ``PATH`` (e.g. ``{path}/RelMax_sum_normed``) is accepted by :func:`crp.helper.load_maximization`,
-    :func:`crp.helper.load_statistics` and :func:`crp.helper.load_stat_targets`, for the new store and for
-    folders written by zennit-crp 0.6.
-    """
-
-    PATH: Path
-    mode: str
-    kind: str
 
 
 class FeatureVisualization:
@@ -97,12 +86,29 @@ class FeatureVisualization:
     cache : crp.cache.Cache, optional
         Cache for reference images.
     top_k : int
-        Number of reference samples kept per concept (and per target); zennit-crp kept 40.
+        Number of reference samples kept per concept (and per target); zennit-crp kept 40. It sets the
+        ``SAMPLE_SIZE`` of the four result objects.
 
     Attributes
     ----------
-    RelMax, ActMax, RelStats, ActStats : ResultFolder
-        zennit-crp style handles whose ``PATH`` the ``crp.helper.load_*`` functions accept.
+    RelMax, ActMax : crp.maximization.Maximization
+        The overall rankings by relevance and by activation: their settings (``max_target``, ``abs_norm``,
+        ``SAMPLE_SIZE``) decide what :meth:`run` keeps, and their ``PATH`` is accepted by the
+        ``crp.helper.load_*`` functions. A subclass may replace them (e.g. ``abs_norm=False`` for activations)
+        or subclass them, as with zennit-crp.
+    RelStats, ActStats : crp.statistics.Statistics
+        The per-target rankings, likewise.
+    saved_checkpoints : dict of str to list of str
+        The checkpoint files of zennit-crp's flow (:meth:`run_distributed`).
+
+    Notes
+    -----
+    :meth:`run` has two engines that give the same results. The default one ranks all layers and both modes
+    at once in a resumable store. When a subclass overrides one of zennit-crp's seams (:meth:`run_distributed`,
+    :meth:`collect_results`, :meth:`analyze_relevance`, :meth:`analyze_activation`, :meth:`_save_results`,
+    or a result object's ``analyze_layer`` and friends), :meth:`run` follows zennit-crp's flow through them:
+    :meth:`run_distributed` with :class:`crp.hooks.FeatVisHook`, then :meth:`collect_results`, and the
+    results are written in zennit-crp's layout, which every reader of this library reads too.
     """
 
     def __init__(
@@ -129,10 +135,13 @@ class FeatureVisualization:
         self.path = Path(path)
         self.device = attribution.device if device is None else torch.device(device)
         self.Cache = cache
-        folders = {(mode, kind): ResultFolder(self.path / legacy_folder_name(mode, kind, max_target, abs_norm),
-                                              mode, kind) for mode in MODES for kind in ("max", "stats")}
-        self.RelMax, self.ActMax = folders["relevance", "max"], folders["activation", "max"]
-        self.RelStats, self.ActStats = folders["relevance", "stats"], folders["activation", "stats"]
+        self.RelMax = Maximization("relevance", max_target, self.abs_norm, self.path)
+        self.ActMax = Maximization("activation", max_target, self.abs_norm, self.path)
+        self.RelStats = Statistics("relevance", max_target, self.abs_norm, self.path)
+        self.ActStats = Statistics("activation", max_target, self.abs_norm, self.path)
+        for results in (self.RelMax, self.ActMax, self.RelStats, self.ActStats):
+            results.SAMPLE_SIZE = self.top_k
+        self.saved_checkpoints: Dict[str, List[str]] = {"r_max": [], "a_max": [], "r_stats": [], "a_stats": []}
 
     @staticmethod
     def _check_layer_map(model: torch.nn.Module, layer_map: LayerMap) -> None:
@@ -236,13 +245,14 @@ class FeatureVisualization:
 
         Returns
         -------
-        list of pathlib.Path
-            The manifest and the result files.
+        list of pathlib.Path or dict
+            The manifest and the result files; where zennit-crp's flow runs (see the class notes), what
+            :meth:`collect_results` returns, as in zennit-crp.
 
         Raises
         ------
         FileExistsError
-            If ``path`` holds results of another configuration (or zennit-crp results).
+            If ``path`` holds results of another configuration (or results in zennit-crp's layout).
         crp._features.store.CorruptStoreError
             If a checkpoint to resume from is corrupt (nothing is overwritten).
         """
@@ -250,6 +260,13 @@ class FeatureVisualization:
         batch_size = check_positive_int(batch_size, name="batch_size")
         checkpoint = check_positive_int(checkpoint, name="checkpoint")
         num_workers = check_int(num_workers, name="num_workers", minimum=0)
+        seams = self.overridden_seams()
+        if seams:
+            if resume:
+                raise ValueError(f"resume=True needs the default engine, but this FeatureVisualization overrides "
+                                 f"{seams} and runs zennit-crp's flow, which cannot resume; run without resume.")
+            checkpoints = self.run_distributed(composite, data_start, data_end, batch_size, checkpoint, on_device)
+            return self.collect_results(checkpoints)
         store = ResultStore(self.path)
         config = self._config(composite, data_start, data_end)
         analysis, next_index = self._begin(store, config, resume, on_device)
@@ -267,6 +284,132 @@ class FeatureVisualization:
                     self._save(store, analysis, config, next_index, complete=False)
         return self._save(store, analysis, config, data_end, complete=True)
 
+    # ------------------------------------------------------------------------------------------------------
+    # zennit-crp's flow: run_distributed, the analyze_* seams, checkpoints and their collection
+
+    def overridden_seams(self) -> List[str]:
+        """The zennit-crp seams this object overrides; :meth:`run` follows zennit-crp's flow if there are any.
+
+        Returns
+        -------
+        list of str
+            Overridden methods of this class (e.g. ``"analyze_activation"``) and of the result objects (e.g.
+            ``"ActMax.analyze_layer"``); settings (``max_target``, ``abs_norm``, ``SAMPLE_SIZE``) are no seams:
+            the default engine follows them.
+        """
+        seams = [name for name in _FV_SEAMS if getattr(type(self), name) is not getattr(FeatureVisualization, name)]
+        for name in ("RelMax", "ActMax", "RelStats", "ActStats"):
+            results = getattr(self, name)
+            base = Maximization if name.endswith("Max") else Statistics
+            seams += [f"{name}.{method}" for method in _RESULT_SEAMS
+                      if getattr(type(results), method, None) is not getattr(base, method)]
+        self._result_objects()  # types and modes are right
+        return seams
+
+    def run_distributed(self, composite: Optional[Composite], data_start: int, data_end: int,  # noqa: PLR0917
+                        batch_size: int = 16, checkpoint: int = 500,
+                        on_device: Optional[Union[str, torch.device]] = None) -> Dict[str, List[str]]:
+        """zennit-crp's analysis of ``dataset[data_start:data_end]``: :class:`crp.hooks.FeatVisHook` on every
+        layer of the layer map passes activations and relevances to :meth:`analyze_activation` and
+        :meth:`analyze_relevance`; every ``checkpoint`` batches, :meth:`_save_results` writes the results so far.
+
+        Parameters
+        ----------
+        composite : zennit.core.Composite or None
+            Rules of the relevance propagation.
+        data_start, data_end : int
+            The dataset range (``data_end`` exclusive).
+        batch_size : int
+            Samples per batch.
+        checkpoint : int
+            Batches between checkpoints.
+        on_device : str or torch.device, optional
+            Where activations and relevances are analyzed.
+
+        Returns
+        -------
+        dict of str to list of str
+            :attr:`saved_checkpoints`: the file prefixes of the checkpoints of ``"r_max"``, ``"a_max"``,
+            ``"r_stats"`` and ``"a_stats"``, for :meth:`collect_results`.
+        """
+        data_start, data_end = self._check_data_range(data_start, data_end)
+        batch_size = check_positive_int(batch_size, name="batch_size")
+        checkpoint = check_positive_int(checkpoint, name="checkpoint")
+        if ResultStore(self.path).exists():
+            raise FileExistsError(f"{self.path} holds results of the default engine; zennit-crp's flow writes its "
+                                  f"own layout: run into another path.")
+        self.saved_checkpoints = {"r_max": [], "a_max": [], "r_stats": [], "a_stats": []}
+        dict_inputs: Dict[str, Any] = {}
+        hooks = NameMapComposite([([name], FeatVisHook(self, concept, name, dict_inputs, on_device))
+                                  for name, concept in self.layer_map.items()])
+        samples = np.arange(data_start, data_end)
+        last_checkpoint = data_start
+        with self.attribution.context(composite), hooks.context(self.attribution.model):
+            for batch, start in enumerate(tqdm(range(0, len(samples), batch_size), desc="FeatureVisualization")):
+                indices = samples[start:start + batch_size]
+                data, targets = self.get_data_concurrently(indices, preprocessing=True)
+                rows, row_targets = self._expand_targets(torch.as_tensor(indices), list(targets))
+                if not rows:
+                    continue
+                dict_inputs["sample_indices"], dict_inputs["targets"] = indices[rows], np.asarray(row_targets)
+                conditions = [{self.attribution.MODEL_OUTPUT_NAME: [target]} for target in row_targets]
+                self.attribution(data[torch.as_tensor(rows)].detach().requires_grad_(), conditions,
+                                 exclude_parallel=False)
+                if batch % checkpoint == checkpoint - 1:
+                    self._save_results((last_checkpoint, int(indices[-1]) + 1))
+                    last_checkpoint = int(indices[-1]) + 1
+        if last_checkpoint < data_end:
+            self._save_results((last_checkpoint, data_end))
+        return self.saved_checkpoints
+
+    @torch.no_grad()
+    def analyze_relevance(self, rel: torch.Tensor, layer_name: str, concept: Concept, data_indices: np.ndarray,
+                          targets: np.ndarray) -> None:
+        """Rank one batch's relevance at a layer: ``RelMax.analyze_layer``, then ``RelStats.analyze_layer``."""
+        ranked = self.RelMax.analyze_layer(rel, concept, layer_name, data_indices, targets)
+        _check_ranked(ranked, rel, "RelMax.analyze_layer")
+        self.RelStats.analyze_layer(*ranked, layer_name)
+
+    @torch.no_grad()
+    def analyze_activation(self, act: torch.Tensor, layer_name: str, concept: Concept, data_indices: np.ndarray,
+                           targets: np.ndarray) -> None:
+        """Rank one batch's activation at a layer, once per sample (its first explained target)."""
+        data_indices, targets = np.asarray(data_indices), np.asarray(targets)
+        first = np.unique(data_indices, return_index=True)[1]
+        ranked = self.ActMax.analyze_layer(act[torch.as_tensor(first, device=act.device)], concept, layer_name,
+                                           data_indices[first], targets[first])
+        _check_ranked(ranked, act[:len(first)], "ActMax.analyze_layer")
+        self.ActStats.analyze_layer(*ranked, layer_name)
+
+    def _save_results(self, d_index: Optional[Tuple[int, int]] = None) -> None:
+        """Write a checkpoint of all four result objects (dataset indices ``d_index``) and note its files."""
+        for key, results in zip(("r_max", "a_max", "r_stats", "a_stats"),
+                                (self.RelMax, self.ActMax, self.RelStats, self.ActStats)):
+            self.saved_checkpoints.setdefault(key, []).extend(results._save_results(d_index))
+
+    def collect_results(self, checkpoints: Mapping[str, List[str]],
+                        d_index: Optional[Tuple[int, int]] = None) -> Dict[str, List[str]]:
+        """Merge the checkpoints of :meth:`run_distributed` (of one or many runs over disjoint ranges).
+
+        Parameters
+        ----------
+        checkpoints : dict of str to list of str
+            ``{"r_max": [...], "a_max": [...], "r_stats": [...], "a_stats": [...]}`` file prefixes.
+        d_index : (int, int), optional
+            Name the merged results as a checkpoint of these indices (None: the final results).
+
+        Returns
+        -------
+        dict of str to list of str
+            The files written per kind, as zennit-crp returned them.
+        """
+        missing = [key for key in ("r_max", "a_max", "r_stats", "a_stats") if key not in checkpoints]
+        if missing:
+            raise KeyError(f"checkpoints has no entry for {missing}; pass what run_distributed returned.")
+        return {key: results.collect_results(list(checkpoints[key]), d_index)
+                for key, results in zip(("r_max", "a_max", "r_stats", "a_stats"),
+                                        (self.RelMax, self.ActMax, self.RelStats, self.ActStats))}
+
     def _check_data_range(self, data_start, data_end) -> Tuple[int, int]:
         size = len(self.dataset)
         data_end = size if data_end is None else data_end
@@ -282,17 +425,42 @@ class FeatureVisualization:
         """Everything that determines the results; a store of another configuration is not overwritten."""
         return run_config(
             model=self.attribution.model, dataset=self.dataset, layer_map=self.layer_map, composite=composite,
-            settings={"k": self.top_k, "max_target": self.max_target, "abs_norm": self.abs_norm},
+            settings=self._settings_config(),
             data_range=(data_start, data_end), preprocess_fn=self.preprocess_fn,
             multitarget=type(self).multitarget_to_single if self._has_multitarget() else None)
 
+    def _result_objects(self) -> Dict[str, Tuple[Maximization, Statistics]]:
+        """The result objects of each mode, checked."""
+        pairs = {"relevance": (self.RelMax, self.RelStats), "activation": (self.ActMax, self.ActStats)}
+        for mode, (ranking, stats) in pairs.items():
+            prefix = "Rel" if mode == "relevance" else "Act"
+            for name, value, kind in ((f"{prefix}Max", ranking, Maximization), (f"{prefix}Stats", stats, Statistics)):
+                if not isinstance(value, kind):
+                    raise TypeError(f"FeatureVisualization.{name} must be a crp.{kind.__module__.split('.')[-1]}."
+                                    f"{kind.__name__} (or a subclass), got {type(value).__name__}.")
+                if value.mode != mode:
+                    raise ValueError(f"FeatureVisualization.{name} must have mode={mode!r}, got {value.mode!r}.")
+        return pairs
+
+    def _mode_settings(self) -> Dict[str, ModeSettings]:
+        """What each mode's result objects decide: how samples are ranked and how many are kept."""
+        return {mode: ModeSettings(ranking.max_target, ranking.abs_norm, ranking.sample_size(), stats.sample_size())
+                for mode, (ranking, stats) in self._result_objects().items()}
+
+    def _settings_config(self) -> Dict[str, Any]:
+        settings = self._mode_settings()
+        folders = {mode: {"max": ranking.sub_folder.name, "stats": stats.sub_folder.name}
+                   for mode, (ranking, stats) in self._result_objects().items()}
+        return {"k": max(max(s.k_max, s.k_stats) for s in settings.values()),
+                "modes": {mode: {**s.as_dict(), "folders": folders[mode]} for mode, s in settings.items()}}
+
     def _begin(self, store: ResultStore, config: Dict[str, Any], resume: bool,
-               on_device) -> Tuple[Optional[Maximization], int]:
+               on_device) -> Tuple[Optional[Rankings], int]:
         """Check the folder and return the results to continue (None if already complete) and the next index."""
         if not store.exists() and LegacyStore.found(self.path):
-            raise FileExistsError(f"{self.path} holds zennit-crp 0.6 results; run into another path (these results "
-                                  f"stay readable with get_max_reference).")
-        fresh = Maximization(self.layer_map, self.top_k, self.max_target, self.abs_norm)
+            raise FileExistsError(f"{self.path} holds results in zennit-crp's layout; run into another path (these "
+                                  f"results stay readable with get_max_reference).")
+        fresh = Rankings(self.layer_map, self._mode_settings())
         if not store.exists():
             return fresh, config["data_start"]
         stored = store.config
@@ -321,11 +489,11 @@ class FeatureVisualization:
                 f"if the dataset changed, the resumed results mix two datasets: run again without resume=True (or "
                 f"into another path). Datasets with random transforms always differ.", stacklevel=3)
 
-    def _load_checkpoint(self, store: ResultStore, on_device) -> Maximization:
+    def _load_checkpoint(self, store: ResultStore, on_device) -> Rankings:
         layers, targets, counts = store.checkpoint(verify=True)
         device = torch.device(on_device) if on_device else self.device
-        return Maximization.from_arrays(self.layer_map, layers, targets, counts, self.top_k,
-                                        self.max_target, self.abs_norm, device=device)
+        return Rankings.from_arrays(self.layer_map, layers, targets, counts, settings=self._mode_settings(),
+                                    device=device)
 
     def _loader(self, start: int, stop: int, batch_size: int, num_workers: int) -> torch.utils.data.DataLoader:
         return torch.utils.data.DataLoader(
@@ -333,7 +501,7 @@ class FeatureVisualization:
             collate_fn=collate, pin_memory=self.device.type == "cuda",
         )
 
-    def _analyze_batch(self, analysis: Maximization, indices: torch.Tensor, data: torch.Tensor,
+    def _analyze_batch(self, analysis: Rankings, indices: torch.Tensor, data: torch.Tensor,
                        targets: List[Any], on_device) -> None:
         """One forward and backward pass over the batch; rank relevances and activations of every layer."""
         rows, row_targets = self._expand_targets(indices, targets)
@@ -359,11 +527,11 @@ class FeatureVisualization:
         else:
             analysis.update("activation", result.activations, row_indices, row_targets_t)
 
-    def _save(self, store: ResultStore, analysis: Maximization, config: Dict[str, Any], next_index: int,
+    def _save(self, store: ResultStore, analysis: Rankings, config: Dict[str, Any], next_index: int,
               complete: bool) -> List[Path]:
         fingerprint = dataset_fingerprint(self.dataset, sorted({config["data_start"], next_index - 1}))
         files = store.save(analysis.to_arrays(), analysis.targets(), analysis.counts(), config, next_index, complete,
-                           dataset_fingerprint=fingerprint)
+                           dataset_fingerprint=fingerprint, sample_sizes=analysis.sample_sizes())
         logger.info("saved results up to dataset index %d to %s", next_index, store.path)
         return files
 
@@ -372,8 +540,11 @@ class FeatureVisualization:
 
     @property
     def results(self) -> ResultReader:
-        """Reader of the results at ``path`` (this library's store or a zennit-crp 0.6 folder)."""
-        return open_results(self.path, self.max_target, self.abs_norm)
+        """Reader of the results at ``path`` (this library's store, or folders in zennit-crp's layout at the
+        ``PATH`` of the result objects)."""
+        folders = {(results.mode, results.KIND): results.PATH
+                   for results in (self.RelMax, self.ActMax, self.RelStats, self.ActStats)}
+        return open_results(self.path, self.max_target, self.abs_norm, folders=folders)
 
     def _concept_ids(self, concept_ids, layer_name: str, n_concepts: int) -> List[int]:
         if isinstance(concept_ids, (torch.Tensor, np.ndarray)):
@@ -636,3 +807,13 @@ class FeatureVisualization:
             )
             heatmaps.append(result.heatmap)
         return torch.cat(heatmaps)
+
+
+def _check_ranked(ranked: Any, rel: torch.Tensor, method: str) -> None:
+    """Refuse what an overridden ``analyze_layer`` returns unless it is four ``(n, C)`` tensors."""
+    ok = isinstance(ranked, (tuple, list)) and len(ranked) == 4 and all(isinstance(r, torch.Tensor) for r in ranked)
+    shapes = [tuple(r.shape) for r in ranked] if ok else None
+    if not ok or len(set(shapes)) != 1 or len(shapes[0]) != 2 or shapes[0][0] != len(rel):
+        got = shapes if ok else type(ranked).__name__
+        raise TypeError(f"{method} must return four tensors (d_c_sorted, rel_c_sorted, rf_c_sorted, t_c_sorted) of "
+                        f"shape (n, C) with n = {len(rel)} rows of the batch, got {got}.")

@@ -1,15 +1,18 @@
 """Relevance and Activation Maximization with per-class statistics, accumulated batch by batch.
 
-For every layer and every concept, :class:`Maximization` keeps the ``k`` dataset samples with the largest
+For every layer and every concept, :class:`Rankings` keeps the ``k`` dataset samples with the largest
 relevance (RelMax) or activation (ActMax) of the concept, overall and separately for every explained target
 class, together with the index of the concept's most relevant (most active) neuron in each sample, which
 locates its receptive field (Achtibat et al., Nature Machine Intelligence 2023, Sec. 4.2). How a layer's
-output is scored per concept is the concept's :meth:`crp.concepts.Concept.reference_sampling`.
+output is scored per concept is the concept's :meth:`crp.concepts.Concept.scores`. Each mode has its own
+settings (:class:`ModeSettings`): how values are computed and how many samples are kept, overall and per
+target, as zennit-crp's ``RelMax``/``RelStats``/``ActMax``/``ActStats`` objects each had.
 
 The concepts of all layers are the columns of one :class:`crp._features.topk.TopK` per mode for the overall ranking and
 one per mode for the per-target rankings: deterministic (ties go to the lower dataset index), independent of
 batch size and order, and mergeable.
 """
+from dataclasses import dataclass
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
@@ -19,14 +22,41 @@ from crp._attribution.concepts import Concept
 from crp._features.store import FIELDS, MODES, check_mode, stats_offsets
 from crp._features.topk import TopK
 
-__all__ = ["Maximization"]
+__all__ = ["Rankings", "ModeSettings"]
 
 #: The :data:`crp._features.store.FIELDS` arrays of one kind, and both kinds of one layer.
 Fields = Dict[str, np.ndarray]
 LayerFields = Dict[str, Fields]
 
 
-class Maximization:
+@dataclass(frozen=True)
+class ModeSettings:
+    """How one mode (relevance or activation) ranks samples.
+
+    Attributes
+    ----------
+    max_target : {"sum", "max"}
+        Rank by a concept's summed value or by its largest neuron.
+    abs_norm : bool
+        Divide each sample's concept values by their absolute sum over the layer first.
+    k_max : int
+        Samples kept per concept overall (zennit-crp's ``RelMax.SAMPLE_SIZE``).
+    k_stats : int
+        Samples kept per concept and target (``RelStats.SAMPLE_SIZE``).
+    """
+
+    max_target: str = "sum"
+    abs_norm: bool = True
+    k_max: int = 40
+    k_stats: int = 40
+
+    def as_dict(self) -> Dict[str, object]:
+        """The settings as a JSON-serializable dict."""
+        return {"max_target": self.max_target, "abs_norm": self.abs_norm, "k_max": self.k_max,
+                "k_stats": self.k_stats}
+
+
+class Rankings:
     """Top-``k`` reference samples of every concept of every layer, overall and per target, for both modes.
 
     Memory is bounded and does not grow with the dataset: per mode, ``k * C`` entries for the overall ranking
@@ -43,26 +73,22 @@ class Maximization:
     ----------
     layer_map : dict of str to Concept
         The layers to analyze and how their outputs are split into concepts.
-    k : int
-        Number of samples kept per concept (and per target).
-    max_target : {"sum", "max"}
-        Rank by a concept's summed relevance (activation) or by its largest neuron.
-    abs_norm : bool
-        Divide each sample's concept values by their absolute sum over the layer first.
+    settings : dict of str to ModeSettings
+        The settings of each of the two modes (:data:`crp._features.store.MODES`).
     slack : int, optional
-        Extra slots per target, see :class:`crp._features.topk.TopK`: once the targets have ``k`` samples each, every
-        update costs about ``1 / slack`` of a full re-ranking of the targets it touches. Default ``k // 4``.
+        Extra slots per target, see :class:`crp._features.topk.TopK`: once the targets have ``k`` samples each,
+        every update costs about ``1 / slack`` of a full re-ranking of the targets it touches. Default
+        ``k_stats // 4``.
     """
 
-    def __init__(self, layer_map: Mapping[str, Concept], k: int = 40, max_target: str = "sum",
-                 abs_norm: bool = True, slack: Optional[int] = None) -> None:
-        if max_target not in ("sum", "max"):
-            raise ValueError(f"max_target must be 'sum' or 'max', got {max_target!r}.")
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-            raise ValueError(f"k must be a positive int, got {k!r}.")
+    def __init__(self, layer_map: Mapping[str, Concept], settings: Mapping[str, ModeSettings], *,
+                 slack: Optional[int] = None) -> None:
+        missing = [mode for mode in MODES if mode not in settings]
+        if missing:
+            raise KeyError(f"settings has no entry for the modes {missing}.")
         self.layer_map = dict(layer_map)
-        slack = int(k) // 4 if slack is None else slack
-        self.k, self.max_target, self.abs_norm, self.slack = int(k), max_target, bool(abs_norm), int(slack)
+        self.settings = {mode: settings[mode] for mode in MODES}
+        self.slack = slack
         #: Number of concepts of every layer, in layer_map order; known after the first update.
         self.n_concepts: Dict[str, int] = {}
         #: ``{mode: (overall TopK, per-target TopK)}`` over the concepts of all layers (columns).
@@ -83,7 +109,8 @@ class Maximization:
         targets : torch.Tensor
             ``(n,)`` target class of every row (the class the relevance was computed for).
         """
-        scored = [concept.scores(outputs[layer], layer, self.max_target, self.abs_norm)
+        setting = self.settings[mode]
+        scored = [concept.scores(outputs[layer], layer, setting.max_target, setting.abs_norm)
                   for layer, concept in self.layer_map.items()]
         self._set_columns([values.shape[1] for values, _ in scored])
         values = torch.cat([values for values, _ in scored], 1)
@@ -93,13 +120,11 @@ class Maximization:
         overall.add(values, indices, neurons)
         per_target.add(values, indices, neurons, torch.as_tensor(targets, device=values.device))
 
-    def merge(self, other: "Maximization") -> "Maximization":
+    def merge(self, other: "Rankings") -> "Rankings":
         """Merge the results of ``other`` (e.g. of a disjoint part of the dataset) into these; return ``self``."""
-        if (other.k, other.max_target, other.abs_norm) != (self.k, self.max_target, self.abs_norm):
-            raise ValueError(
-                f"can only merge results with the same k, max_target and abs_norm; got "
-                f"{(other.k, other.max_target, other.abs_norm)} and {(self.k, self.max_target, self.abs_norm)}."
-            )
+        if other.settings != self.settings:
+            raise ValueError(f"can only merge results with the same settings; got {other.settings} and "
+                             f"{self.settings}.")
         if other.n_concepts:
             self._set_columns([other.n_concepts[layer] for layer in self.layer_map])
         for mode, (overall, per_target) in other.accumulators.items():
@@ -139,8 +164,8 @@ class Maximization:
         if not any(mode in self.accumulators for mode in MODES):
             return {}
         targets, counts = self.targets(), self.counts()
-        rows_max = min(self.k, max(counts[mode][0] for mode in MODES))
-        rows_stats = np.diff(stats_offsets(counts, self.k)).tolist()
+        rows_max = max(min(self.settings[mode].k_max, counts[mode][0]) for mode in MODES)
+        rows_stats = np.diff(stats_offsets(counts, self.stats_sizes())).tolist()
         parts = {"max": [], "stats": []}
         for mode in MODES:
             overall, per_target = self.accumulators.get(mode) or (_Empty(self._total()), _Empty(self._total()))
@@ -152,13 +177,20 @@ class Maximization:
                         for kind, fields in joined.items()}
                 for layer, columns in self._columns().items()}
 
+    def stats_sizes(self) -> Dict[str, int]:
+        """Samples kept per concept and target, per mode (the stats rows per target are the larger count)."""
+        return {mode: setting.k_stats for mode, setting in self.settings.items()}
+
+    def sample_sizes(self) -> Dict[str, Dict[str, int]]:
+        """``{mode: {"max": k_max, "stats": k_stats}}``, as the store records them."""
+        return {mode: {"max": s.k_max, "stats": s.k_stats} for mode, s in self.settings.items()}
+
     @classmethod
     def from_arrays(cls, layer_map: Mapping[str, Concept], layers: Mapping[str, LayerFields], targets: Sequence[int],
-                    counts: Mapping[str, Sequence[int]], k: int = 40, max_target: str = "sum", abs_norm: bool = True,
-                    slack: Optional[int] = None, device: Optional[torch.device] = None) -> "Maximization":
+                    counts: Mapping[str, Sequence[int]], *, settings: Mapping[str, ModeSettings],
+                    slack: Optional[int] = None, device: Optional[torch.device] = None) -> "Rankings":
         """Rebuild the results from :meth:`to_arrays`, :meth:`targets` and :meth:`counts` (e.g. a checkpoint)."""
-        result = cls(layer_map, k, max_target, abs_norm, slack)
-        slack = result.slack
+        result = cls(layer_map, settings, slack=slack)
         missing = [layer for layer in layer_map if layer not in layers]
         if missing:
             raise KeyError(f"the arrays have no results for layers {missing}.")
@@ -166,19 +198,21 @@ class Maximization:
         joined = {kind: {name: np.concatenate([np.asarray(layers[layer][kind][name]) for layer in layer_map], -1)
                          for name in FIELDS} for kind in ("max", "stats")}
         labels = np.asarray(targets, dtype=np.int64)
-        offsets = stats_offsets(counts, k)
+        offsets = stats_offsets(counts, result.stats_sizes())
         for m, mode in enumerate(MODES):
+            setting = result.settings[mode]
             count = np.asarray(counts[mode], dtype=np.int64)
+            rows_max = min(setting.k_max, int(count[0]))
             overall = TopK.from_arrays({"labels": np.zeros(1, np.int64), "counts": count[:1],
-                                        **{name: f[m][None] for name, f in joined["max"].items()}}, k=k,
-                                       device=device)
+                                        **{name: f[m][None, :rows_max] for name, f in joined["max"].items()}},
+                                       k=setting.k_max, device=device)
             seen = np.flatnonzero(count[1:] > 0)
-            rows = [np.arange(offsets[g], offsets[g + 1]) for g in seen]
+            rows = [np.arange(offsets[g], offsets[g] + min(setting.k_stats, int(count[1 + g]))) for g in seen]
             chosen = np.concatenate(rows) if rows else np.zeros(0, np.int64)
             per_target = TopK.from_arrays({"labels": labels[seen], "counts": count[1:][seen],
                                            "offsets": np.cumsum([0] + [len(r) for r in rows]),
-                                           **{name: f[m][chosen] for name, f in joined["stats"].items()}}, k=k,
-                                          slack=slack, device=device)
+                                           **{name: f[m][chosen] for name, f in joined["stats"].items()}},
+                                          k=setting.k_stats, slack=result._slack(mode), device=device)
             result.accumulators[mode] = (overall, per_target)
         return result
 
@@ -201,9 +235,13 @@ class Maximization:
     def _accumulators(self, mode: str) -> Tuple[TopK, TopK]:
         check_mode(mode)
         if mode not in self.accumulators:
-            total = self._total()
-            self.accumulators[mode] = (TopK(self.k, total), TopK(self.k, total, slack=self.slack))
+            total, setting = self._total(), self.settings[mode]
+            self.accumulators[mode] = (TopK(setting.k_max, total),
+                                       TopK(setting.k_stats, total, slack=self._slack(mode)))
         return self.accumulators[mode]
+
+    def _slack(self, mode: str) -> int:
+        return self.settings[mode].k_stats // 4 if self.slack is None else int(self.slack)
 
 
 class _Empty:
