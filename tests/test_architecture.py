@@ -134,3 +134,15 @@ def test_faces_are_thin_and_export_what_they_import(module):
     face = importlib.import_module(module)
     assert sorted(face.__all__) == sorted(set(face.__all__))
     assert all(hasattr(face, name) for name in face.__all__)
+
+
+@pytest.mark.parametrize("module", sorted(ZENNIT_CRP_NAMES))
+def test_star_import_gives_what_zennit_crps_module_gave(module):
+    # zennit-crp's modules had no __all__: `import *` also gave the names they imported, and notebooks use them
+    star_imported = {"crp.image": ["np", "torch", "plt", "Image", "Tuple"], "crp.visualization": ["tqdm", "Cache"],
+                     "crp.attribution": ["NameMapComposite", "namedtuple"], "crp.hooks": ["RemovableHandleList"]}
+    namespace: dict = {}
+    exec(f"from {module} import *", namespace)  # noqa: S102 (the statement under test)
+    expected = ZENNIT_CRP_NAMES[module] + star_imported.get(module, [])
+    assert [name for name in expected if name not in namespace] == []
+    assert not any(name.startswith("_") for name in namespace if name != "__builtins__")

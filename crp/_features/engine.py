@@ -612,8 +612,8 @@ class FeatureVisualization:
 
         def compute(concept_id: int, ranks: Range):
             rows = rank_rows(indices, ranks, f"{mode} maximization of layer {layer_name!r}")
-            return self._reference(indices[rows, concept_id], neurons[rows, concept_id], concept_id, layer_name,
-                                   composite, rf, plot_fn, batch_size, None, full_backward)
+            return self._reference(indices[rows, concept_id], concept_id, neurons[rows, concept_id], layer_name,
+                                   composite, rf, plot_fn, batch_size, full_backward=full_backward, target=None)
 
         key = self._cache_key("get_max_reference", layer_name, mode, rf, plot_fn, composite, full_backward)
         return self._cached(ids, key, r_range, compute, composite, plot_fn, overwrite, rf)
@@ -652,8 +652,8 @@ class FeatureVisualization:
             target = int(stat_id.rsplit(":", 1)[1])
             indices, _, neurons = reader.statistics(layer_name, mode, target)
             rows = rank_rows(indices, ranks, f"{mode} statistics of layer {layer_name!r}, target {target}")
-            return self._reference(indices[rows, concept_id], neurons[rows, concept_id], concept_id, layer_name,
-                                   composite, rf, plot_fn, batch_size, target, full_backward)
+            return self._reference(indices[rows, concept_id], concept_id, neurons[rows, concept_id], layer_name,
+                                   composite, rf, plot_fn, batch_size, full_backward=full_backward, target=target)
 
         key = self._cache_key("get_stats_reference", layer_name, mode, rf, plot_fn, composite, full_backward)
         ids = [f"{concept_id}:{int(t)}" for t in target_list]
@@ -761,20 +761,44 @@ class FeatureVisualization:
         return cached_references(self.Cache if use_cache else None, ids, key=key, r_range=r_range, compute=compute,
                                  overwrite=overwrite)
 
-    def _reference(self, indices: np.ndarray, neurons: np.ndarray, concept_id: int, layer_name: str, composite,
-                   rf: bool, plot_fn, batch_size: int, target: Optional[int], full_backward: bool):
-        """Load reference samples; with a composite, compute their heatmaps and draw them."""
-        data, sample_targets = self.get_data_concurrently(indices, preprocessing=False)
+    def _reference(self, d_indices: np.ndarray, c_id: int, n_indices: np.ndarray, layer_name: str,  # noqa: PLR0917
+                   composite, rf: bool, plot_fn, batch_size: int, *, full_backward: bool, target: Optional[int]):
+        """:meth:`_load_ref_and_attribution`, with this library's ``full_backward`` where it is asked for."""
+        if not full_backward:
+            return self._load_ref_and_attribution(d_indices, c_id, n_indices, layer_name, composite, rf, plot_fn,
+                                                  batch_size)
+        overridden = [name for name in ("_load_ref_and_attribution", "_attribution_on_reference")
+                      if getattr(type(self), name) is not getattr(FeatureVisualization, name)]
+        if overridden:
+            raise ValueError(f"full_backward=True is not available where a subclass overrides {overridden} "
+                             f"(zennit-crp's seams know no targets); call with full_backward=False.")
+        return self._load_ref_and_attribution(d_indices, c_id, n_indices, layer_name, composite, rf, plot_fn,
+                                              batch_size, full_backward=True, target=target)
+
+    def _load_ref_and_attribution(self, d_indices: np.ndarray, c_id: int, n_indices: np.ndarray,  # noqa: PLR0917
+                                  layer_name: str, composite: Optional[Composite], rf: bool, plot_fn: Optional[PlotFn],
+                                  batch_size: int, *, full_backward: bool = False, target: Optional[int] = None):
+        """Load the reference samples ``d_indices``; with a composite, compute and draw their heatmaps.
+
+        zennit-crp's seam, with its signature (``n_indices``: the most relevant neuron of every sample, for
+        ``rf``); a subclass may override it.
+
+        Returns
+        -------
+        object
+            The samples (without a composite), ``plot_fn(samples, heatmaps, rf)``, or ``(samples, heatmaps)``
+            without a plot function; samples are those before preprocessing.
+        """
+        data, sample_targets = self.get_data_concurrently(d_indices, preprocessing=False)
         data = data.detach()
         if composite is None:
             return data.cpu()
+        targets = None
         if full_backward:
             targets = [[target]] * len(data) if target is not None else [
-                self._explained_targets(t, i) for t, i in zip(sample_targets, indices)]
-        else:
-            targets = None
-        heatmaps = self._heatmaps(self.preprocess_data(data).detach(), concept_id, layer_name, composite, rf,
-                                  neurons, batch_size, targets)
+                self._explained_targets(t, i) for t, i in zip(sample_targets, d_indices)]
+        heatmaps = self._attribution_on_reference(self.preprocess_data(data).detach(), c_id, layer_name, composite,
+                                                  rf, n_indices, batch_size, targets=targets)
         if callable(plot_fn):
             return plot_fn(data, heatmaps.detach(), rf)
         return data.cpu(), heatmaps.detach().cpu()
@@ -784,9 +808,23 @@ class FeatureVisualization:
             return [int_target(t, index) for t in self.multitarget_to_single(target)]
         return [int_target(target, index)]
 
-    def _heatmaps(self, data: torch.Tensor, concept_id: int, layer_name: str, composite, rf: bool,
-                  neurons: np.ndarray, batch_size: int, targets: Optional[List[List[int]]]) -> torch.Tensor:
-        """Concept-conditional heatmaps, started at the layer (default) or at the output (``targets`` given)."""
+    def _attribution_on_reference(self, data: torch.Tensor, concept_id: int, layer_name: str,  # noqa: PLR0917
+                                  composite: Composite, rf: bool = False, neuron_ids: Sequence[int] = (),
+                                  batch_size: int = 32, *, targets: Optional[List[List[int]]] = None) -> torch.Tensor:
+        """Concept-conditional heatmaps of reference samples, ``batch_size`` at a time.
+
+        zennit-crp's seam, with its signature. The relevance starts at the layer's activation (zennit-crp's
+        choice), or at the model output for ``targets`` (one list of targets per sample, ``full_backward``);
+        with ``rf`` only the neuron ``neuron_ids[i]`` of sample ``i`` is kept (the concept's ``mask_rf``).
+
+        Returns
+        -------
+        torch.Tensor
+            One heatmap per sample, on ``device``.
+        """
+        if rf and len(neuron_ids) != len(data):
+            raise ValueError(f"neuron_ids must hold one neuron per sample with rf=True: got {len(neuron_ids)} for "
+                             f"{len(data)} samples.")
         concept = self.layer_map[layer_name]
         output = self.attribution.MODEL_OUTPUT_NAME
         heatmaps = []
@@ -794,7 +832,7 @@ class FeatureVisualization:
             stop = min(start + batch_size, len(data))
             x = data[start:stop].detach().requires_grad_()
             if rf:
-                conditions = [{layer_name: {concept_id: [int(n)]}} for n in neurons[start:stop]]
+                conditions = [{layer_name: {concept_id: [int(n)]}} for n in neuron_ids[start:stop]]
             else:
                 conditions = [{layer_name: [concept_id]} for _ in range(stop - start)]
             if targets is not None:
