@@ -9,7 +9,7 @@ ZENNIT10 := .zennit10
 PYTEST_ARGS ?=
 PY39 ?= python3.9
 
-.PHONY: install test lint pytest test-zennit10 demo bench clean
+.PHONY: install test lint pytest test-zennit10 demo bench tutorials docs clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,10 @@ demo: install
 
 bench: install
 	$(BIN)/python benchmarks/bench_generate.py
+
+# re-executes the tutorials in place (a few minutes): they are committed with their outputs, which the docs render
+tutorials: install
+	$(BIN)/python tutorials/execute.py
 
 clean:
 	rm -rf $(VENV) $(ZENNIT10) build *.egg-info .pytest_cache .ruff_cache
