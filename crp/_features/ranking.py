@@ -175,12 +175,12 @@ class Maximization:
         return result
 
     def to_arrays(self) -> Dict[str, Arrays]:
-        """Export every layer as record arrays (fields ``index``, ``value``, ``neuron``, see :data:`RECORD`).
+        """Export every layer as record arrays (fields ``index``, ``value``, ``neuron``, see ``RECORD``).
 
         Returns
         -------
         dict
-            ``{layer: {"max": (2, R, C), "stats": (2, N, C)}}``: axis 0 is the mode (:data:`MODES`); ``max``
+            ``{layer: {"max": (2, R, C), "stats": (2, N, C)}}``: axis 0 is the mode (``MODES``); ``max``
             ranks all samples (``R = min(k, samples)``), ``stats`` the samples of each target of
             :meth:`targets`, one target after another: the rows of target ``i`` are
             ``offsets[i]:offsets[i + 1]`` with ``offsets = stats_offsets(counts(), k)`` (see
