@@ -39,7 +39,7 @@ PUBLIC_MODULES = [
 
 project = "crp"
 author = "crp contributors"
-copyright = "crp contributors, BSD 3-Clause"  # noqa: A001 (Sphinx's name)
+copyright = "crp contributors, BSD 3-Clause"
 release = version = importlib.import_module("crp").__version__
 
 extensions = [
