@@ -329,7 +329,7 @@ class FeatureVisualization:
         Returns
         -------
         dict of str to list of str
-            :attr:`saved_checkpoints`: the file prefixes of the checkpoints of ``"r_max"``, ``"a_max"``,
+            ``saved_checkpoints``: the file prefixes of the checkpoints of ``"r_max"``, ``"a_max"``,
             ``"r_stats"`` and ``"a_stats"``, for :meth:`collect_results`.
         """
         data_start, data_end = self._check_data_range(data_start, data_end)

@@ -154,7 +154,7 @@ class Rankings:
         -------
         dict
             ``{layer: {"max": fields, "stats": fields}}``, each field of shape ``(2, R, C)`` and ``(2, N, C)``:
-            axis 0 is the mode (:data:`MODES`); ``max``
+            axis 0 is the mode (``MODES``); ``max``
             ranks all samples (``R = min(k, samples)``), ``stats`` the samples of each target of
             :meth:`targets`, one target after another: the rows of target ``i`` are
             ``offsets[i]:offsets[i + 1]`` with ``offsets = stats_offsets(counts(), k)`` (see

@@ -256,7 +256,7 @@ def get_crop_range(heatmap: torch.Tensor, crop_th: float) -> CropBox:
     Kept as zennit-crp returned it, because callers slice with it: the stops are the *last* row and column
     above the threshold (``x[..., r0:r1, c0:c1]`` drops them), and ``(0, -1, 0, -1)`` means no crop region
     (nothing above the threshold, or a single pixel). This library's own drawing functions use a box that keeps
-    the last row and column (see :func:`crop_box`).
+    the last row and column.
 
     Parameters
     ----------
