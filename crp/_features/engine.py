@@ -55,7 +55,8 @@ logger = logging.getLogger(__name__)
 LayerMap = Mapping[str, Concept]
 #: zennit-crp's seams of FeatureVisualization and of its result objects; overriding one runs zennit-crp's flow.
 _FV_SEAMS = ("run_distributed", "collect_results", "analyze_relevance", "analyze_activation", "_save_results")
-_RESULT_SEAMS = ("analyze_layer", "add_ranked", "_save_results", "collect_results", "delete_result_arrays")
+_RESULT_SEAMS = ("analyze_layer", "concatenate_with_results", "sort_result_array", "_save_results",
+                 "collect_results", "delete_result_arrays")
 PlotFn = Callable[[torch.Tensor, torch.Tensor, bool], Any]
 
 

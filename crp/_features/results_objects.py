@@ -130,12 +130,14 @@ class Maximization(_ResultObject):
         indices = torch.as_tensor(np.asarray(data_indices, dtype=np.int64), device=order.device)
         row_targets = torch.as_tensor(np.asarray(targets, dtype=np.int64), device=order.device)
         d_c_sorted, t_c_sorted = indices[order], row_targets[order]
-        self.add_ranked(layer_name, d_c_sorted, values, neurons)
+        size = self.sample_size()
+        self.concatenate_with_results(layer_name, d_c_sorted[:size], values[:size], neurons[:size])
+        self.sort_result_array(layer_name)
         return d_c_sorted, values, neurons, t_c_sorted
 
-    def add_ranked(self, layer_name: str, d_c_sorted: torch.Tensor, rel_c_sorted: torch.Tensor,
-                   rf_c_sorted: torch.Tensor) -> None:
-        """Merge ranked entries ``(n, C)`` (dataset indices, values, neurons) into the layer's top samples."""
+    def concatenate_with_results(self, layer_name: str, d_c_sorted: torch.Tensor, rel_c_sorted: torch.Tensor,
+                                 rf_c_sorted: torch.Tensor) -> None:
+        """Merge entries ``(n, C)`` (dataset indices, values, neurons) into the layer's top samples."""
         state = self._state.get(layer_name)
         size = self.sample_size()
         if state is None:
@@ -144,6 +146,11 @@ class Maximization(_ResultObject):
             raise ValueError(f"{type(self).__name__}.SAMPLE_SIZE changed from {state.k} to {size} while results "
                              f"were collected; set it before the run (or call delete_result_arrays()).")
         state.add(rel_c_sorted, d_c_sorted, rf_c_sorted)
+
+    def sort_result_array(self, layer_name: str) -> None:
+        """Cut the layer's results back to the top ``SAMPLE_SIZE``, sorted (ties: lower dataset index first)."""
+        if layer_name in self._state:
+            self._state[layer_name].compact()
 
     @property
     def d_c_sorted(self) -> Dict[str, torch.Tensor]:
@@ -197,7 +204,8 @@ class Maximization(_ResultObject):
             self._check_settings(prefix, Path(prefix).parent)
             layer_name = _parse_prefix(Path(prefix).name)
             indices, values, neurons = (torch.from_numpy(np.array(a)) for a in load_triple(prefix))
-            self.add_ranked(layer_name, indices, values, neurons)
+            self.concatenate_with_results(layer_name, indices, values, neurons)
+            self.sort_result_array(layer_name)
         for prefix in path_list:
             remove_triple(prefix)
         return self._save_results(d_index)
@@ -235,20 +243,17 @@ class Statistics(_ResultObject):
             raise ValueError(f"Statistics.analyze_layer needs four (n, C) tensors as returned by "
                              f"Maximization.analyze_layer, got shapes {sorted(shapes)}.")
         n_concepts = rel_c_sorted.shape[1]
-        blocks = {"index": [], "value": [], "neuron": [], "group": []}
         for target in torch.unique(t_c_sorted).tolist():
             # every column holds the same rows in another order: each holds the same number of this target's
             keep = (t_c_sorted == target).t()
-            for name, tensor in (("index", d_c_sorted), ("value", rel_c_sorted), ("neuron", rf_c_sorted)):
-                blocks[name].append(tensor.t()[keep].view(n_concepts, -1).t())
-            blocks["group"].append(torch.full((blocks["index"][-1].shape[0],), int(target), dtype=torch.int64,
-                                              device=d_c_sorted.device))
-        if blocks["group"]:
-            self.add_ranked(layer_name, *(torch.cat(blocks[name]) for name in ("index", "value", "neuron", "group")))
+            d_c_t, rel_c_t, rf_c_t = (tensor.t()[keep].view(n_concepts, -1).t()
+                                      for tensor in (d_c_sorted, rel_c_sorted, rf_c_sorted))
+            self.concatenate_with_results(layer_name, int(target), d_c_t, rel_c_t, rf_c_t)
+            self.sort_result_array(layer_name, int(target))
 
-    def add_ranked(self, layer_name: str, d_c_sorted: torch.Tensor, rel_c_sorted: torch.Tensor,
-                   rf_c_sorted: torch.Tensor, targets: torch.Tensor) -> None:
-        """Merge entries ``(n, C)`` with the target ``(n,)`` of every row into the layer's per-target top samples."""
+    def concatenate_with_results(self, layer_name: str, target: int, d_c_sorted: torch.Tensor,  # noqa: PLR0917
+                                 rel_c_sorted: torch.Tensor, rf_c_sorted: torch.Tensor) -> None:
+        """Merge entries ``(n, C)`` of samples explained for ``target`` into the layer's top samples of it."""
         state = self._state.get(layer_name)
         size = self.sample_size()
         if state is None:
@@ -256,7 +261,13 @@ class Statistics(_ResultObject):
         elif state.k != size:
             raise ValueError(f"{type(self).__name__}.SAMPLE_SIZE changed from {state.k} to {size} while results "
                              f"were collected; set it before the run (or call delete_result_arrays()).")
-        state.add(rel_c_sorted, d_c_sorted, rf_c_sorted, targets)
+        groups = torch.full((len(d_c_sorted),), int(target), dtype=torch.int64, device=d_c_sorted.device)
+        state.add(rel_c_sorted, d_c_sorted, rf_c_sorted, groups)
+
+    def sort_result_array(self, layer_name: str, target: int) -> None:  # noqa: ARG002 (zennit-crp's signature)
+        """Cut the results back to the top ``SAMPLE_SIZE`` per target, sorted."""
+        if layer_name in self._state:
+            self._state[layer_name].compact()
 
     def _results(self, index: int) -> Dict[int, Dict[str, torch.Tensor]]:
         results: Dict[int, Dict[str, torch.Tensor]] = {}
@@ -310,8 +321,8 @@ class Statistics(_ResultObject):
             self._check_settings(prefix, Path(prefix).parent.parent)
             layer_name, target = Path(prefix).parent.name, int(_parse_prefix(Path(prefix).name))
             indices, values, neurons = (torch.from_numpy(np.array(a)) for a in load_triple(prefix))
-            groups = torch.full((len(indices),), target, dtype=torch.int64)
-            self.add_ranked(layer_name, indices, values, neurons, groups)
+            self.concatenate_with_results(layer_name, target, indices, values, neurons)
+            self.sort_result_array(layer_name, target)
         for prefix in path_list:
             remove_triple(prefix)
         return self._save_results(d_index)
