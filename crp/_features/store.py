@@ -495,7 +495,7 @@ def save_triple(prefix: PathLike, indices: np.ndarray, values: np.ndarray, neuro
 
 def load_triple(prefix: PathLike) -> Triple:
     """Read one ranking written by :func:`save_triple` (or by zennit-crp 0.6)."""
-    return _load_triple([Path(f"{prefix}{suffix}.npy") for suffix in TRIPLE_SUFFIXES], "run")
+    return _load_triple([Path(f"{prefix}{suffix}.npy") for suffix in TRIPLE_SUFFIXES])
 
 
 def remove_triple(prefix: PathLike) -> None:
@@ -525,7 +525,7 @@ def _np_load(file: Path, mmap: bool) -> np.ndarray:
                                 f"results and run again.") from None
 
 
-def _load_triple(files: List[Path], hint: str) -> Triple:
+def _load_triple(files: List[Path]) -> Triple:
     index, value, neuron = (_np_load(file, mmap=True) for file in files)
     if not index.shape == value.shape == neuron.shape:
         raise CorruptStoreError(f"{files[0].parent}: the data/rel/rf arrays have different shapes "
