@@ -1,4 +1,5 @@
-# Two commands do all the set-up: `make demo` and `make test` (each creates .venv and installs on first use).
+# Two commands do all the set-up: `make demo` and `make test` (each creates .venv and installs on first use);
+# `make docs` builds the API reference site into docs/_build/html.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -8,8 +9,11 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 ZENNIT10 := .zennit10
 PYTEST_ARGS ?=
 PY39 ?= python3.9
+# warnings are errors (-W, all of them reported: --keep-going), unresolved references too (-n); -E re-reads every
+# page, so that every build reports every warning
+SPHINXOPTS ?= -W --keep-going -n -E
 
-.PHONY: install test lint pytest test-zennit10 demo bench clean
+.PHONY: install test lint pytest test-zennit10 demo bench tutorials docs clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,7 +27,7 @@ $(VENV)/.installed: setup.py $(BIN)/python
 install: $(VENV)/.installed
 
 lint: install
-	$(BIN)/ruff check crp tests benchmarks tutorials
+	$(BIN)/ruff check crp tests benchmarks tutorials docs
 	$(BIN)/mypy crp
 	@# the package supports Python >= 3.9: byte-compile it with 3.9 where that interpreter runs
 	@if $(PY39) -c "" >/dev/null 2>&1; then $(PY39) -m compileall -q crp && echo "python3.9 compiles crp"; fi
@@ -49,5 +53,18 @@ demo: install
 bench: install
 	$(BIN)/python benchmarks/bench_generate.py
 
+$(VENV)/.docs-installed: setup.py $(VENV)/.installed
+	$(BIN)/python -m pip install --quiet -e ".[docs]"
+	touch $@
+
+# the API reference site: the README, the tutorials with their committed outputs, one page per public module
+docs: $(VENV)/.docs-installed
+	$(BIN)/python -m sphinx -b html $(SPHINXOPTS) docs docs/_build/html
+	@echo "open docs/_build/html/index.html"
+
+# re-executes the tutorials in place (a few minutes): they are committed with their outputs, which the docs render
+tutorials: install
+	$(BIN)/python tutorials/execute.py
+
 clean:
-	rm -rf $(VENV) $(ZENNIT10) build *.egg-info .pytest_cache .ruff_cache .mypy_cache
+	rm -rf $(VENV) $(ZENNIT10) build *.egg-info .pytest_cache .ruff_cache .mypy_cache docs/_build docs/api docs/tutorials

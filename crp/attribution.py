@@ -7,5 +7,9 @@ The implementation lives in :mod:`crp._attribution` (engine) and :mod:`crp._grap
 """
 from crp._attribution.engine import CondAttribution, attrResult
 from crp._graph.attribution_graph import AttributionGraph, attrGraphResult
+from crp._utils.star import lazy_getattr, star_names
 
 __all__ = ["CondAttribution", "attrResult", "AttributionGraph", "attrGraphResult"]
+# with zennit-crp 0.6, `from crp.attribution import *` also gave the names its module imported
+__all__ += star_names(__name__)
+__getattr__ = lazy_getattr(__name__)

@@ -16,9 +16,10 @@ ZENNIT_CRP_NAMES = {
     "crp.graph": ["GraphNode", "ModelGraph", "trace_model_graph", "dump_pytorch_graph"],
     "crp.helper": ["get_layer_names", "abs_norm", "max_norm", "get_output_shapes", "load_maximization",
                    "load_stat_targets", "load_statistics", "load_receptive_field", "find_files"],
-    "crp.hooks": ["MaskHook"],
+    "crp.hooks": ["MaskHook", "FeatVisHook"],
     "crp.image": ["get_crop_range", "vis_opaque_img", "vis_img_heatmap", "imgify", "plot_grid"],
     "crp.maximization": ["Maximization"],
+    "crp.statistics": ["Statistics"],
     "crp.visualization": ["FeatureVisualization"],
 }
 #: The public faces: thin modules that re-export from the private packages.
@@ -133,3 +134,15 @@ def test_faces_are_thin_and_export_what_they_import(module):
     face = importlib.import_module(module)
     assert sorted(face.__all__) == sorted(set(face.__all__))
     assert all(hasattr(face, name) for name in face.__all__)
+
+
+@pytest.mark.parametrize("module", sorted(ZENNIT_CRP_NAMES))
+def test_star_import_gives_what_zennit_crps_module_gave(module):
+    # zennit-crp's modules had no __all__: `import *` also gave the names they imported, and notebooks use them
+    star_imported = {"crp.image": ["np", "torch", "plt", "Image", "Tuple"], "crp.visualization": ["tqdm", "Cache"],
+                     "crp.attribution": ["NameMapComposite", "namedtuple"], "crp.hooks": ["RemovableHandleList"]}
+    namespace: dict = {}
+    exec(f"from {module} import *", namespace)  # noqa: S102 (the statement under test)
+    expected = ZENNIT_CRP_NAMES[module] + star_imported.get(module, [])
+    assert [name for name in expected if name not in namespace] == []
+    assert not any(name.startswith("_") for name in namespace if name != "__builtins__")

@@ -443,10 +443,62 @@ def test_relevances_without_heatmap_equal_the_full_pass(branch_model):
     conditions = [{"y": [0]}, {"y": [1]}]
     layers = ["main", "side", "head"]
     full = attribution(x, conditions, record_layer=layers, exclude_parallel=False)
-    lean = attribution._call(x, conditions, None, layers, ChannelConcept.mask, None, None, None,
-                             exclude_parallel=False, heatmap=False)
+    lean = attribution(x, conditions, record_layer=layers, exclude_parallel=False, heatmap=False)
     assert lean.heatmap is None and x.grad is None
     for name in layers:
         assert torch.equal(lean.relevances[name], full.relevances[name])
         assert torch.equal(lean.activations[name], full.activations[name])
     assert full.relevances["side"].abs().sum() > 0
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# context(): one registration of the composite for many calls
+
+def test_context_gives_the_results_of_calls_with_the_composite(cnn, cnn_input):
+    attribution = CondAttribution(cnn)
+    composite = EpsilonPlusFlat()
+    conditions = [{"2": [c], "y": [1]} for c in range(3)]
+    layers = ["0", "2"]
+    batch = torch.cat([cnn_input, 0.5 * cnn_input.flip(-1)])
+    expected = attribution(batch.clone().requires_grad_(), conditions, composite, record_layer=layers)
+    with attribution.context(composite) as registered:
+        assert registered is attribution
+        assert hooks_left(cnn) > 0  # the rules stay registered between calls
+        first = attribution(batch.clone().requires_grad_(), conditions, record_layer=layers)
+        same = attribution(batch.clone().requires_grad_(), conditions, composite, record_layer=layers)
+        lean = attribution(batch.clone().requires_grad_(), conditions, record_layer=layers, heatmap=False)
+        generated = list(attribution.generate(cnn_input.clone().requires_grad_(), conditions, batch_size=2,
+                                              verbose=False))
+    assert hooks_left(cnn) == 0
+    assert expected.heatmap.shape == (6, 8, 8) and expected.heatmap.abs().sum() > 0
+    for result in (first, same):
+        assert torch.allclose(result.heatmap, expected.heatmap, atol=1e-12)
+    assert lean.heatmap is None
+    for name in layers:
+        assert torch.allclose(lean.relevances[name], expected.relevances[name], atol=1e-12)
+    single = attribution(cnn_input.clone().requires_grad_(), conditions, composite)
+    assert torch.allclose(torch.cat([g.heatmap for g in generated]), single.heatmap, atol=1e-12)
+
+
+def test_context_restores_the_model_after_an_exception_and_refuses_misuse():
+    model = _bn_model()
+    params = {name: (p, p.detach().clone()) for name, p in model.named_parameters()}
+    attribution = CondAttribution(model)
+    composite = EpsilonPlusFlat(canonizers=[SequentialMergeBatchNorm()])
+    x = torch.randn(1, 3, 8, 8, requires_grad=True)
+    with pytest.raises(KeyError, match="layer 'nope' is not a module"):
+        with attribution.context(composite):
+            attribution(x, [{"nope": [0], "y": [0]}])
+    for name, parameter in model.named_parameters():
+        assert parameter is params[name][0] and torch.equal(parameter, params[name][1])
+    assert hooks_left(model) == 0
+    with attribution.context(composite):
+        with pytest.raises(ValueError, match="a composite is registered by context\\(\\); call without composite"):
+            attribution(x, [{"0": [1], "y": [0]}], EpsilonPlusFlat())
+        with pytest.raises(RuntimeError, match="already inside context\\(\\)"):
+            with attribution.context(composite):
+                pass
+    with pytest.raises(TypeError, match="composite must be a zennit.core.Composite .* got str"):
+        with attribution.context("EpsilonPlusFlat"):
+            pass
+    assert hooks_left(model) == 0 and attribution._registered is None

@@ -93,3 +93,14 @@ def test_image_cache_errors(tmp_path):
         cache.extend_dict({0: images(1)}, {0: "x"})
     with pytest.raises(TypeError, match="abstract"):
         Cache(tmp_path)
+
+
+def test_describe_names_modules_in_closures():
+    import math as module
+
+    def uses_a_module(x):
+        return module.sqrt(x)
+
+    described = describe(uses_a_module)
+    assert described["closure"] == [{"module": "math"}]
+    assert describe(torch) == {"module": "torch"}

@@ -36,31 +36,31 @@ def test_valid_values_come_back_coerced():
 
 @pytest.mark.parametrize("call, error, match", [
     (lambda: check_type("3", int, name="n", expected="an int", fix="Pass 3."), TypeError,
-     r"^n must be an int, got '3'\. Pass 3\.$"),
+     r"^n must be an int, got str '3'\. Pass 3\.$"),
     (lambda: check_kind(False, "ab", name="names", expected="a list of names"), TypeError,
-     r"^names must be a list of names, got 'ab'\.$"),
+     r"^names must be a list of names, got str 'ab'\.$"),
     (lambda: check_value(False, -1, name="n", expected="positive"), ValueError, r"^n must be positive, got -1\.$"),
-    (lambda: check_int(True, name="n"), TypeError, r"^n must be an int, got True\.$"),
-    (lambda: check_int(2.0, name="n", minimum=0), TypeError, r"^n must be an int >= 0, got 2\.0\.$"),
+    (lambda: check_int(True, name="n"), TypeError, r"^n must be an int, got bool True\.$"),
+    (lambda: check_int(2.0, name="n", minimum=0), TypeError, r"^n must be an int >= 0, got float 2\.0\.$"),
     (lambda: check_int(5, name="n", maximum=4), ValueError, r"^n must be an int <= 4, got 5\.$"),
     (lambda: check_int(5, name="n", minimum=0, maximum=4), ValueError, r"^n must be an int in \[0, 4\], got 5\.$"),
-    (lambda: check_positive_int(0, name="n", fix="It counts."), ValueError, r"^n must be an int >= 1, got 0\. It"),
-    (lambda: check_number("1", name="x"), TypeError, r"^x must be a number, got '1'\.$"),
-    (lambda: check_number(False, name="x"), TypeError, r"^x must be a number, got False\.$"),
+    (lambda: check_positive_int(0, name="n", fix="It counts."), ValueError, r"^n must be a positive int, got 0\. It"),
+    (lambda: check_number("1", name="x"), TypeError, r"^x must be a number, got str '1'\.$"),
+    (lambda: check_number(False, name="x"), TypeError, r"^x must be a number, got bool False\.$"),
     (lambda: check_number(math.nan, name="x"), ValueError, r"^x must be a number, got nan\.$"),
     (lambda: check_number(1.5, name="x", minimum=0, maximum=1), ValueError, r"^x must be a number in \[0, 1\], got 1"),
     (lambda: check_positive_number(0.0, name="lr"), ValueError, r"^lr must be a positive number, got 0\.0\.$"),
     (lambda: check_positive_number(math.nan, name="lr"), ValueError, r"^lr must be a positive number, got nan\.$"),
     (lambda: check_positive_number(None, name="lr"), TypeError, r"^lr must be a positive number, got None\.$"),
-    (lambda: check_bool(1, name="flag"), TypeError, r"^flag must be True or False, got 1\.$"),
+    (lambda: check_bool(1, name="flag"), TypeError, r"^flag must be True or False, got int 1\.$"),
     (lambda: check_choice("c", ("a", "b"), name="mode", fix="See the docs."), ValueError,
      r"^mode must be one of 'a', 'b', got 'c'\. See the docs\.$"),
     (lambda: check_choice(["a"], ("a", "b"), name="mode"), ValueError, r"^mode must be one of 'a', 'b', got \['a'\]"),
-    (lambda: check_callable(3, name="fn", expected="a function"), TypeError, r"^fn must be a function, got 3\.$"),
+    (lambda: check_callable(3, name="fn", expected="a function"), TypeError, r"^fn must be a function, got int 3\.$"),
     (lambda: check_callable(None, name="fn", expected="a function", allow_none=True) or check_callable(
         None, name="fn", expected="a function"), TypeError, r"^fn must be a function, got None\.$"),
     (lambda: check_callable(3, name="fn", expected="a function", allow_none=True), TypeError,
-     r"^fn must be a function or None, got 3\.$"),
+     r"^fn must be a function or None, got int 3\.$"),
 ])
 def test_each_mistake_names_the_argument_and_echoes_the_value(call, error, match):
     with pytest.raises(error, match=match):
@@ -87,3 +87,4 @@ def test_preserved_tensors_restores_flags_and_buffer_values_on_request():
     with preserved_tensors(model):  # by default: the objects, not their values or flags
         model(torch.randn(4, 2))
     assert not torch.equal(model.running_mean, before) and not model.weight.requires_grad
+

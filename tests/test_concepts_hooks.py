@@ -160,3 +160,28 @@ def test_coercion():
 def test_broadcast_rows(n_data, n_cond, samples, conds):
     s, c = broadcast_rows(n_data, n_cond)
     assert s.tolist() == samples and c.tolist() == conds
+
+
+def test_scores_are_reference_sampling_in_batch_order():
+    relevance = torch.tensor([[[1.0, 4.0], [2.0, -1.0]], [[3.0, 3.0], [-2.0, 5.0]], [[0.0, 1.0], [2.0, 2.0]]])
+    concept = ChannelConcept()
+    values, neurons = concept.scores(relevance, "layer", "sum", abs_norm=False)
+    assert torch.equal(values, torch.tensor([[5.0, 1.0], [6.0, 3.0], [1.0, 4.0]]))
+    assert torch.equal(neurons, torch.tensor([[1, 0], [0, 1], [1, 0]]))  # ties: the first neuron
+    peaks, _ = concept.scores(relevance, "layer", "max", abs_norm=True)
+    assert torch.allclose(peaks, torch.tensor([[4 / 6, 2 / 6], [3 / 8, 5 / 8], [1 / 3, 2 / 3]]), atol=1e-6)
+    order, sorted_values, sorted_neurons = concept.reference_sampling(relevance, "layer", "sum", abs_norm=False)
+    assert torch.equal(order, torch.tensor([[1, 2], [0, 1], [2, 0]]))
+    assert torch.equal(sorted_values, values.gather(0, order))
+    assert torch.equal(sorted_neurons, neurons.gather(0, order))
+
+
+def test_scores_follow_an_overridden_reference_sampling():
+    class Clamped(ChannelConcept):
+        def reference_sampling(self, relevance, layer_name=None, max_target="sum", abs_norm=True):
+            return super().reference_sampling(relevance.clamp(min=0), layer_name, max_target, abs_norm)
+
+    relevance = torch.tensor([[[1.0, 4.0], [2.0, -1.0]], [[3.0, 3.0], [-2.0, 5.0]]])
+    values, neurons = Clamped().scores(relevance, "layer", "sum", abs_norm=False)
+    assert torch.equal(values, torch.tensor([[5.0, 2.0], [6.0, 5.0]]))
+    assert torch.equal(neurons, torch.tensor([[1, 0], [0, 1]]))

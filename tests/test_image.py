@@ -20,6 +20,7 @@ import pytest
 import torch
 from PIL import Image
 
+from crp._image.render import crop_box
 from crp.image import get_crop_range, imgify, plot_grid, vis_img_heatmap, vis_opaque_img
 
 REPO = Path(__file__).resolve().parents[1]
@@ -181,14 +182,29 @@ def test_imgify_errors(kwargs, error, match):
 # ------------------------------------------------------------------------------------- crop and overlays
 
 
-def test_get_crop_range_keeps_last_row_and_column():
+def test_crop_box_keeps_last_row_and_column():
     heat = torch.zeros(8, 8)
     heat[1, 2] = heat[4, 6] = 1.0
-    assert get_crop_range(heat, 0.5) == (1, 5, 2, 7)
+    assert crop_box(heat, 0.5) == (1, 5, 2, 7)
     heat = torch.zeros(8, 8)
     heat[7, 7] = 1.0
-    assert get_crop_range(heat, 0.5) == (7, 8, 7, 8)  # zennit-crp 0.6 returned an empty box here
-    assert get_crop_range(torch.zeros(6, 5), 0.1) == (0, 6, 0, 5)  # nothing relevant: no crop
+    assert crop_box(heat, 0.5) == (7, 8, 7, 8)
+    assert crop_box(torch.zeros(6, 5), 0.1) == (0, 6, 0, 5)  # nothing relevant: no crop
+
+
+def test_get_crop_range_returns_zennit_crps_values_for_slicing():
+    heat = torch.zeros(8, 8)
+    heat[1, 2] = heat[4, 6] = 1.0
+    assert get_crop_range(heat, 0.5) == (1, 4, 2, 6)  # the last row and column, which a slice leaves out
+    image = torch.arange(64.0).view(8, 8)
+    r0, r1, c0, c1 = get_crop_range(heat, 0.5)
+    assert image[r0:r1, c0:c1].shape == (3, 4)
+    heat = torch.zeros(8, 8)
+    heat[7, 7] = 1.0
+    assert get_crop_range(heat, 0.5) == (0, -1, 0, -1)  # a single pixel: no region
+    assert get_crop_range(torch.zeros(6, 5), 0.1) == (0, -1, 0, -1)  # nothing relevant
+    heat[7, 5] = 1.0  # one row, two columns
+    assert get_crop_range(heat, 0.5) == (7, 7, 5, 7)
 
 
 def test_vis_opaque_img_dims_low_relevance():

@@ -149,7 +149,7 @@ def test_helpers_read_the_store_through_zennit_crp_paths(store):
     _, values, _ = load_statistics(store.path / "RelStats_sum_normed", "fc", 2)
     assert np.array_equal(values, layer_arrays(1)["stats"]["value"][0, 0:3])
     assert load_stat_targets(store.path / "ActStats_sum_normed").tolist() == [2]
-    with pytest.raises(FileNotFoundError, match="holds results for max_target='sum', abs_norm=True"):
+    with pytest.raises(FileNotFoundError, match=r"not those named by .RelMax_max_normed."):
         load_maximization(store.path / "RelMax_max_normed", "conv")
     with pytest.raises(ValueError, match="holds statistics results"):
         load_maximization(store.path / "RelStats_sum_normed", "conv")

@@ -1,4 +1,8 @@
-"""Every tutorial notebook executes on the embedded default dataset and is committed without outputs."""
+"""Every tutorial notebook executes on the embedded default dataset and is committed with its outputs.
+
+The documentation renders the committed outputs without executing the notebooks; ``python tutorials/execute.py``
+(``make tutorials``) writes them.
+"""
 import os
 from pathlib import Path
 
@@ -25,11 +29,25 @@ def test_there_are_tutorials():
 
 
 @pytest.mark.parametrize("path", TUTORIALS, ids=[p.stem for p in TUTORIALS])
-def test_committed_without_outputs(path):
+def test_committed_with_outputs(path):
     notebook = nbformat.read(path, as_version=4)
-    for cell in notebook.cells:
-        if cell.cell_type == "code":
-            assert cell.outputs == [] and cell.execution_count is None, f"{path.name} has outputs"
+    code = [cell for cell in notebook.cells if cell.cell_type == "code"]
+    counts = [cell.execution_count for cell in code]
+    assert counts == list(range(1, len(code) + 1)), f"{path.name}: not executed top to bottom in one run: {counts}"
+    assert any(cell.outputs for cell in code), f"{path.name} has no outputs: run `python tutorials/execute.py`"
+    errors = [o.ename for cell in code for o in cell.outputs if o.output_type == "error"]
+    assert not errors, f"{path.name} has error outputs: {errors}"
+    assert notebook.metadata.kernelspec.name == "python3"
+    assert not [cell for cell in notebook.cells if "execution" in cell.metadata], f"{path.name} keeps timings"
+
+
+@pytest.mark.parametrize("path", TUTORIALS, ids=[p.stem for p in TUTORIALS])
+def test_outputs_are_small(path):
+    """Committed outputs stay small: PNG figures only, and a few hundred KiB per notebook."""
+    notebook = nbformat.read(path, as_version=4)
+    kinds = {kind for cell in notebook.cells for o in cell.get("outputs", []) for kind in o.get("data", {})}
+    assert kinds <= {"text/plain", "image/png"}, f"{path.name}: unexpected output types {kinds}"
+    assert path.stat().st_size < 800 * 1024, f"{path.name}: {path.stat().st_size / 1024:.0f} KiB"
 
 
 @pytest.mark.parametrize("path", TUTORIALS, ids=[p.stem for p in TUTORIALS])

@@ -8,12 +8,12 @@ import pytest
 import torch
 from zennit.composites import EpsilonPlusFlat
 
-from crp._features.store import ResultStore, legacy_folder_name
+from crp._features.ranking import ModeSettings, Rankings
+from crp._features.store import ResultStore, legacy_folder_name, pack_records
 from crp.attribution import CondAttribution
 from crp.cache import ImageCache
 from crp.concepts import ChannelConcept
 from crp.helper import load_maximization, load_stat_targets, load_statistics
-from crp.maximization import Maximization
 from crp.visualization import CorruptStoreError, FeatureVisualization
 
 from helpers import LAYERS, N_CLASSES, N_SAMPLES, TensorData, TinyNet
@@ -171,21 +171,21 @@ def test_merge_of_disjoint_ranges_equals_one_run(model, tmp_path):
     parts = []
     for name, (start, stop) in {"a": (0, 24), "b": (24, N_SAMPLES)}.items():
         make_fv(model, tmp_path / name).run(EpsilonPlusFlat(), start, stop, batch_size=16, verbose=False)
-        store = ResultStore(tmp_path / name)
-        layers = {layer: store.layer_arrays(layer, mmap=False) for layer in LAYERS}
-        parts.append(Maximization.from_arrays({n: ChannelConcept() for n in LAYERS}, layers,
-                                              store.manifest["targets"], store.manifest["counts"], k=K))
+        layers, targets, counts = ResultStore(tmp_path / name).checkpoint()
+        settings = {mode: ModeSettings(k_max=K, k_stats=K) for mode in ("relevance", "activation")}
+        parts.append(Rankings.from_arrays({n: ChannelConcept() for n in LAYERS}, layers, targets, counts,
+                                          settings=settings))
     merged = parts[1].merge(parts[0])
     assert merged.counts() == ResultStore(tmp_path / "full").manifest["counts"]
     merged, full = merged.to_arrays(), stored_arrays(tmp_path / "full")
     for layer in LAYERS:
         for kind in ("max", "stats"):
-            np.testing.assert_array_equal(merged[layer][kind], full[layer][kind])
+            np.testing.assert_array_equal(pack_records(merged[layer][kind]), full[layer][kind])
 
 
 def test_refuses_other_configurations(model, tmp_path):
     make_fv(model, tmp_path).run(EpsilonPlusFlat(), batch_size=32, verbose=False)
-    with pytest.raises(FileExistsError, match=r"different configuration \(differs in \['k'\]\)"):
+    with pytest.raises(FileExistsError, match=r"different configuration \(differs in \['k', 'modes'\]\)"):
         make_fv(model, tmp_path, top_k=K + 1).run(EpsilonPlusFlat(), verbose=False)
     with pytest.raises(FileExistsError, match=r"differs in \['composite'\]"):
         make_fv(model, tmp_path).run(EpsilonPlusFlat(epsilon=0.1), resume=True, verbose=False)
@@ -197,7 +197,7 @@ def test_refuses_other_configurations(model, tmp_path):
 
 def test_refuses_a_zennit_crp_folder(model, tmp_path):
     (tmp_path / "RelMax_sum_normed").mkdir()
-    with pytest.raises(FileExistsError, match="holds zennit-crp 0.6 results"):
+    with pytest.raises(FileExistsError, match="holds results in zennit-crp.s layout; run into another path"):
         make_fv(model, tmp_path).run(EpsilonPlusFlat(), verbose=False)
 
 
@@ -499,7 +499,7 @@ def test_attribution_calls_free_their_recordings(model):
     """run() calls CondAttribution once per batch: nothing of a call may outlive it (no reference cycles)."""
     import gc
 
-    import crp._attribution.engine
+    import crp._attribution.probes
 
     attribution = CondAttribution(model)
     x = TensorData().samples[:4].clone().requires_grad_()
@@ -508,7 +508,7 @@ def test_attribution_calls_free_their_recordings(model):
     try:
         for _ in range(3):
             attribution(x, [{"y": [0]}], EpsilonPlusFlat(), record_layer=LAYERS, exclude_parallel=False)
-        kinds = (crp._attribution.engine._Recording, crp._attribution.engine._Probe)
+        kinds = (crp._attribution.probes.Recording, crp._attribution.probes.Probe)
         alive = [o for o in gc.get_objects() if type(o) in kinds]
     finally:
         gc.enable()

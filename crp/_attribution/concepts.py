@@ -15,7 +15,7 @@ import torch
 
 from crp._utils.checks import check_choice, check_type, check_value
 
-__all__ = ["Concept", "ChannelConcept", "RowMask", "ChannelMask", "NeuronMask"]
+__all__ = ["Concept", "ChannelConcept", "RowMask", "ChannelMask", "NeuronMask", "channel_peaks"]
 
 ConceptIds = Union[int, Sequence[int]]
 NeuronMap = Dict[int, Union[int, Sequence[int]]]
@@ -151,6 +151,18 @@ class Concept(ABC):
     def get_rf_indices(self, output_shape: Sequence[int], layer_name: Optional[str] = None) -> np.ndarray:
         """Return the flat indices of the neurons of one concept for an output of shape ``output_shape``."""
 
+    def scores(self, relevance: torch.Tensor, layer_name: Optional[str] = None, max_target: str = "sum",
+               abs_norm: bool = True) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Score every concept of every sample: values and most relevant (active) neuron indices, each ``(N, C)``.
+
+        The rows are in batch order; this is :meth:`reference_sampling` without the sorting, which
+        FeatureVisualization's top-k ranking does not need. The default un-sorts what
+        :meth:`reference_sampling` returns; subclasses may compute it directly.
+        """
+        order, values, neurons = self.reference_sampling(relevance, layer_name, max_target, abs_norm)
+        return torch.empty_like(values).scatter_(0, order, values), torch.empty_like(neurons).scatter_(0, order,
+                                                                                                        neurons)
+
 
 class ChannelConcept(Concept):
     """Every channel of a convolutional output ``(N, C, ...)`` or unit of a linear output ``(N, C)`` is a concept."""
@@ -231,18 +243,20 @@ class ChannelConcept(Concept):
             channel ``c`` (ties keep the lower index first), the sorted values, and for each the flat index of
             the channel's most relevant neuron in that sample.
         """
-        _check_batched(relevance, "relevance")
-        flat = relevance.reshape(*relevance.shape[:2], -1)
-        neurons = flat.argmax(-1)
-        check_choice(max_target, ("sum", "max"), name="max_target")
-        if max_target == "sum":
-            values = flat.sum(-1)
-        else:
-            values = flat.gather(-1, neurons.unsqueeze(-1)).squeeze(-1)
-        if abs_norm:
-            values = _abs_normalize(values)
+        values, neurons = _channel_scores(relevance, max_target, abs_norm)
         values, order = torch.sort(values, dim=0, descending=True, stable=True)
         return order, values, neurons.gather(0, order)
+
+    def scores(self, relevance: torch.Tensor, layer_name: Optional[str] = None, max_target: str = "sum",
+               abs_norm: bool = True) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Score every channel of every sample, in batch order (see :meth:`Concept.scores`).
+
+        Computed directly, in one pass for every channel's peak and its index, unless a subclass overrides
+        :meth:`reference_sampling`, which then defines the scores.
+        """
+        if type(self).reference_sampling is not ChannelConcept.reference_sampling:
+            return super().scores(relevance, layer_name, max_target, abs_norm)
+        return _channel_scores(relevance, max_target, abs_norm)
 
     def get_rf_indices(
         self, output_shape: Sequence[int],
@@ -255,6 +269,45 @@ class ChannelConcept(Concept):
         if len(output_shape) == 1:
             return np.array([0])
         return np.arange(int(np.prod(output_shape[1:])))
+
+
+def _channel_scores(relevance: torch.Tensor, max_target: str, abs_norm: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Every channel's summed (or peak) value and its peak neuron, ``(N, C)`` each, in batch order."""
+    _check_batched(relevance, "relevance")
+    check_choice(max_target, ("sum", "max"), name="max_target")
+    flat = relevance.reshape(*relevance.shape[:2], -1)
+    peak, neurons = channel_peaks(flat)
+    values = flat.sum(-1) if max_target == "sum" else peak
+    return (_abs_normalize(values) if abs_norm else values), neurons
+
+
+def channel_peaks(flat: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The first maximum of every ``(row, concept)`` of ``flat`` ``(n, C, neurons)`` and its index; a single
+    neuron is its own peak.
+
+    Large maps are searched in two steps: the maximum of every block of ``_BLOCK`` neurons (a plain reduction,
+    several times faster than one that also tracks indices), then the index inside the first block that holds
+    the maximum. The result is that of ``flat.max(-1)``, NaN included.
+    """
+    n = flat.shape[-1]
+    if n == 1:
+        return flat[..., 0], torch.zeros(flat.shape[:2], dtype=torch.int64, device=flat.device)
+    if n < _TWO_STEP_FROM:
+        return flat.max(-1)
+    blocks = n // _BLOCK
+    body = flat[..., :blocks * _BLOCK].unflatten(-1, (blocks, _BLOCK))
+    peak, block = body.amax(-1).max(-1)
+    inside = body.gather(-2, block[..., None, None].expand(*block.shape, 1, _BLOCK)).squeeze(-2).max(-1).indices
+    index = block * _BLOCK + inside
+    if blocks * _BLOCK < n:  # the neurons after the last whole block; ties stay with the earlier maximum
+        tail_peak, tail_index = flat[..., blocks * _BLOCK:].max(-1)
+        later = (tail_peak > peak) | (tail_peak.isnan() & ~peak.isnan())
+        peak, index = torch.where(later, tail_peak, peak), torch.where(later, tail_index + blocks * _BLOCK, index)
+    return peak, index
+
+
+#: Neurons per block of the two-step peak search, and the map size from which it is used.
+_BLOCK, _TWO_STEP_FROM = 64, 2048
 
 
 def _abs_normalize(values: torch.Tensor) -> torch.Tensor:

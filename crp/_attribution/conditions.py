@@ -4,12 +4,20 @@ Every user-facing argument that accepts several forms is turned into one canonic
 with an error that names the argument, echoes the value and says what fixes it.
 """
 import numbers
-from typing import Dict, List, Tuple, Union
+import warnings
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 
-__all__ = ["Ids", "Condition", "canonical_ids", "canonical_conditions", "broadcast_rows"]
+from crp._utils.checks import check_type
+from crp._utils.modules import check_layer_names
+
+__all__ = [
+    "Ids", "Condition", "MaskMap", "InitRel", "Request", "prepare_request", "check_data", "layers_of",
+    "canonical_ids", "canonical_conditions", "broadcast_rows",
+]
 
 #: Canonical concept ids: a list of ints (channels) or a dict of channel -> list of flat neuron indices.
 Ids = Union[List[int], Dict[int, List[int]]]
@@ -75,3 +83,118 @@ def broadcast_rows(n_data: int, n_conditions: int) -> Tuple[np.ndarray, np.ndarr
         conds = np.arange(n_rows) if n_conditions > 1 else np.zeros(n_rows, dtype=np.int64)
         return samples, conds
     return np.repeat(np.arange(n_data), n_conditions), np.tile(np.arange(n_conditions), n_data)
+
+
+MaskMap = Union[Callable, Dict[str, Callable]]
+InitRel = Union[None, numbers.Real, torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]
+
+
+def layers_of(condition: Condition, output_name: str) -> List[str]:
+    """The layers a condition conditions (its keys but the model output)."""
+    return [name for name in condition if name != output_name]
+
+
+@dataclass
+class Request:
+    """Validated, canonical arguments of one attribution call.
+
+    Attributes
+    ----------
+    conditions : list of Condition
+        The canonical conditions.
+    cond_layers : list of str
+        Every layer some condition conditions, in order of first mention.
+    record_layers : list of str
+        Every layer that is recorded: the requested ones, the conditioned ones and the start layer.
+    start_layer : str or None
+        Where the backward pass starts (None: the model output).
+    mask_map : callable or dict of str to callable
+        The mask factory (per layer).
+    init_rel : None, number, tensor or callable
+        The initial relevance.
+    output_name : str
+        The key of the model output in a condition.
+    """
+
+    conditions: List[Condition]
+    cond_layers: List[str]
+    record_layers: List[str]
+    start_layer: Optional[str]
+    mask_map: MaskMap
+    init_rel: InitRel
+    output_name: str
+
+    def targets(self, rows: Sequence[Condition]) -> Optional[List[Optional[List[int]]]]:
+        """The targets of every row (None where a row has none); None if no row has targets or a start layer
+        is used.
+        """
+        if self.start_layer is not None:
+            return None
+        targets = [condition.get(self.output_name) for condition in rows]
+        return None if all(t is None for t in targets) else targets
+
+    def masks_for(self, rows: Sequence[Condition]) -> Dict[str, List[Callable]]:
+        """The mask functions of every recorded layer for ``rows`` (row ``i`` of the batch is ``rows[i]``)."""
+        masks: Dict[str, List[Callable]] = {name: [] for name in self.record_layers}
+        for row, condition in enumerate(rows):
+            for name in self.cond_layers:
+                if name in condition:
+                    factory = self.mask_map[name] if isinstance(self.mask_map, dict) else self.mask_map
+                    masks[name].append(factory(row, condition[name], name))
+        return masks
+
+
+def prepare_request(model: torch.nn.Module, data, conditions, *, record_layer, mask_map, start_layer, init_rel,
+                    output_name: str) -> Request:
+    """Validate the arguments of an attribution call and return them in canonical form (see
+    :meth:`crp.attribution.CondAttribution.__call__`).
+    """
+    check_data(data)
+    if output_name in dict(model.named_modules()):
+        raise ValueError(f"the model has a module named {output_name!r}, which is the key for the model output in "
+                         f"conditions; set attribution.MODEL_OUTPUT_NAME to another string.")
+    conditions = canonical_conditions(conditions, output_name)
+    record_layers = [record_layer] if isinstance(record_layer, str) else list(record_layer)
+    cond_layers = list(dict.fromkeys(name for c in conditions for name in layers_of(c, output_name)))
+    check_layer_names(model, cond_layers, "conditions")
+    check_layer_names(model, record_layers, "record_layer")
+    if start_layer is not None:
+        check_layer_names(model, [start_layer], "start_layer")
+    _check_mask_map(model, mask_map, cond_layers)
+    _check_targets_given(conditions, start_layer=start_layer, init_rel=init_rel, output_name=output_name)
+    layers = list(dict.fromkeys(record_layers + cond_layers + ([start_layer] if start_layer else [])))
+    return Request(conditions, cond_layers, layers, start_layer, mask_map, init_rel, output_name)
+
+
+def check_data(data) -> None:
+    """Raise unless ``data`` is a batch of samples that requires gradients."""
+    check_type(data, torch.Tensor, name="data", expected="a torch.Tensor")
+    if not data.requires_grad:
+        raise ValueError("data must require gradients to receive relevance: call data.requires_grad_() first.")
+    if data.dim() == 0 or len(data) == 0:
+        raise ValueError(f"data must be a batch of at least one sample, got shape {tuple(data.shape)}.")
+
+
+def _check_mask_map(model: torch.nn.Module, mask_map, cond_layers: List[str]) -> None:
+    if isinstance(mask_map, dict):
+        check_layer_names(model, list(mask_map), "mask_map")
+        missing = [name for name in cond_layers if name not in mask_map]
+        if missing:
+            raise KeyError(f"mask_map has no entry for the conditioned layers {missing}; add them or pass "
+                           f"one callable for all layers.")
+    elif not callable(mask_map):
+        raise TypeError(f"mask_map must be a callable or a dict of layer name -> callable, got {mask_map!r}.")
+
+
+def _check_targets_given(conditions: List[Condition], *, start_layer, init_rel, output_name: str) -> None:
+    has_targets = [output_name in c for c in conditions]
+    if start_layer is not None:
+        if any(has_targets):
+            warnings.warn(
+                f"the condition on {output_name!r} is ignored because the backward pass starts at "
+                f"start_layer={start_layer!r}; remove start_layer to explain the output.", stacklevel=5)
+    elif init_rel is None and not all(has_targets):
+        raise ValueError(
+            f"every condition needs a target {output_name!r} (e.g. {{..., {output_name!r}: [3]}}) unless "
+            f"start_layer or init_rel is given."
+        )

@@ -56,8 +56,13 @@ def describe(obj: Any, _depth: int = 0, _seen: frozenset = frozenset()) -> Any:
     if isinstance(obj, numbers.Integral):
         return int(obj)
     if isinstance(obj, numbers.Real):
-        value = float(obj)
+        try:
+            value = float(obj)
+        except (TypeError, ValueError):  # a Real that cannot convert itself (e.g. gmpy2's mpq)
+            return repr(obj)
         return repr(value) if not math.isfinite(value) else value
+    if isinstance(obj, types.ModuleType):
+        return {"module": obj.__name__}
     if _depth > _MAX_DEPTH or id(obj) in _seen:
         return f"<{_qualname(type(obj))}>"
     seen, depth = _seen | {id(obj)}, _depth + 1

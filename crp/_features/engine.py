@@ -9,133 +9,55 @@ overall and per target class (:class:`crp.maximization.Maximization`) in a compa
 optionally restricted to the receptive field of the concept's most relevant neuron, and cached
 (:mod:`crp.cache`). The API follows zennit-crp 0.6.
 """
-import contextlib
-import hashlib
-import json
 import logging
 import numbers
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 from tqdm import tqdm
+from zennit.composites import NameMapComposite
 from zennit.core import Composite
 
-from crp._attribution.concepts import ChannelConcept, Concept
+from crp._attribution.concepts import Concept
 from crp._attribution.engine import CondAttribution
 from crp._features.cache import Cache, CacheKey, describe
-from crp._features.ranking import MODES, Maximization
-from crp._features.store import LegacyStore, ResultReader, ResultStore, legacy_folder_name, open_results
+from crp._features.dataset import SampleRange, collate, int_target, split_item
+from crp._features.fingerprint import dataset_fingerprint, json_roundtrip, run_config
+from crp._features.hooks import FeatVisHook
+from crp._features.ranking import ModeSettings, Rankings
+from crp._features.references import (
+    Range,
+    cached_references,
+    check_plot_fn,
+    check_range,
+    rank_rows,
+    results_fingerprint,
+)
+from crp._features.results_objects import Maximization, Statistics
+from crp._features.store import (
+    LegacyStore,
+    ResultReader,
+    ResultStore,
+    check_mode,
+    open_results,
+)
 from crp._image.render import vis_img_heatmap, vis_opaque_img
+from crp._utils.checks import check_int, check_positive_int
 from crp._utils.modules import check_layer_names
 
-__all__ = ["FeatureVisualization", "ResultFolder"]
+__all__ = ["FeatureVisualization"]
 
 logger = logging.getLogger(__name__)
 
 LayerMap = Mapping[str, Concept]
+#: zennit-crp's seams of FeatureVisualization and of its result objects; overriding one runs zennit-crp's flow.
+_FV_SEAMS = ("run_distributed", "collect_results", "analyze_relevance", "analyze_activation", "_save_results")
+_RESULT_SEAMS = ("analyze_layer", "concatenate_with_results", "sort_result_array", "_save_results",
+                 "collect_results", "delete_result_arrays")
 PlotFn = Callable[[torch.Tensor, torch.Tensor, bool], Any]
-Range = Tuple[int, int]
-
-
-@dataclass(frozen=True)
-class ResultFolder:
-    """zennit-crp style handle of one kind of result, e.g. ``fv.RelMax``.
-
-    ``PATH`` (e.g. ``{path}/RelMax_sum_normed``) is accepted by :func:`crp.helper.load_maximization`,
-    :func:`crp.helper.load_statistics` and :func:`crp.helper.load_stat_targets`, for the new store and for
-    folders written by zennit-crp 0.6.
-    """
-
-    PATH: Path
-    mode: str
-    kind: str
-
-
-class _SampleRange(torch.utils.data.Dataset):
-    """Items ``start .. stop - 1`` of a dataset, each returned with its dataset index."""
-
-    def __init__(self, dataset, start: int, stop: int) -> None:
-        self.dataset, self.start, self.stop = dataset, start, stop
-
-    def __len__(self) -> int:
-        return self.stop - self.start
-
-    def __getitem__(self, i: int):
-        index = self.start + i
-        return index, self.dataset[index]
-
-
-def _collate(batch) -> Tuple[torch.Tensor, torch.Tensor, List[Any]]:
-    """Stack ``(index, (sample, target))`` items; reject items that are not ``(tensor, target)`` pairs."""
-    indices, samples, targets = [], [], []
-    for index, item in batch:
-        sample, target = _split_item(index, item)
-        indices.append(index)
-        samples.append(sample)
-        targets.append(target)
-    try:
-        data = torch.stack(samples)
-    except RuntimeError:
-        shapes = sorted({tuple(s.shape) for s in samples})
-        raise ValueError(f"dataset samples {indices[0]}..{indices[-1]} have different shapes {shapes}; every "
-                         f"sample must have the same shape.") from None
-    return torch.as_tensor(indices, dtype=torch.int64), data, targets
-
-
-def _split_item(index: int, item) -> Tuple[torch.Tensor, Any]:
-    if not isinstance(item, (tuple, list)) or len(item) != 2 or not isinstance(item[0], torch.Tensor):
-        raise TypeError(f"dataset[{index}] must be a (torch.Tensor, target) pair, got {_brief(item)}; wrap the "
-                        f"dataset so that it returns (sample, target).")
-    return item[0], item[1]
-
-
-def _brief(item) -> str:
-    if isinstance(item, (tuple, list)):
-        return f"{type(item).__name__} of ({', '.join(type(x).__name__ for x in item)})"
-    return type(item).__name__
-
-
-def _int_target(target, index: Any) -> int:
-    if isinstance(target, torch.Tensor) and target.numel() == 1 and not target.is_floating_point():
-        target = target.item()
-    if isinstance(target, np.ndarray) and target.size == 1 and np.issubdtype(target.dtype, np.integer):
-        target = target.item()
-    if isinstance(target, bool) or not isinstance(target, numbers.Integral) or target < 0:
-        raise TypeError(
-            f"the target of dataset[{index}] must be a non-negative int, got {target!r}; for multi-label targets "
-            f"override FeatureVisualization.multitarget_to_single."
-        )
-    return int(target)
-
-
-def _positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}.")
-    return int(value)
-
-
-def _check_mode(mode: str) -> None:
-    if mode not in MODES:
-        raise ValueError(f"mode must be 'relevance' or 'activation', got {mode!r}.")
-
-
-def _check_plot_fn(plot_fn) -> None:
-    if plot_fn is not None and not callable(plot_fn):
-        raise TypeError(f"plot_fn must be a function (samples, heatmaps, rf) -> images, or None for the raw tensors; "
-                        f"got {plot_fn!r}.")
-
-
-def _check_range(r_range) -> Range:
-    ok = isinstance(r_range, (tuple, list)) and len(r_range) == 2 and all(
-        isinstance(r, numbers.Integral) and not isinstance(r, bool) for r in r_range)
-    if not ok or not 0 <= r_range[0] < r_range[1]:
-        raise ValueError(f"r_range must be a pair of ints (start, stop) with 0 <= start < stop, got {r_range!r}; "
-                         f"e.g. (0, 8) for the top 8 samples.")
-    return int(r_range[0]), int(r_range[1])
 
 
 class FeatureVisualization:
@@ -165,12 +87,29 @@ class FeatureVisualization:
     cache : crp.cache.Cache, optional
         Cache for reference images.
     top_k : int
-        Number of reference samples kept per concept (and per target); zennit-crp kept 40.
+        Number of reference samples kept per concept (and per target); zennit-crp kept 40. It sets the
+        ``SAMPLE_SIZE`` of the four result objects.
 
     Attributes
     ----------
-    RelMax, ActMax, RelStats, ActStats : ResultFolder
-        zennit-crp style handles whose ``PATH`` the ``crp.helper.load_*`` functions accept.
+    RelMax, ActMax : crp.maximization.Maximization
+        The overall rankings by relevance and by activation: their settings (``max_target``, ``abs_norm``,
+        ``SAMPLE_SIZE``) decide what :meth:`run` keeps, and their ``PATH`` is accepted by the
+        ``crp.helper.load_*`` functions. A subclass may replace them (e.g. ``abs_norm=False`` for activations)
+        or subclass them, as with zennit-crp.
+    RelStats, ActStats : crp.statistics.Statistics
+        The per-target rankings, likewise.
+    saved_checkpoints : dict of str to list of str
+        The checkpoint files of zennit-crp's flow (:meth:`run_distributed`).
+
+    Notes
+    -----
+    :meth:`run` has two engines that give the same results. The default one ranks all layers and both modes
+    at once in a resumable store. When a subclass overrides one of zennit-crp's seams (:meth:`run_distributed`,
+    :meth:`collect_results`, :meth:`analyze_relevance`, :meth:`analyze_activation`, :meth:`_save_results`,
+    or a result object's ``analyze_layer`` and friends), :meth:`run` follows zennit-crp's flow through them:
+    :meth:`run_distributed` with :class:`crp.hooks.FeatVisHook`, then :meth:`collect_results`, and the
+    results are written in zennit-crp's layout, which every reader of this library reads too.
     """
 
     def __init__(
@@ -193,14 +132,17 @@ class FeatureVisualization:
             raise TypeError(f"cache must be a crp.cache.Cache (e.g. ImageCache(path)) or None, got {cache!r}.")
         self.attribution, self.dataset, self.layer_map = attribution, dataset, dict(layer_map)
         self.preprocess_fn, self.max_target, self.abs_norm = preprocess_fn, max_target, bool(abs_norm)
-        self.top_k = _positive_int("top_k", top_k)
+        self.top_k = check_positive_int(top_k, name="top_k")
         self.path = Path(path)
         self.device = attribution.device if device is None else torch.device(device)
         self.Cache = cache
-        folders = {(mode, kind): ResultFolder(self.path / legacy_folder_name(mode, kind, max_target, abs_norm),
-                                              mode, kind) for mode in MODES for kind in ("max", "stats")}
-        self.RelMax, self.ActMax = folders["relevance", "max"], folders["activation", "max"]
-        self.RelStats, self.ActStats = folders["relevance", "stats"], folders["activation", "stats"]
+        self.RelMax = Maximization("relevance", max_target, self.abs_norm, self.path)
+        self.ActMax = Maximization("activation", max_target, self.abs_norm, self.path)
+        self.RelStats = Statistics("relevance", max_target, self.abs_norm, self.path)
+        self.ActStats = Statistics("activation", max_target, self.abs_norm, self.path)
+        for results in (self.RelMax, self.ActMax, self.RelStats, self.ActStats):
+            results.SAMPLE_SIZE = self.top_k
+        self.saved_checkpoints: Dict[str, List[str]] = {"r_max": [], "a_max": [], "r_stats": [], "a_stats": []}
 
     @staticmethod
     def _check_layer_map(model: torch.nn.Module, layer_map: LayerMap) -> None:
@@ -228,7 +170,7 @@ class FeatureVisualization:
         preprocessing : bool
             Apply :meth:`preprocess_data` (for the model) or not (for plotting).
         """
-        sample, target = _split_item(index, self.dataset[index])
+        sample, target = split_item(index, self.dataset[index])
         data = sample.to(self.device).unsqueeze(0)
         if preprocessing:
             data = self.preprocess_data(data)
@@ -236,7 +178,7 @@ class FeatureVisualization:
 
     def get_data_concurrently(self, indices: Sequence[int], preprocessing: bool = False) -> Tuple[torch.Tensor, list]:
         """Return the samples ``indices`` as one batch on ``device`` and their targets (name kept from zennit-crp)."""
-        items = [_split_item(int(i), self.dataset[int(i)]) for i in indices]
+        items = [split_item(int(i), self.dataset[int(i)]) for i in indices]
         data = torch.stack([sample for sample, _ in items]).to(self.device)
         if preprocessing:
             data = self.preprocess_data(data)
@@ -259,9 +201,9 @@ class FeatureVisualization:
         rows, row_targets = [], []
         for position, (index, target) in enumerate(zip(indices.tolist(), targets)):
             if self._has_multitarget():
-                singles = [_int_target(t, index) for t in self.multitarget_to_single(target)]
+                singles = [int_target(t, index) for t in self.multitarget_to_single(target)]
             else:
-                singles = [_int_target(target, index)]
+                singles = [int_target(target, index)]
             rows.extend([position] * len(singles))
             row_targets.extend(singles)
         return rows, row_targets
@@ -304,30 +246,37 @@ class FeatureVisualization:
 
         Returns
         -------
-        list of pathlib.Path
-            The manifest and the result files.
+        list of pathlib.Path or dict
+            The manifest and the result files; where zennit-crp's flow runs (see the class notes), what
+            :meth:`collect_results` returns, as in zennit-crp.
 
         Raises
         ------
         FileExistsError
-            If ``path`` holds results of another configuration (or zennit-crp results).
+            If ``path`` holds results of another configuration (or results in zennit-crp's layout).
         crp._features.store.CorruptStoreError
             If a checkpoint to resume from is corrupt (nothing is overwritten).
         """
         data_start, data_end = self._check_data_range(data_start, data_end)
-        batch_size, checkpoint = _positive_int("batch_size", batch_size), _positive_int("checkpoint", checkpoint)
-        if isinstance(num_workers, bool) or not isinstance(num_workers, numbers.Integral) or num_workers < 0:
-            raise ValueError(f"num_workers must be an int >= 0, got {num_workers!r}.")
+        batch_size = check_positive_int(batch_size, name="batch_size")
+        checkpoint = check_positive_int(checkpoint, name="checkpoint")
+        num_workers = check_int(num_workers, name="num_workers", minimum=0)
+        seams = self.overridden_seams()
+        if seams:
+            if resume:
+                raise ValueError(f"resume=True needs the default engine, but this FeatureVisualization overrides "
+                                 f"{seams} and runs zennit-crp's flow, which cannot resume; run without resume.")
+            checkpoints = self.run_distributed(composite, data_start, data_end, batch_size, checkpoint, on_device)
+            return self.collect_results(checkpoints)
         store = ResultStore(self.path)
         config = self._config(composite, data_start, data_end)
         analysis, next_index = self._begin(store, config, resume, on_device)
         if analysis is None:
             return store.saved_files()
-        loader = self._loader(next_index, data_end, batch_size, int(num_workers))
+        loader = self._loader(next_index, data_end, batch_size, num_workers)
         bar = tqdm(total=data_end - data_start, initial=next_index - data_start, unit="sample", disable=not verbose,
                    desc="FeatureVisualization", dynamic_ncols=True)
-        context = composite.context(self.attribution.model) if composite is not None else contextlib.nullcontext()
-        with bar, context:
+        with bar, self.attribution.context(composite):
             for batch, (indices, data, targets) in enumerate(loader):
                 self._analyze_batch(analysis, indices, data, targets, on_device)
                 next_index = int(indices[-1]) + 1
@@ -335,6 +284,132 @@ class FeatureVisualization:
                 if (batch + 1) % checkpoint == 0 and next_index < data_end:
                     self._save(store, analysis, config, next_index, complete=False)
         return self._save(store, analysis, config, data_end, complete=True)
+
+    # ------------------------------------------------------------------------------------------------------
+    # zennit-crp's flow: run_distributed, the analyze_* seams, checkpoints and their collection
+
+    def overridden_seams(self) -> List[str]:
+        """The zennit-crp seams this object overrides; :meth:`run` follows zennit-crp's flow if there are any.
+
+        Returns
+        -------
+        list of str
+            Overridden methods of this class (e.g. ``"analyze_activation"``) and of the result objects (e.g.
+            ``"ActMax.analyze_layer"``); settings (``max_target``, ``abs_norm``, ``SAMPLE_SIZE``) are no seams:
+            the default engine follows them.
+        """
+        seams = [name for name in _FV_SEAMS if getattr(type(self), name) is not getattr(FeatureVisualization, name)]
+        for name in ("RelMax", "ActMax", "RelStats", "ActStats"):
+            results = getattr(self, name)
+            base = Maximization if name.endswith("Max") else Statistics
+            seams += [f"{name}.{method}" for method in _RESULT_SEAMS
+                      if getattr(type(results), method, None) is not getattr(base, method)]
+        self._result_objects()  # types and modes are right
+        return seams
+
+    def run_distributed(self, composite: Optional[Composite], data_start: int, data_end: int,  # noqa: PLR0917
+                        batch_size: int = 16, checkpoint: int = 500,
+                        on_device: Optional[Union[str, torch.device]] = None) -> Dict[str, List[str]]:
+        """zennit-crp's analysis of ``dataset[data_start:data_end]``: :class:`crp.hooks.FeatVisHook` on every
+        layer of the layer map passes activations and relevances to :meth:`analyze_activation` and
+        :meth:`analyze_relevance`; every ``checkpoint`` batches, :meth:`_save_results` writes the results so far.
+
+        Parameters
+        ----------
+        composite : zennit.core.Composite or None
+            Rules of the relevance propagation.
+        data_start, data_end : int
+            The dataset range (``data_end`` exclusive).
+        batch_size : int
+            Samples per batch.
+        checkpoint : int
+            Batches between checkpoints.
+        on_device : str or torch.device, optional
+            Where activations and relevances are analyzed.
+
+        Returns
+        -------
+        dict of str to list of str
+            ``saved_checkpoints``: the file prefixes of the checkpoints of ``"r_max"``, ``"a_max"``,
+            ``"r_stats"`` and ``"a_stats"``, for :meth:`collect_results`.
+        """
+        data_start, data_end = self._check_data_range(data_start, data_end)
+        batch_size = check_positive_int(batch_size, name="batch_size")
+        checkpoint = check_positive_int(checkpoint, name="checkpoint")
+        if ResultStore(self.path).exists():
+            raise FileExistsError(f"{self.path} holds results of the default engine; zennit-crp's flow writes its "
+                                  f"own layout: run into another path.")
+        self.saved_checkpoints = {"r_max": [], "a_max": [], "r_stats": [], "a_stats": []}
+        dict_inputs: Dict[str, Any] = {}
+        hooks = NameMapComposite([([name], FeatVisHook(self, concept, name, dict_inputs, on_device))
+                                  for name, concept in self.layer_map.items()])
+        samples = np.arange(data_start, data_end)
+        last_checkpoint = data_start
+        with self.attribution.context(composite), hooks.context(self.attribution.model):
+            for batch, start in enumerate(tqdm(range(0, len(samples), batch_size), desc="FeatureVisualization")):
+                indices = samples[start:start + batch_size]
+                data, targets = self.get_data_concurrently(indices, preprocessing=True)
+                rows, row_targets = self._expand_targets(torch.as_tensor(indices), list(targets))
+                if not rows:
+                    continue
+                dict_inputs["sample_indices"], dict_inputs["targets"] = indices[rows], np.asarray(row_targets)
+                conditions = [{self.attribution.MODEL_OUTPUT_NAME: [target]} for target in row_targets]
+                self.attribution(data[torch.as_tensor(rows)].detach().requires_grad_(), conditions,
+                                 exclude_parallel=False)
+                if batch % checkpoint == checkpoint - 1:
+                    self._save_results((last_checkpoint, int(indices[-1]) + 1))
+                    last_checkpoint = int(indices[-1]) + 1
+        if last_checkpoint < data_end:
+            self._save_results((last_checkpoint, data_end))
+        return self.saved_checkpoints
+
+    @torch.no_grad()
+    def analyze_relevance(self, rel: torch.Tensor, layer_name: str, concept: Concept, data_indices: np.ndarray,
+                          targets: np.ndarray) -> None:
+        """Rank one batch's relevance at a layer: ``RelMax.analyze_layer``, then ``RelStats.analyze_layer``."""
+        ranked = self.RelMax.analyze_layer(rel, concept, layer_name, data_indices, targets)
+        _check_ranked(ranked, rel, "RelMax.analyze_layer")
+        self.RelStats.analyze_layer(*ranked, layer_name)
+
+    @torch.no_grad()
+    def analyze_activation(self, act: torch.Tensor, layer_name: str, concept: Concept, data_indices: np.ndarray,
+                           targets: np.ndarray) -> None:
+        """Rank one batch's activation at a layer, once per sample (its first explained target)."""
+        data_indices, targets = np.asarray(data_indices), np.asarray(targets)
+        first = np.unique(data_indices, return_index=True)[1]
+        ranked = self.ActMax.analyze_layer(act[torch.as_tensor(first, device=act.device)], concept, layer_name,
+                                           data_indices[first], targets[first])
+        _check_ranked(ranked, act[:len(first)], "ActMax.analyze_layer")
+        self.ActStats.analyze_layer(*ranked, layer_name)
+
+    def _save_results(self, d_index: Optional[Tuple[int, int]] = None) -> None:
+        """Write a checkpoint of all four result objects (dataset indices ``d_index``) and note its files."""
+        for key, results in zip(("r_max", "a_max", "r_stats", "a_stats"),
+                                (self.RelMax, self.ActMax, self.RelStats, self.ActStats)):
+            self.saved_checkpoints.setdefault(key, []).extend(results._save_results(d_index))
+
+    def collect_results(self, checkpoints: Mapping[str, List[str]],
+                        d_index: Optional[Tuple[int, int]] = None) -> Dict[str, List[str]]:
+        """Merge the checkpoints of :meth:`run_distributed` (of one or many runs over disjoint ranges).
+
+        Parameters
+        ----------
+        checkpoints : dict of str to list of str
+            ``{"r_max": [...], "a_max": [...], "r_stats": [...], "a_stats": [...]}`` file prefixes.
+        d_index : (int, int), optional
+            Name the merged results as a checkpoint of these indices (None: the final results).
+
+        Returns
+        -------
+        dict of str to list of str
+            The files written per kind, as zennit-crp returned them.
+        """
+        missing = [key for key in ("r_max", "a_max", "r_stats", "a_stats") if key not in checkpoints]
+        if missing:
+            raise KeyError(f"checkpoints has no entry for {missing}; pass what run_distributed returned.")
+        return {key: results.collect_results(list(checkpoints[key]), d_index)
+                for key, results in zip(("r_max", "a_max", "r_stats", "a_stats"),
+                                        (self.RelMax, self.ActMax, self.RelStats, self.ActStats))}
 
     def _check_data_range(self, data_start, data_end) -> Tuple[int, int]:
         size = len(self.dataset)
@@ -349,30 +424,48 @@ class FeatureVisualization:
 
     def _config(self, composite: Optional[Composite], data_start: int, data_end: int) -> Dict[str, Any]:
         """Everything that determines the results; a store of another configuration is not overwritten."""
-        model = self.attribution.model
-        return {
-            "k": self.top_k, "max_target": self.max_target, "abs_norm": self.abs_norm,
-            "data_start": data_start, "data_end": data_end,
-            "dataset": {"class": type(self.dataset).__qualname__, "length": len(self.dataset)},
-            "layers": {name: describe(concept) for name, concept in self.layer_map.items()},
-            "composite": describe(composite),
-            "model": {"class": type(model).__qualname__,
-                      "parameters": [[n, list(p.shape)] for n, p in model.named_parameters()]},
-            "preprocess_fn": describe(self.preprocess_fn),
-            "multitarget_to_single": describe(type(self).multitarget_to_single) if self._has_multitarget() else None,
-        }
+        return run_config(
+            model=self.attribution.model, dataset=self.dataset, layer_map=self.layer_map, composite=composite,
+            settings=self._settings_config(),
+            data_range=(data_start, data_end), preprocess_fn=self.preprocess_fn,
+            multitarget=type(self).multitarget_to_single if self._has_multitarget() else None)
+
+    def _result_objects(self) -> Dict[str, Tuple[Maximization, Statistics]]:
+        """The result objects of each mode, checked."""
+        pairs = {"relevance": (self.RelMax, self.RelStats), "activation": (self.ActMax, self.ActStats)}
+        for mode, (ranking, stats) in pairs.items():
+            prefix = "Rel" if mode == "relevance" else "Act"
+            for name, value, kind in ((f"{prefix}Max", ranking, Maximization), (f"{prefix}Stats", stats, Statistics)):
+                if not isinstance(value, kind):
+                    raise TypeError(f"FeatureVisualization.{name} must be a crp.{kind.__module__.split('.')[-1]}."
+                                    f"{kind.__name__} (or a subclass), got {type(value).__name__}.")
+                if value.mode != mode:
+                    raise ValueError(f"FeatureVisualization.{name} must have mode={mode!r}, got {value.mode!r}.")
+        return pairs
+
+    def _mode_settings(self) -> Dict[str, ModeSettings]:
+        """What each mode's result objects decide: how samples are ranked and how many are kept."""
+        return {mode: ModeSettings(ranking.max_target, ranking.abs_norm, ranking.sample_size(), stats.sample_size())
+                for mode, (ranking, stats) in self._result_objects().items()}
+
+    def _settings_config(self) -> Dict[str, Any]:
+        settings = self._mode_settings()
+        folders = {mode: {"max": ranking.sub_folder.name, "stats": stats.sub_folder.name}
+                   for mode, (ranking, stats) in self._result_objects().items()}
+        return {"k": max(max(s.k_max, s.k_stats) for s in settings.values()),
+                "modes": {mode: {**s.as_dict(), "folders": folders[mode]} for mode, s in settings.items()}}
 
     def _begin(self, store: ResultStore, config: Dict[str, Any], resume: bool,
-               on_device) -> Tuple[Optional[Maximization], int]:
+               on_device) -> Tuple[Optional[Rankings], int]:
         """Check the folder and return the results to continue (None if already complete) and the next index."""
         if not store.exists() and LegacyStore.found(self.path):
-            raise FileExistsError(f"{self.path} holds zennit-crp 0.6 results; run into another path (these results "
-                                  f"stay readable with get_max_reference).")
-        fresh = Maximization(self.layer_map, self.top_k, self.max_target, self.abs_norm)
+            raise FileExistsError(f"{self.path} holds results in zennit-crp's layout; run into another path (these "
+                                  f"results stay readable with get_max_reference).")
+        fresh = Rankings(self.layer_map, self._mode_settings())
         if not store.exists():
             return fresh, config["data_start"]
-        stored = store.manifest["config"]
-        wanted = _json_roundtrip(config)
+        stored = store.config
+        wanted = json_roundtrip(config)
         if stored != wanted:
             differing = sorted(key for key in set(stored) | set(wanted) if stored.get(key) != wanted.get(key))
             raise FileExistsError(
@@ -381,45 +474,35 @@ class FeatureVisualization:
             )
         if not resume:
             return fresh, config["data_start"]
-        if store.manifest["complete"]:
+        if store.complete:
             logger.info("results in %s are complete; nothing to do", self.path)
             return None, config["data_end"]
-        logger.info("resuming at dataset index %d", store.manifest["next_index"])
-        self._check_fingerprint(store.manifest.get("dataset_fingerprint"))
-        return self._load_checkpoint(store, on_device), int(store.manifest["next_index"])
-
-    def _fingerprint(self, indices: Sequence[int]) -> Dict[str, Any]:
-        """SHA-256 of the dataset items at ``indices`` (samples and targets), to recognize the dataset on resume."""
-        digest = hashlib.sha256()
-        for index in indices:
-            sample, target = _split_item(index, self.dataset[index])
-            digest.update(np.ascontiguousarray(sample.detach().cpu().numpy()).tobytes())
-            digest.update(repr(target.tolist() if isinstance(target, torch.Tensor) else target).encode())
-        return {"indices": [int(i) for i in indices], "sha256": digest.hexdigest()}
+        logger.info("resuming at dataset index %d", store.next_index)
+        self._check_fingerprint(store.dataset_fingerprint)
+        return self._load_checkpoint(store, on_device), store.next_index
 
     def _check_fingerprint(self, stored: Optional[Dict[str, Any]]) -> None:
         """Warn if the items the interrupted run analyzed first and last have changed (the configuration only
         knows the dataset's class and length). A warning, not an error: random transforms change items too."""
-        if stored and self._fingerprint(stored["indices"]) != stored:
+        if stored and dataset_fingerprint(self.dataset, stored["indices"]) != stored:
             warnings.warn(
                 f"dataset items {stored['indices']} differ from those the interrupted run in {self.path} analyzed; "
                 f"if the dataset changed, the resumed results mix two datasets: run again without resume=True (or "
                 f"into another path). Datasets with random transforms always differ.", stacklevel=3)
 
-    def _load_checkpoint(self, store: ResultStore, on_device) -> Maximization:
-        manifest = store.manifest
-        layers = {layer: store.layer_arrays(layer, mmap=False, verify=True) for layer in manifest["layers"]}
+    def _load_checkpoint(self, store: ResultStore, on_device) -> Rankings:
+        layers, targets, counts = store.checkpoint(verify=True)
         device = torch.device(on_device) if on_device else self.device
-        return Maximization.from_arrays(self.layer_map, layers, manifest["targets"], manifest["counts"], self.top_k,
-                                        self.max_target, self.abs_norm, device=device)
+        return Rankings.from_arrays(self.layer_map, layers, targets, counts, settings=self._mode_settings(),
+                                    device=device)
 
     def _loader(self, start: int, stop: int, batch_size: int, num_workers: int) -> torch.utils.data.DataLoader:
         return torch.utils.data.DataLoader(
-            _SampleRange(self.dataset, start, stop), batch_size=batch_size, shuffle=False, num_workers=num_workers,
-            collate_fn=_collate, pin_memory=self.device.type == "cuda",
+            SampleRange(self.dataset, start, stop), batch_size=batch_size, shuffle=False, num_workers=num_workers,
+            collate_fn=collate, pin_memory=self.device.type == "cuda",
         )
 
-    def _analyze_batch(self, analysis: Maximization, indices: torch.Tensor, data: torch.Tensor,
+    def _analyze_batch(self, analysis: Rankings, indices: torch.Tensor, data: torch.Tensor,
                        targets: List[Any], on_device) -> None:
         """One forward and backward pass over the batch; rank relevances and activations of every layer."""
         rows, row_targets = self._expand_targets(indices, targets)
@@ -430,9 +513,8 @@ class FeatureVisualization:
         x = (data if len(rows) == len(data) and rows == list(range(len(data))) else data[rows_t]).requires_grad_()
         conditions = [{self.attribution.MODEL_OUTPUT_NAME: [t]} for t in row_targets]
         # no input heatmap is needed: the backward pass stops at the lowest layer of the layer map
-        result = self.attribution._call(x, conditions, composite=None, record_layer=list(self.layer_map),
-                                        mask_map=ChannelConcept.mask, start_layer=None, init_rel=None,
-                                        on_device=on_device, exclude_parallel=False, heatmap=False)
+        result = self.attribution(x, conditions, record_layer=list(self.layer_map), on_device=on_device,
+                                  exclude_parallel=False, heatmap=False)
         first = torch.as_tensor(np.unique(np.asarray(rows), return_index=True)[1])  # every sample's first row
         row_indices, row_targets_t = indices[rows], torch.as_tensor(row_targets)
         missing = [layer for layer in self.layer_map if layer not in result.relevances]
@@ -446,11 +528,11 @@ class FeatureVisualization:
         else:
             analysis.update("activation", result.activations, row_indices, row_targets_t)
 
-    def _save(self, store: ResultStore, analysis: Maximization, config: Dict[str, Any], next_index: int,
+    def _save(self, store: ResultStore, analysis: Rankings, config: Dict[str, Any], next_index: int,
               complete: bool) -> List[Path]:
-        fingerprint = self._fingerprint(sorted({config["data_start"], next_index - 1}))
+        fingerprint = dataset_fingerprint(self.dataset, sorted({config["data_start"], next_index - 1}))
         files = store.save(analysis.to_arrays(), analysis.targets(), analysis.counts(), config, next_index, complete,
-                           dataset_fingerprint=fingerprint)
+                           dataset_fingerprint=fingerprint, sample_sizes=analysis.sample_sizes())
         logger.info("saved results up to dataset index %d to %s", next_index, store.path)
         return files
 
@@ -459,8 +541,11 @@ class FeatureVisualization:
 
     @property
     def results(self) -> ResultReader:
-        """Reader of the results at ``path`` (this library's store or a zennit-crp 0.6 folder)."""
-        return open_results(self.path, self.max_target, self.abs_norm)
+        """Reader of the results at ``path`` (this library's store, or folders in zennit-crp's layout at the
+        ``PATH`` of the result objects)."""
+        folders = {(results.mode, results.KIND): results.PATH
+                   for results in (self.RelMax, self.ActMax, self.RelStats, self.ActStats)}
+        return open_results(self.path, self.max_target, self.abs_norm, folders=folders)
 
     def _concept_ids(self, concept_ids, layer_name: str, n_concepts: int) -> List[int]:
         if isinstance(concept_ids, (torch.Tensor, np.ndarray)):
@@ -520,16 +605,16 @@ class FeatureVisualization:
             ``{concept_id: plot_fn(samples, heatmaps, rf)}`` (or the raw tensors, see ``plot_fn``).
         """
         self._check_layer(layer_name)
-        _check_mode(mode)
-        r_range, batch_size = _check_range(r_range), _positive_int("batch_size", batch_size)
-        _check_plot_fn(plot_fn)
+        check_mode(mode)
+        r_range, batch_size = check_range(r_range), check_positive_int(batch_size, name="batch_size")
+        check_plot_fn(plot_fn)
         indices, _, neurons = self.results.maximization(layer_name, mode)
         ids = self._concept_ids(concept_ids, layer_name, indices.shape[1])
 
         def compute(concept_id: int, ranks: Range):
-            rows = self._rows(indices, ranks, f"{mode} maximization of layer {layer_name!r}")
-            return self._reference(indices[rows, concept_id], neurons[rows, concept_id], concept_id, layer_name,
-                                   composite, rf, plot_fn, batch_size, None, full_backward)
+            rows = rank_rows(indices, ranks, f"{mode} maximization of layer {layer_name!r}")
+            return self._reference(indices[rows, concept_id], concept_id, neurons[rows, concept_id], layer_name,
+                                   composite, rf, plot_fn, batch_size, full_backward=full_backward, target=None)
 
         key = self._cache_key("get_max_reference", layer_name, mode, rf, plot_fn, composite, full_backward)
         return self._cached(ids, key, r_range, compute, composite, plot_fn, overwrite, rf)
@@ -551,9 +636,9 @@ class FeatureVisualization:
             ``{"{concept_id}:{target}": plot_fn(samples, heatmaps, rf)}``.
         """
         self._check_layer(layer_name)
-        _check_mode(mode)
-        r_range, batch_size = _check_range(r_range), _positive_int("batch_size", batch_size)
-        _check_plot_fn(plot_fn)
+        check_mode(mode)
+        r_range, batch_size = check_range(r_range), check_positive_int(batch_size, name="batch_size")
+        check_plot_fn(plot_fn)
         reader = self.results
         target_list = [targets] if not isinstance(targets, Iterable) else list(targets)
         n_concepts = reader.maximization(layer_name, mode)[0].shape[1]
@@ -567,20 +652,13 @@ class FeatureVisualization:
         def compute(stat_id: str, ranks: Range):
             target = int(stat_id.rsplit(":", 1)[1])
             indices, _, neurons = reader.statistics(layer_name, mode, target)
-            rows = self._rows(indices, ranks, f"{mode} statistics of layer {layer_name!r}, target {target}")
-            return self._reference(indices[rows, concept_id], neurons[rows, concept_id], concept_id, layer_name,
-                                   composite, rf, plot_fn, batch_size, target, full_backward)
+            rows = rank_rows(indices, ranks, f"{mode} statistics of layer {layer_name!r}, target {target}")
+            return self._reference(indices[rows, concept_id], concept_id, neurons[rows, concept_id], layer_name,
+                                   composite, rf, plot_fn, batch_size, full_backward=full_backward, target=target)
 
         key = self._cache_key("get_stats_reference", layer_name, mode, rf, plot_fn, composite, full_backward)
         ids = [f"{concept_id}:{int(t)}" for t in target_list]
         return self._cached(ids, key, r_range, compute, composite, plot_fn, overwrite, rf)
-
-    @staticmethod
-    def _rows(indices: np.ndarray, ranks: Range, what: str) -> slice:
-        if ranks[0] >= len(indices):
-            raise ValueError(f"r_range starts at rank {ranks[0]}, but the {what} holds {len(indices)} samples; "
-                             f"choose a range below {len(indices)}.")
-        return slice(ranks[0], min(ranks[1], len(indices)))
 
     def compute_stats(self, concept_id: int, layer_name: str, mode: str = "relevance", top_N: int = 5,
                       mean_N: int = 10, norm: bool = False) -> Tuple[np.ndarray, torch.Tensor]:
@@ -604,8 +682,8 @@ class FeatureVisualization:
             Targets sorted by decreasing mean value (ties: lower target first) and the mean values.
         """
         self._check_layer(layer_name)
-        _check_mode(mode)
-        top_N, mean_N = _positive_int("top_N", top_N), _positive_int("mean_N", mean_N)
+        check_mode(mode)
+        top_N, mean_N = check_positive_int(top_N, name="top_N"), check_positive_int(mean_N, name="mean_N")
         reader = self.results
         n_concepts = reader.maximization(layer_name, mode)[0].shape[1]
         concept_id = self._concept_ids(concept_id, layer_name, n_concepts)[0]
@@ -667,21 +745,12 @@ class FeatureVisualization:
 
     def _cache_key(self, func_name: str, layer_name: str, mode: str, rf: bool, plot_fn, composite,
                    full_backward: bool) -> CacheKey:
-        extra = {
-            "results": self._results_fingerprint(), "concept": describe(self.layer_map[layer_name]),
+        identity = {
+            "results": results_fingerprint(self.results, self.path), "concept": describe(self.layer_map[layer_name]),
             "preprocess_fn": describe(self.preprocess_fn), "full_backward": bool(full_backward),
             "max_target": self.max_target, "abs_norm": self.abs_norm,
         }
-        return CacheKey(func_name, layer_name, mode, bool(rf), describe(plot_fn), describe(composite), extra)
-
-    def _results_fingerprint(self) -> Any:
-        reader = self.results
-        if isinstance(reader, ResultStore):
-            manifest = reader.manifest
-            return {"config": manifest["config"], "next_index": manifest["next_index"],
-                    "complete": manifest["complete"]}
-        folder = self.path
-        return {"legacy": str(folder.resolve()), "mtime_ns": max(p.stat().st_mtime_ns for p in folder.iterdir())}
+        return CacheKey(func_name, layer_name, mode, bool(rf), describe(plot_fn), describe(composite), identity)
 
     def _cached(self, ids: List[Any], key: CacheKey, r_range: Range, compute, composite, plot_fn, overwrite: bool,
                 rf: bool) -> Dict[Any, Any]:
@@ -689,44 +758,74 @@ class FeatureVisualization:
         if rf and composite is None:
             warnings.warn("rf=True needs a composite: the receptive field is only used for heatmaps; pass a zennit "
                           "composite.", stacklevel=3)
-        if self.Cache is None or plot_fn is None or composite is None:
-            return {ref_id: compute(ref_id, r_range) for ref_id in ids}
-        if overwrite:
-            found, missing = {}, {ref_id: r_range for ref_id in ids}
-        else:
-            found, missing = self.Cache.load(ids, key, r_range)
-        for ref_id, ranks in missing.items():
-            value = compute(ref_id, ranks)
-            self.Cache.save({ref_id: value}, key, ranks)
-            found = self.Cache.extend_dict(found, {ref_id: value})
-        return {ref_id: found[ref_id] for ref_id in ids if ref_id in found}
+        use_cache = self.Cache is not None and plot_fn is not None and composite is not None
+        return cached_references(self.Cache if use_cache else None, ids, key=key, r_range=r_range, compute=compute,
+                                 overwrite=overwrite)
 
-    def _reference(self, indices: np.ndarray, neurons: np.ndarray, concept_id: int, layer_name: str, composite,
-                   rf: bool, plot_fn, batch_size: int, target: Optional[int], full_backward: bool):
-        """Load reference samples; with a composite, compute their heatmaps and draw them."""
-        data, sample_targets = self.get_data_concurrently(indices, preprocessing=False)
+    def _reference(self, d_indices: np.ndarray, c_id: int, n_indices: np.ndarray, layer_name: str,  # noqa: PLR0917
+                   composite, rf: bool, plot_fn, batch_size: int, *, full_backward: bool, target: Optional[int]):
+        """:meth:`_load_ref_and_attribution`, with this library's ``full_backward`` where it is asked for."""
+        if not full_backward:
+            return self._load_ref_and_attribution(d_indices, c_id, n_indices, layer_name, composite, rf, plot_fn,
+                                                  batch_size)
+        overridden = [name for name in ("_load_ref_and_attribution", "_attribution_on_reference")
+                      if getattr(type(self), name) is not getattr(FeatureVisualization, name)]
+        if overridden:
+            raise ValueError(f"full_backward=True is not available where a subclass overrides {overridden} "
+                             f"(zennit-crp's seams know no targets); call with full_backward=False.")
+        return self._load_ref_and_attribution(d_indices, c_id, n_indices, layer_name, composite, rf, plot_fn,
+                                              batch_size, full_backward=True, target=target)
+
+    def _load_ref_and_attribution(self, d_indices: np.ndarray, c_id: int, n_indices: np.ndarray,  # noqa: PLR0917
+                                  layer_name: str, composite: Optional[Composite], rf: bool, plot_fn: Optional[PlotFn],
+                                  batch_size: int, *, full_backward: bool = False, target: Optional[int] = None):
+        """Load the reference samples ``d_indices``; with a composite, compute and draw their heatmaps.
+
+        zennit-crp's seam, with its signature (``n_indices``: the most relevant neuron of every sample, for
+        ``rf``); a subclass may override it.
+
+        Returns
+        -------
+        object
+            The samples (without a composite), ``plot_fn(samples, heatmaps, rf)``, or ``(samples, heatmaps)``
+            without a plot function; samples are those before preprocessing.
+        """
+        data, sample_targets = self.get_data_concurrently(d_indices, preprocessing=False)
         data = data.detach()
         if composite is None:
             return data.cpu()
+        targets = None
         if full_backward:
             targets = [[target]] * len(data) if target is not None else [
-                self._explained_targets(t, i) for t, i in zip(sample_targets, indices)]
-        else:
-            targets = None
-        heatmaps = self._heatmaps(self.preprocess_data(data).detach(), concept_id, layer_name, composite, rf,
-                                  neurons, batch_size, targets)
+                self._explained_targets(t, i) for t, i in zip(sample_targets, d_indices)]
+        heatmaps = self._attribution_on_reference(self.preprocess_data(data).detach(), c_id, layer_name, composite,
+                                                  rf, n_indices, batch_size, targets=targets)
         if callable(plot_fn):
             return plot_fn(data, heatmaps.detach(), rf)
         return data.cpu(), heatmaps.detach().cpu()
 
     def _explained_targets(self, target, index) -> List[int]:
         if self._has_multitarget():
-            return [_int_target(t, index) for t in self.multitarget_to_single(target)]
-        return [_int_target(target, index)]
+            return [int_target(t, index) for t in self.multitarget_to_single(target)]
+        return [int_target(target, index)]
 
-    def _heatmaps(self, data: torch.Tensor, concept_id: int, layer_name: str, composite, rf: bool,
-                  neurons: np.ndarray, batch_size: int, targets: Optional[List[List[int]]]) -> torch.Tensor:
-        """Concept-conditional heatmaps, started at the layer (default) or at the output (``targets`` given)."""
+    def _attribution_on_reference(self, data: torch.Tensor, concept_id: int, layer_name: str,  # noqa: PLR0917
+                                  composite: Composite, rf: bool = False, neuron_ids: Sequence[int] = (),
+                                  batch_size: int = 32, *, targets: Optional[List[List[int]]] = None) -> torch.Tensor:
+        """Concept-conditional heatmaps of reference samples, ``batch_size`` at a time.
+
+        zennit-crp's seam, with its signature. The relevance starts at the layer's activation (zennit-crp's
+        choice), or at the model output for ``targets`` (one list of targets per sample, ``full_backward``);
+        with ``rf`` only the neuron ``neuron_ids[i]`` of sample ``i`` is kept (the concept's ``mask_rf``).
+
+        Returns
+        -------
+        torch.Tensor
+            One heatmap per sample, on ``device``.
+        """
+        if rf and len(neuron_ids) != len(data):
+            raise ValueError(f"neuron_ids must hold one neuron per sample with rf=True: got {len(neuron_ids)} for "
+                             f"{len(data)} samples.")
         concept = self.layer_map[layer_name]
         output = self.attribution.MODEL_OUTPUT_NAME
         heatmaps = []
@@ -734,7 +833,7 @@ class FeatureVisualization:
             stop = min(start + batch_size, len(data))
             x = data[start:stop].detach().requires_grad_()
             if rf:
-                conditions = [{layer_name: {concept_id: [int(n)]}} for n in neurons[start:stop]]
+                conditions = [{layer_name: {concept_id: [int(n)]}} for n in neuron_ids[start:stop]]
             else:
                 conditions = [{layer_name: [concept_id]} for _ in range(stop - start)]
             if targets is not None:
@@ -749,5 +848,11 @@ class FeatureVisualization:
         return torch.cat(heatmaps)
 
 
-def _json_roundtrip(value: Any) -> Any:
-    return json.loads(json.dumps(value, sort_keys=True))
+def _check_ranked(ranked: Any, rel: torch.Tensor, method: str) -> None:
+    """Refuse what an overridden ``analyze_layer`` returns unless it is four ``(n, C)`` tensors."""
+    ok = isinstance(ranked, (tuple, list)) and len(ranked) == 4 and all(isinstance(r, torch.Tensor) for r in ranked)
+    shapes = [tuple(r.shape) for r in ranked] if ok else None
+    if not ok or len(set(shapes)) != 1 or len(shapes[0]) != 2 or shapes[0][0] != len(rel):
+        got = shapes if ok else type(ranked).__name__
+        raise TypeError(f"{method} must return four tensors (d_c_sorted, rel_c_sorted, rf_c_sorted, t_c_sorted) of "
+                        f"shape (n, C) with n = {len(rel)} rows of the batch, got {got}.")

@@ -1,84 +1,62 @@
 """Relevance and Activation Maximization with per-class statistics, accumulated batch by batch.
 
-For every layer and every concept, :class:`Maximization` keeps the ``k`` dataset samples with the largest
+For every layer and every concept, :class:`Rankings` keeps the ``k`` dataset samples with the largest
 relevance (RelMax) or activation (ActMax) of the concept, overall and separately for every explained target
 class, together with the index of the concept's most relevant (most active) neuron in each sample, which
 locates its receptive field (Achtibat et al., Nature Machine Intelligence 2023, Sec. 4.2). How a layer's
-output is scored per concept is the concept's :meth:`crp.concepts.Concept.reference_sampling`.
+output is scored per concept is the concept's :meth:`crp.concepts.Concept.scores`. Each mode has its own
+settings (:class:`ModeSettings`): how values are computed and how many samples are kept, overall and per
+target, as zennit-crp's ``RelMax``/``RelStats``/``ActMax``/``ActStats`` objects each had.
 
 The concepts of all layers are the columns of one :class:`crp._features.topk.TopK` per mode for the overall ranking and
 one per mode for the per-target rankings: deterministic (ties go to the lower dataset index), independent of
 batch size and order, and mergeable.
 """
-import sys
+from dataclasses import dataclass
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
-from crp._attribution.concepts import ChannelConcept, Concept
-from crp._features.store import RECORD, stats_offsets
+from crp._attribution.concepts import Concept
+from crp._features.store import FIELDS, MODES, check_mode, stats_offsets
 from crp._features.topk import TopK
 
-__all__ = ["Maximization", "MODES", "concept_values"]
+__all__ = ["Rankings", "ModeSettings"]
 
-#: The two rankings: by conditional relevance and by activation.
-MODES = ("relevance", "activation")
+#: The :data:`crp._features.store.FIELDS` arrays of one kind, and both kinds of one layer.
+Fields = Dict[str, np.ndarray]
+LayerFields = Dict[str, Fields]
 
-Arrays = Dict[str, np.ndarray]
 
+@dataclass(frozen=True)
+class ModeSettings:
+    """How one mode (relevance or activation) ranks samples.
 
-def concept_values(concept: Concept, output: torch.Tensor, layer: str, max_target: str,
-                   abs_norm: bool) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Score every concept of every row: values and most relevant (active) neuron indices, each ``(n, C)``.
-
-    The result is that of ``concept.reference_sampling`` in row order. For :class:`ChannelConcept` (unless a
-    subclass overrides ``reference_sampling``) it is computed directly, with one pass for the peak and its
-    index, and without sorting.
+    Attributes
+    ----------
+    max_target : {"sum", "max"}
+        Rank by a concept's summed value or by its largest neuron.
+    abs_norm : bool
+        Divide each sample's concept values by their absolute sum over the layer first.
+    k_max : int
+        Samples kept per concept overall (zennit-crp's ``RelMax.SAMPLE_SIZE``).
+    k_stats : int
+        Samples kept per concept and target (``RelStats.SAMPLE_SIZE``).
     """
-    if isinstance(concept, ChannelConcept) and type(concept).reference_sampling is ChannelConcept.reference_sampling:
-        if not isinstance(output, torch.Tensor) or output.dim() < 2:
-            return concept.reference_sampling(output, layer, max_target, abs_norm)  # raises the concept's error
-        flat = output.reshape(*output.shape[:2], -1)
-        peak, neurons = _peaks(flat)
-        values = flat.sum(-1) if max_target == "sum" else peak
-        if abs_norm:
-            values = values / (values.abs().sum(-1, keepdim=True) + 1e-10)
-        return values, neurons
-    order, values, neurons = concept.reference_sampling(output, layer, max_target, abs_norm)
-    return torch.empty_like(values).scatter_(0, order, values), torch.empty_like(neurons).scatter_(0, order, neurons)
+
+    max_target: str = "sum"
+    abs_norm: bool = True
+    k_max: int = 40
+    k_stats: int = 40
+
+    def as_dict(self) -> Dict[str, object]:
+        """The settings as a JSON-serializable dict."""
+        return {"max_target": self.max_target, "abs_norm": self.abs_norm, "k_max": self.k_max,
+                "k_stats": self.k_stats}
 
 
-def _peaks(flat: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """The first maximum of every ``(row, concept)`` of ``flat`` ``(n, C, neurons)`` and its index; a single
-    neuron is its own peak.
-
-    Large maps are searched in two steps: the maximum of every block of ``_BLOCK`` neurons (a plain reduction,
-    several times faster than one that also tracks indices), then the index inside the first block that holds
-    the maximum. The result is that of ``flat.max(-1)``, NaN included.
-    """
-    n = flat.shape[-1]
-    if n == 1:
-        return flat[..., 0], torch.zeros(flat.shape[:2], dtype=torch.int64, device=flat.device)
-    if n < _TWO_STEP_FROM:
-        return flat.max(-1)
-    blocks = n // _BLOCK
-    body = flat[..., :blocks * _BLOCK].unflatten(-1, (blocks, _BLOCK))
-    peak, block = body.amax(-1).max(-1)
-    inside = body.gather(-2, block[..., None, None].expand(*block.shape, 1, _BLOCK)).squeeze(-2).max(-1).indices
-    index = block * _BLOCK + inside
-    if blocks * _BLOCK < n:  # the neurons after the last whole block; ties stay with the earlier maximum
-        tail_peak, tail_index = flat[..., blocks * _BLOCK:].max(-1)
-        later = (tail_peak > peak) | (tail_peak.isnan() & ~peak.isnan())
-        peak, index = torch.where(later, tail_peak, peak), torch.where(later, tail_index + blocks * _BLOCK, index)
-    return peak, index
-
-
-#: Neurons per block of the two-step peak search, and the map size from which it is used.
-_BLOCK, _TWO_STEP_FROM = 64, 2048
-
-
-class Maximization:
+class Rankings:
     """Top-``k`` reference samples of every concept of every layer, overall and per target, for both modes.
 
     Memory is bounded and does not grow with the dataset: per mode, ``k * C`` entries for the overall ranking
@@ -95,26 +73,22 @@ class Maximization:
     ----------
     layer_map : dict of str to Concept
         The layers to analyze and how their outputs are split into concepts.
-    k : int
-        Number of samples kept per concept (and per target).
-    max_target : {"sum", "max"}
-        Rank by a concept's summed relevance (activation) or by its largest neuron.
-    abs_norm : bool
-        Divide each sample's concept values by their absolute sum over the layer first.
+    settings : dict of str to ModeSettings
+        The settings of each of the two modes (:data:`crp._features.store.MODES`).
     slack : int, optional
-        Extra slots per target, see :class:`crp._features.topk.TopK`: once the targets have ``k`` samples each, every
-        update costs about ``1 / slack`` of a full re-ranking of the targets it touches. Default ``k // 4``.
+        Extra slots per target, see :class:`crp._features.topk.TopK`: once the targets have ``k`` samples each,
+        every update costs about ``1 / slack`` of a full re-ranking of the targets it touches. Default
+        ``k_stats // 4``.
     """
 
-    def __init__(self, layer_map: Mapping[str, Concept], k: int = 40, max_target: str = "sum",
-                 abs_norm: bool = True, slack: Optional[int] = None) -> None:
-        if max_target not in ("sum", "max"):
-            raise ValueError(f"max_target must be 'sum' or 'max', got {max_target!r}.")
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-            raise ValueError(f"k must be a positive int, got {k!r}.")
+    def __init__(self, layer_map: Mapping[str, Concept], settings: Mapping[str, ModeSettings], *,
+                 slack: Optional[int] = None) -> None:
+        missing = [mode for mode in MODES if mode not in settings]
+        if missing:
+            raise KeyError(f"settings has no entry for the modes {missing}.")
         self.layer_map = dict(layer_map)
-        slack = int(k) // 4 if slack is None else slack
-        self.k, self.max_target, self.abs_norm, self.slack = int(k), max_target, bool(abs_norm), int(slack)
+        self.settings = {mode: settings[mode] for mode in MODES}
+        self.slack = slack
         #: Number of concepts of every layer, in layer_map order; known after the first update.
         self.n_concepts: Dict[str, int] = {}
         #: ``{mode: (overall TopK, per-target TopK)}`` over the concepts of all layers (columns).
@@ -135,7 +109,8 @@ class Maximization:
         targets : torch.Tensor
             ``(n,)`` target class of every row (the class the relevance was computed for).
         """
-        scored = [concept_values(concept, outputs[layer], layer, self.max_target, self.abs_norm)
+        setting = self.settings[mode]
+        scored = [concept.scores(outputs[layer], layer, setting.max_target, setting.abs_norm)
                   for layer, concept in self.layer_map.items()]
         self._set_columns([values.shape[1] for values, _ in scored])
         values = torch.cat([values for values, _ in scored], 1)
@@ -145,13 +120,11 @@ class Maximization:
         overall.add(values, indices, neurons)
         per_target.add(values, indices, neurons, torch.as_tensor(targets, device=values.device))
 
-    def merge(self, other: "Maximization") -> "Maximization":
+    def merge(self, other: "Rankings") -> "Rankings":
         """Merge the results of ``other`` (e.g. of a disjoint part of the dataset) into these; return ``self``."""
-        if (other.k, other.max_target, other.abs_norm) != (self.k, self.max_target, self.abs_norm):
-            raise ValueError(
-                f"can only merge results with the same k, max_target and abs_norm; got "
-                f"{(other.k, other.max_target, other.abs_norm)} and {(self.k, self.max_target, self.abs_norm)}."
-            )
+        if other.settings != self.settings:
+            raise ValueError(f"can only merge results with the same settings; got {other.settings} and "
+                             f"{self.settings}.")
         if other.n_concepts:
             self._set_columns([other.n_concepts[layer] for layer in self.layer_map])
         for mode, (overall, per_target) in other.accumulators.items():
@@ -174,13 +147,14 @@ class Maximization:
                 [pair[0].count()] + [pair[1].count(t) for t in targets]
         return result
 
-    def to_arrays(self) -> Dict[str, Arrays]:
-        """Export every layer as record arrays (fields ``index``, ``value``, ``neuron``, see :data:`RECORD`).
+    def to_arrays(self) -> Dict[str, LayerFields]:
+        """Export every layer as arrays of the store's fields (int32 ``index``, float32 ``value``, int32 ``neuron``).
 
         Returns
         -------
         dict
-            ``{layer: {"max": (2, R, C), "stats": (2, N, C)}}``: axis 0 is the mode (:data:`MODES`); ``max``
+            ``{layer: {"max": fields, "stats": fields}}``, each field of shape ``(2, R, C)`` and ``(2, N, C)``:
+            axis 0 is the mode (``MODES``); ``max``
             ranks all samples (``R = min(k, samples)``), ``stats`` the samples of each target of
             :meth:`targets`, one target after another: the rows of target ``i`` are
             ``offsets[i]:offsets[i + 1]`` with ``offsets = stats_offsets(counts(), k)`` (see
@@ -190,43 +164,55 @@ class Maximization:
         if not any(mode in self.accumulators for mode in MODES):
             return {}
         targets, counts = self.targets(), self.counts()
-        rows_max = min(self.k, max(counts[mode][0] for mode in MODES))
-        rows_stats = np.diff(stats_offsets(counts, self.k)).tolist()
+        rows_max = max(min(self.settings[mode].k_max, counts[mode][0]) for mode in MODES)
+        rows_stats = np.diff(stats_offsets(counts, self.stats_sizes())).tolist()
         parts = {"max": [], "stats": []}
         for mode in MODES:
             overall, per_target = self.accumulators.get(mode) or (_Empty(self._total()), _Empty(self._total()))
             parts["max"].append(overall.to_tensors([0], [rows_max]))
             parts["stats"].append(per_target.to_tensors(targets, rows_stats))
-        joined = {kind: {name: torch.stack([part[name].cpu() for part in exported])
-                         for name in ("index", "value", "neuron")} for kind, exported in parts.items()}
-        return {layer: {kind: _records(fields, columns) for kind, fields in joined.items()}
+        joined = {kind: {name: torch.stack([part[name].cpu() for part in exported]).numpy() for name in FIELDS}
+                  for kind, exported in parts.items()}
+        return {layer: {kind: {name: field[..., columns] for name, field in fields.items()}
+                        for kind, fields in joined.items()}
                 for layer, columns in self._columns().items()}
 
+    def stats_sizes(self) -> Dict[str, int]:
+        """Samples kept per concept and target, per mode (the stats rows per target are the larger count)."""
+        return {mode: setting.k_stats for mode, setting in self.settings.items()}
+
+    def sample_sizes(self) -> Dict[str, Dict[str, int]]:
+        """``{mode: {"max": k_max, "stats": k_stats}}``, as the store records them."""
+        return {mode: {"max": s.k_max, "stats": s.k_stats} for mode, s in self.settings.items()}
+
     @classmethod
-    def from_arrays(cls, layer_map: Mapping[str, Concept], layers: Mapping[str, Arrays], targets: Sequence[int],
-                    counts: Mapping[str, Sequence[int]], k: int = 40, max_target: str = "sum", abs_norm: bool = True,
-                    slack: Optional[int] = None, device: Optional[torch.device] = None) -> "Maximization":
+    def from_arrays(cls, layer_map: Mapping[str, Concept], layers: Mapping[str, LayerFields], targets: Sequence[int],
+                    counts: Mapping[str, Sequence[int]], *, settings: Mapping[str, ModeSettings],
+                    slack: Optional[int] = None, device: Optional[torch.device] = None) -> "Rankings":
         """Rebuild the results from :meth:`to_arrays`, :meth:`targets` and :meth:`counts` (e.g. a checkpoint)."""
-        result = cls(layer_map, k, max_target, abs_norm, slack)
-        slack = result.slack
+        result = cls(layer_map, settings, slack=slack)
         missing = [layer for layer in layer_map if layer not in layers]
         if missing:
             raise KeyError(f"the arrays have no results for layers {missing}.")
-        result._set_columns([layers[layer]["max"].shape[-1] for layer in layer_map])
-        joined = {kind: np.concatenate([np.asarray(layers[layer][kind]) for layer in layer_map], -1)
-                  for kind in ("max", "stats")}
+        result._set_columns([layers[layer]["max"]["index"].shape[-1] for layer in layer_map])
+        joined = {kind: {name: np.concatenate([np.asarray(layers[layer][kind][name]) for layer in layer_map], -1)
+                         for name in FIELDS} for kind in ("max", "stats")}
         labels = np.asarray(targets, dtype=np.int64)
-        offsets = stats_offsets(counts, k)
+        offsets = stats_offsets(counts, result.stats_sizes())
         for m, mode in enumerate(MODES):
+            setting = result.settings[mode]
             count = np.asarray(counts[mode], dtype=np.int64)
+            rows_max = min(setting.k_max, int(count[0]))
             overall = TopK.from_arrays({"labels": np.zeros(1, np.int64), "counts": count[:1],
-                                        **_fields(joined["max"][m][None])}, k=k, device=device)
+                                        **{name: f[m][None, :rows_max] for name, f in joined["max"].items()}},
+                                       k=setting.k_max, device=device)
             seen = np.flatnonzero(count[1:] > 0)
-            rows = [np.arange(offsets[g], offsets[g + 1]) for g in seen]
-            selected = joined["stats"][m][np.concatenate(rows) if rows else np.zeros(0, np.int64)]
+            rows = [np.arange(offsets[g], offsets[g] + min(setting.k_stats, int(count[1 + g]))) for g in seen]
+            chosen = np.concatenate(rows) if rows else np.zeros(0, np.int64)
             per_target = TopK.from_arrays({"labels": labels[seen], "counts": count[1:][seen],
                                            "offsets": np.cumsum([0] + [len(r) for r in rows]),
-                                           **_fields(selected)}, k=k, slack=slack, device=device)
+                                           **{name: f[m][chosen] for name, f in joined["stats"].items()}},
+                                          k=setting.k_stats, slack=result._slack(mode), device=device)
             result.accumulators[mode] = (overall, per_target)
         return result
 
@@ -247,16 +233,15 @@ class Maximization:
                                  f"every sample must give the layer an output of the same number of concepts.")
 
     def _accumulators(self, mode: str) -> Tuple[TopK, TopK]:
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {mode!r}.")
+        check_mode(mode)
         if mode not in self.accumulators:
-            total = self._total()
-            self.accumulators[mode] = (TopK(self.k, total), TopK(self.k, total, slack=self.slack))
+            total, setting = self._total(), self.settings[mode]
+            self.accumulators[mode] = (TopK(setting.k_max, total),
+                                       TopK(setting.k_stats, total, slack=self._slack(mode)))
         return self.accumulators[mode]
 
-
-def _fields(records: np.ndarray) -> Arrays:
-    return {name: np.asarray(records[name]) for name in ("index", "value", "neuron")}
+    def _slack(self, mode: str) -> int:
+        return self.settings[mode].k_stats // 4 if self.slack is None else int(self.slack)
 
 
 class _Empty:
@@ -269,14 +254,3 @@ class _Empty:
         shape = (int(sum(rows)), self.n_columns)
         return {"index": torch.full(shape, -1, dtype=torch.int32), "value": torch.full(shape, float("nan")),
                 "neuron": torch.full(shape, -1, dtype=torch.int32)}
-
-
-def _records(fields: Mapping[str, torch.Tensor], columns: slice) -> np.ndarray:
-    """The ``columns`` of int32 ``index``, float32 ``value`` and int32 ``neuron`` tensors as one record array."""
-    index, value, neuron = (fields[name][..., columns] for name in ("index", "value", "neuron"))
-    if sys.byteorder != "little":  # RECORD is little-endian; build it field by field
-        records = np.empty(index.shape, RECORD)
-        records["index"], records["value"], records["neuron"] = index.numpy(), value.numpy(), neuron.numpy()
-        return records
-    packed = torch.stack([index, value.view(torch.int32), neuron], -1).numpy()  # (..., 3) int32, contiguous
-    return packed.view(RECORD)[..., 0]

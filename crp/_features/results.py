@@ -5,7 +5,7 @@ from typing import List, Optional, Tuple, Union
 
 import numpy as np
 
-from crp._features.store import MODES, ResultStore, legacy_folder_name, open_result_folder
+from crp._features.store import ResultStore, open_result_folder, store_folder_names
 
 __all__ = [
     "load_maximization", "load_statistics", "load_stat_targets", "load_receptive_field", "find_files",
@@ -90,10 +90,8 @@ def find_files(path: Optional[PathLike] = None) -> Tuple[List[str], List[str], L
     kinds: Tuple[List[str], ...] = ([], [], [], [], [])
     names = sorted(entry.name for entry in root.iterdir() if entry.is_dir())
     store = ResultStore(root)
-    if store.exists():  # the store has no such folders, but its handles' PATHs name them
-        config = store.manifest["config"]
-        names += [legacy_folder_name(mode, kind, config["max_target"], config["abs_norm"])
-                  for kind in ("max", "stats") for mode in MODES]
+    if store.exists():  # the store has no such folders, but the PATHs of its result objects name them
+        names += store_folder_names(store.config)
     for name in sorted(set(names)):
         for i, marker in enumerate(("RelMax", "ActMax", "RelStats", "ActStats", "RF")):
             if marker in name:

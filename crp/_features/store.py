@@ -27,6 +27,7 @@ import json
 import os
 import re
 import shutil
+import sys
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
@@ -38,12 +39,21 @@ from crp._utils.files import write_atomic
 
 __all__ = [
     "ResultReader", "ResultStore", "LegacyStore", "CorruptStoreError", "open_results", "open_result_folder",
-    "legacy_folder_name", "stats_offsets", "MODES", "RECORD",
+    "legacy_folder_name", "stats_offsets", "check_mode", "pack_records", "record_fields", "save_triple",
+    "load_triple", "remove_triple", "store_folder_names", "MODES", "KINDS", "FIELDS", "RECORD", "TRIPLE_SUFFIXES",
 ]
 
+#: zennit-crp 0.6's files of one ranking: ``{prefix}data.npy`` (dataset indices), ``rel.npy`` (values),
+#: ``rf.npy`` (neurons).
+TRIPLE_SUFFIXES = ("data", "rel", "rf")
+
+#: The two rankings, axis 0 of every array: by conditional relevance and by activation.
 MODES = ("relevance", "activation")
 #: One entry of a ranking: dataset index, value, most relevant (active) neuron.
 RECORD = np.dtype([("index", "<i4"), ("value", "<f4"), ("neuron", "<i4")])
+#: The fields of :data:`RECORD`.
+FIELDS = ("index", "value", "neuron")
+Fields = Mapping[str, np.ndarray]
 KINDS = ("max", "stats")
 FORMAT = "crp.FeatureVisualization"
 FORMAT_VERSION = 2
@@ -59,23 +69,27 @@ class CorruptStoreError(ValueError):
     """A store file is truncated, corrupt, or does not match the manifest."""
 
 
-def stats_offsets(counts: Mapping[str, Sequence[int]], k: int) -> np.ndarray:
+def stats_offsets(counts: Mapping[str, Sequence[int]], k: Union[int, Mapping[str, int]]) -> np.ndarray:
     """Where each target's rows start in the ``stats`` arrays: ``T + 1`` offsets (int64).
+
+    A target has as many rows as the mode that keeps more of its samples: ``min(k, samples)`` per mode.
 
     Parameters
     ----------
     counts : dict
         ``{mode: [samples overall, samples of target 0, ...]}`` for both :data:`MODES`.
-    k : int
-        Samples kept per concept and target.
+    k : int or dict of str to int
+        Samples kept per concept and target, for all modes or per mode.
     """
-    per_target = np.max([np.asarray(counts[mode][1:], dtype=np.int64) for mode in MODES], axis=0)
-    return np.concatenate([[0], np.cumsum(np.minimum(per_target, int(k)))]).astype(np.int64)
+    sizes = {mode: int(k[mode] if isinstance(k, Mapping) else k) for mode in MODES}
+    per_target = np.max([np.minimum(np.asarray(counts[mode][1:], dtype=np.int64), sizes[mode]) for mode in MODES],
+                        axis=0)
+    return np.concatenate([[0], np.cumsum(per_target)]).astype(np.int64)
 
 
 def legacy_folder_name(mode: str, kind: str, max_target: str, abs_norm: bool) -> str:
     """zennit-crp 0.6's sub-folder name, e.g. ``RelMax_sum_normed`` for ``("relevance", "max", "sum", True)``."""
-    _check_mode(mode)
+    check_mode(mode)
     prefix = "Rel" if mode == "relevance" else "Act"
     middle = {"max": "Max", "stats": "Stats"}[kind]
     return f"{prefix}{middle}_{max_target}_{'normed' if abs_norm else 'unnormed'}"
@@ -107,7 +121,8 @@ class ResultReader(ABC):
 
 
 class LegacyStore(ResultReader):
-    """Reader for result folders written by zennit-crp 0.6.
+    """Reader for result folders in zennit-crp 0.6's layout (written by zennit-crp, or by this library's
+    zennit-crp style ``run_distributed`` / ``collect_results``).
 
     Parameters
     ----------
@@ -115,25 +130,31 @@ class LegacyStore(ResultReader):
         The ``path`` given to zennit-crp's FeatureVisualization (holding ``RelMax_sum_normed`` etc.).
     max_target, abs_norm
         Select the sub-folders (``{Rel,Act}{Max,Stats}_{max_target}_{normed,unnormed}``).
+    folders : dict, optional
+        ``{(mode, kind): folder}`` where the result objects of the modes have different settings; overrides
+        ``max_target`` and ``abs_norm`` for the pairs it names.
     """
 
-    def __init__(self, path: PathLike, max_target: str = "sum", abs_norm: bool = True) -> None:
+    def __init__(self, path: PathLike, max_target: str = "sum", abs_norm: bool = True, *,
+                 folders: Optional[Mapping[Tuple[str, str], PathLike]] = None) -> None:
         self.path, self.max_target, self.abs_norm = Path(path), max_target, abs_norm
+        self.folders = {key: Path(value) for key, value in (folders or {}).items()}
 
     def folder(self, mode: str, kind: str) -> Path:
-        return self.path / legacy_folder_name(mode, kind, self.max_target, self.abs_norm)
+        """The folder of ``mode`` (relevance, activation) and ``kind`` (max, stats)."""
+        return self.folders.get((mode, kind)) or self.path / legacy_folder_name(mode, kind, self.max_target,
+                                                                                 self.abs_norm)
 
     def maximization(self, layer: str, mode: str) -> Triple:
         folder = self.folder(mode, "max")
-        return _load_triple([folder / f"{layer}_{suffix}.npy" for suffix in ("data", "rel", "rf")], "run")
+        return load_triple(folder / f"{layer}_")
 
     def statistics(self, layer: str, mode: str, target: int) -> Triple:
         folder = self.folder(mode, "stats") / layer
-        triple = [folder / f"{int(target)}_{suffix}.npy" for suffix in ("data", "rel", "rf")]
-        if not triple[0].exists() and self.folder(mode, "stats").exists():
+        if not (folder / f"{int(target)}_data.npy").exists() and self.folder(mode, "stats").exists():
             raise KeyError(f"no statistics for target {target!r} in {folder}; targets are "
                            f"{self.targets(mode).tolist()}.")
-        return _load_triple(triple, "run")
+        return load_triple(folder / f"{int(target)}_")
 
     def targets(self, mode: str) -> np.ndarray:
         file = self.folder(mode, "stats") / "targets.npy"
@@ -177,9 +198,41 @@ class ResultStore(ResultReader):
             self._manifest = self._read_manifest()
         return self._manifest
 
-    def reload(self) -> None:
-        """Forget the cached manifest (after another process wrote to the store)."""
-        self._manifest = None
+    @property
+    def config(self) -> Dict[str, Any]:
+        """The configuration of the run that wrote the store (compared on resume)."""
+        return self.manifest["config"]
+
+    @property
+    def next_index(self) -> int:
+        """The first dataset index not yet included."""
+        return int(self.manifest["next_index"])
+
+    @property
+    def complete(self) -> bool:
+        """Whether the run that wrote the store has finished."""
+        return bool(self.manifest["complete"])
+
+    @property
+    def dataset_fingerprint(self) -> Optional[Dict[str, Any]]:
+        """The identification of the data analyzed so far, as given to :meth:`save`."""
+        return self.manifest.get("dataset_fingerprint")
+
+    def progress(self) -> Dict[str, Any]:
+        """Configuration and progress: what identifies the results in the store (e.g. for a cache key)."""
+        return {"config": self.config, "next_index": self.next_index, "complete": self.complete}
+
+    def checkpoint(self, *, verify: bool = True) -> Tuple[Dict[str, Dict[str, Dict[str, np.ndarray]]], List[int],
+                                                         Dict[str, List[int]]]:
+        """Read everything needed to resume: ``({layer: {kind: fields}}, targets, counts)``.
+
+        ``fields`` are :data:`FIELDS` arrays as passed to :meth:`save`; every file is checked against its
+        checksum when ``verify``.
+        """
+        layers = {layer: {kind: record_fields(array) for kind, array in
+                          self.layer_arrays(layer, mmap=False, verify=verify).items()}
+                  for layer in self.manifest["layers"]}
+        return layers, list(self.manifest["targets"]), {m: list(c) for m, c in self.manifest["counts"].items()}
 
     def layer_arrays(self, layer: str, mmap: bool = True, verify: bool = False) -> Dict[str, np.ndarray]:
         """Return the record arrays ``{"max": (2, R, C), "stats": (2, N, C)}`` of ``layer``.
@@ -202,13 +255,18 @@ class ResultStore(ResultReader):
             arrays[kind] = array
         return arrays
 
+    def sample_size(self, mode: str, kind: str) -> int:
+        """Samples kept per concept in ``mode`` overall (``kind="max"``) or per target (``"stats"``)."""
+        sizes = self.manifest.get("sample_sizes") or {}
+        return int(sizes.get(mode, {}).get(kind, self.manifest["k"]))
+
     def maximization(self, layer: str, mode: str) -> Triple:
-        m = _check_mode(mode)
-        rows = min(self.manifest["k"], self.manifest["counts"][mode][0])
+        m = check_mode(mode)
+        rows = min(self.sample_size(mode, "max"), self.manifest["counts"][mode][0])
         return _triple(self.layer_arrays(layer)["max"][m, :rows])
 
     def statistics(self, layer: str, mode: str, target: int) -> Triple:
-        m = _check_mode(mode)
+        m = check_mode(mode)
         targets = self.manifest["targets"]
         count = self.manifest["counts"][mode]
         if int(target) not in targets or count[1 + targets.index(int(target))] == 0:
@@ -216,23 +274,23 @@ class ResultStore(ResultReader):
                            f"{self.targets(mode).tolist()}.")
         group = targets.index(int(target))
         start = self.manifest["stats_offsets"][group]
-        rows = min(self.manifest["k"], count[1 + group])
+        rows = min(self.sample_size(mode, "stats"), count[1 + group])
         return _triple(self.layer_arrays(layer)["stats"][m, start:start + rows])
 
     def targets(self, mode: str) -> np.ndarray:
-        _check_mode(mode)
+        check_mode(mode)
         counts = self.manifest["counts"][mode][1:]
         return np.asarray([t for t, c in zip(self.manifest["targets"], counts) if c > 0], dtype=np.int64)
 
     def mean_values(self, layer: str, mode: str, concept: int, mean_n: int) -> Tuple[np.ndarray, np.ndarray]:
-        m = _check_mode(mode)
+        m = check_mode(mode)
         stats = self.layer_arrays(layer)["stats"]
         counts = np.asarray(self.manifest["counts"][mode][1:])
         offsets = self.manifest["stats_offsets"]
         seen = np.flatnonzero(counts > 0)
         means = np.zeros(len(seen), np.float32)
         for i, group in enumerate(seen):
-            rows = min(mean_n, self.manifest["k"], int(counts[group]))
+            rows = min(mean_n, self.sample_size(mode, "stats"), int(counts[group]))
             start = offsets[group]
             means[i] = np.asarray(stats[m, start:start + rows, concept]["value"]).mean(dtype=np.float32)
         return np.asarray(self.manifest["targets"], dtype=np.int64)[seen], means
@@ -242,14 +300,15 @@ class ResultStore(ResultReader):
 
     def save(self, layers: Mapping[str, Mapping[str, np.ndarray]], targets: List[int],
              counts: Mapping[str, List[int]], config: Mapping[str, Any], next_index: int, complete: bool,
-             dataset_fingerprint: Optional[Mapping[str, Any]] = None) -> List[Path]:
+             dataset_fingerprint: Optional[Mapping[str, Any]] = None, *,
+             sample_sizes: Optional[Mapping[str, Mapping[str, int]]] = None) -> List[Path]:
         """Write a checkpoint atomically; return the paths of the manifest and the array files.
 
         Parameters
         ----------
         layers : dict
             ``{layer: {"max": ..., "stats": ...}}`` record arrays (:data:`RECORD`) of shape ``(2, R, C)`` and
-            ``(2, N, C)``, ``N = stats_offsets(counts, k)[-1]``.
+            ``(2, N, C)``, ``N = stats_offsets(counts, k)[-1]``, or dicts of their :data:`FIELDS` arrays.
         targets : list of int
             The target of every entry of the stats' axis 1.
         counts : dict
@@ -262,8 +321,15 @@ class ResultStore(ResultReader):
             Whether the run has finished.
         dataset_fingerprint : dict, optional
             JSON-serializable identification of the data analyzed so far, kept in the manifest.
+        sample_sizes : dict, optional
+            ``{mode: {"max": k, "stats": k}}`` where the modes keep different numbers of samples; by default
+            ``config["k"]`` everywhere.
         """
-        offsets = stats_offsets(counts, int(config.get("k", 0)))
+        k = int(config.get("k", 0))
+        sizes = {mode: {kind: int((sample_sizes or {}).get(mode, {}).get(kind, k)) for kind in KINDS}
+                 for mode in MODES}
+        offsets = stats_offsets(counts, {mode: sizes[mode]["stats"] for mode in MODES})
+        layers = {layer: {kind: _as_records(arrays[kind]) for kind in KINDS} for layer, arrays in layers.items()}
         for layer, arrays in layers.items():
             if np.shape(arrays["stats"])[:2] != (len(MODES), offsets[-1]):
                 raise ValueError(f"the stats of layer {layer!r} have shape {np.shape(arrays['stats'])}; with these "
@@ -289,7 +355,7 @@ class ResultStore(ResultReader):
         manifest = {
             "format": FORMAT, "format_version": FORMAT_VERSION, "crp_version": crp.__version__,
             "config": dict(config), "generation": generation, "directory": directory,
-            "next_index": int(next_index), "complete": bool(complete), "k": int(config.get("k", 0)),
+            "next_index": int(next_index), "complete": bool(complete), "k": k, "sample_sizes": sizes,
             "modes": list(MODES), "record": [list(item) for item in RECORD.descr],
             "axes": {"max": ["mode", "rank", "concept"], "stats": ["mode", "row", "concept"]},
             "targets": [int(t) for t in targets], "counts": {m: [int(c) for c in counts[m]] for m in MODES},
@@ -335,8 +401,10 @@ class ResultStore(ResultReader):
         return manifest
 
 
-def open_results(path: PathLike, max_target: str = "sum", abs_norm: bool = True) -> ResultReader:
-    """Return a reader for the results at ``path``: a :class:`ResultStore` or a zennit-crp 0.6 folder.
+def open_results(path: PathLike, max_target: str = "sum", abs_norm: bool = True, *,
+                 folders: Optional[Mapping[Tuple[str, str], PathLike]] = None) -> ResultReader:
+    """Return a reader for the results at ``path``: a :class:`ResultStore` or folders in zennit-crp's layout
+    (named by ``max_target`` and ``abs_norm``, or given by ``folders``, see :class:`LegacyStore`).
 
     Raises
     ------
@@ -347,7 +415,7 @@ def open_results(path: PathLike, max_target: str = "sum", abs_norm: bool = True)
     if store.exists():
         return store
     if LegacyStore.found(path):
-        return LegacyStore(path, max_target, abs_norm)
+        return LegacyStore(path, max_target, abs_norm, folders=folders)
     raise FileNotFoundError(f"no FeatureVisualization results in {Path(path)}; call FeatureVisualization.run "
                             f"first (or pass the path of earlier results).")
 
@@ -372,12 +440,10 @@ def open_result_folder(path_folder: PathLike) -> Tuple[ResultReader, Optional[st
     max_target, abs_norm = match.group(3), match.group(4) == "normed"
     store = ResultStore(folder.parent)
     if store.exists():
-        config = store.manifest["config"]
-        if (config.get("max_target"), config.get("abs_norm")) != (max_target, abs_norm):
-            raise FileNotFoundError(
-                f"{folder.parent} holds results for max_target={config.get('max_target')!r}, "
-                f"abs_norm={config.get('abs_norm')!r}, not those named by {folder.name!r}."
-            )
+        named = store_folder_names(store.config)
+        if folder.name not in named:
+            raise FileNotFoundError(f"{folder.parent} holds the results named {sorted(named)}, not those named by "
+                                    f"{folder.name!r}; pass one of those (e.g. fv.RelMax.PATH).")
         return store, mode, kind
     return LegacyStore(folder.parent, max_target, abs_norm), mode, kind
 
@@ -385,10 +451,63 @@ def open_result_folder(path_folder: PathLike) -> Tuple[ResultReader, Optional[st
 # ----------------------------------------------------------------------------------------------------------
 # helpers
 
-def _check_mode(mode: str) -> int:
+def store_folder_names(config: Mapping[str, Any]) -> List[str]:
+    """The zennit-crp folder names (``RelMax_sum_normed`` ...) that stand for the results of a store with this
+    configuration: those of the result objects of the run.
+    """
+    modes = config.get("modes")
+    if modes:
+        return [modes[mode]["folders"][kind] for mode in MODES for kind in KINDS]
+    return [legacy_folder_name(mode, kind, config.get("max_target", "sum"), bool(config.get("abs_norm", True)))
+            for mode in MODES for kind in KINDS]
+
+
+def check_mode(mode: str) -> int:
+    """Return the position of ``mode`` in :data:`MODES` (axis 0 of every array); ValueError for others."""
     if mode not in MODES:
         raise ValueError(f"mode must be 'relevance' or 'activation', got {mode!r}.")
     return MODES.index(mode)
+
+
+def pack_records(fields: Fields) -> np.ndarray:
+    """Pack int32 ``index``, float32 ``value`` and int32 ``neuron`` arrays of one shape into :data:`RECORD`."""
+    index, value, neuron = (np.asarray(fields[name]) for name in FIELDS)
+    if sys.byteorder != "little":  # RECORD is little-endian; build it field by field
+        records = np.empty(index.shape, RECORD)
+        records["index"], records["value"], records["neuron"] = index, value, neuron
+        return records
+    packed = np.stack([index.astype(np.int32, copy=False), value.astype(np.float32, copy=False).view(np.int32),
+                       neuron.astype(np.int32, copy=False)], -1)  # (..., 3) int32, contiguous
+    return packed.view(RECORD)[..., 0]
+
+
+def record_fields(records: np.ndarray) -> Dict[str, np.ndarray]:
+    """The :data:`FIELDS` of a :data:`RECORD` array as separate arrays."""
+    return {name: np.asarray(records[name]) for name in FIELDS}
+
+
+def save_triple(prefix: PathLike, indices: np.ndarray, values: np.ndarray, neurons: np.ndarray) -> str:
+    """Write one ranking in zennit-crp 0.6's layout (``{prefix}data.npy``, ``rel.npy``, ``rf.npy``), each file
+    atomically; return the prefix as zennit-crp did.
+    """
+    for suffix, array in zip(TRIPLE_SUFFIXES, (indices, values, neurons)):
+        _atomic_save(Path(f"{prefix}{suffix}.npy"), np.asarray(array))
+    return str(prefix)
+
+
+def load_triple(prefix: PathLike) -> Triple:
+    """Read one ranking written by :func:`save_triple` (or by zennit-crp 0.6)."""
+    return _load_triple([Path(f"{prefix}{suffix}.npy") for suffix in TRIPLE_SUFFIXES])
+
+
+def remove_triple(prefix: PathLike) -> None:
+    """Delete the files of one ranking (those that exist)."""
+    for suffix in TRIPLE_SUFFIXES:
+        Path(f"{prefix}{suffix}.npy").unlink(missing_ok=True)
+
+
+def _as_records(array: Any) -> np.ndarray:
+    return pack_records(array) if isinstance(array, Mapping) else np.asarray(array)
 
 
 def _triple(records: np.ndarray) -> Triple:
@@ -408,7 +527,7 @@ def _np_load(file: Path, mmap: bool) -> np.ndarray:
                                 f"results and run again.") from None
 
 
-def _load_triple(files: List[Path], hint: str) -> Triple:
+def _load_triple(files: List[Path]) -> Triple:
     index, value, neuron = (_np_load(file, mmap=True) for file in files)
     if not index.shape == value.shape == neuron.shape:
         raise CorruptStoreError(f"{files[0].parent}: the data/rel/rf arrays have different shapes "

@@ -68,7 +68,7 @@ def plot_attribution_graph(
     result : attrGraphResult
         ``(nodes, connections)`` from :class:`crp.graph.AttributionGraph`.
     path : str or path-like, optional
-        Write the figure there (atomically); the suffix picks the format, one of :data:`SAVE_FORMATS`.
+        Write the figure there (atomically); the suffix picks the format: ``.png``, ``.svg`` or ``.pdf``.
     reference_images : dict or callable, optional
         An image per node ``(layer_name, concept_id)``, e.g. from :func:`collect_reference_images`: a PIL
         image, an array or tensor of shape ``(H, W)``, ``(H, W, C)`` or ``(C, H, W)``, or a list of them (the

@@ -131,12 +131,12 @@ class ModelGraph:
         self.set_layer_names(layer_names)
 
     def set_layer_names(self, layer_names: Sequence[str]) -> None:
-        """Restrict the layers the search stops at to a subset of :attr:`traced_layers`.
+        """Restrict the layers the search stops at to a subset of ``traced_layers``.
 
         Parameters
         ----------
         layer_names : sequence of str
-            Names among :attr:`traced_layers`; unlisted layers are passed through like any other operation.
+            Names among ``traced_layers``; unlisted layers are passed through like any other operation.
         """
         names = _as_name_list(layer_names, "layer_names")
         for name in names:
@@ -150,7 +150,7 @@ class ModelGraph:
         Parameters
         ----------
         layer_name : str
-            One of :attr:`traced_layers`.
+            One of ``traced_layers``.
 
         Returns
         -------
@@ -258,7 +258,7 @@ def trace_model_graph(
     Returns
     -------
     ModelGraph
-        Use :meth:`ModelGraph.find_input_layers`; :attr:`ModelGraph.method` says which tracer was used.
+        Use :meth:`ModelGraph.find_input_layers`; ``ModelGraph.method`` says which tracer was used.
 
     Raises
     ------

@@ -24,7 +24,7 @@ from crp._utils.checks import check_int, check_kind, check_number, check_positiv
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-__all__ = ["get_crop_range", "imgify", "plot_grid", "vis_img_heatmap", "vis_opaque_img"]
+__all__ = ["get_crop_range", "crop_box", "imgify", "plot_grid", "vis_img_heatmap", "vis_opaque_img"]
 
 ArrayLike = Union[torch.Tensor, np.ndarray]
 #: ``(row_start, row_stop, col_start, col_stop)``, half-open: ``array[..., r0:r1, c0:c1]`` is the crop.
@@ -225,10 +225,11 @@ def imgify(  # noqa: PLR0917 - zennit-crp's signature, all positional
     return result
 
 
-def get_crop_range(heatmap: torch.Tensor, crop_th: float) -> CropBox:
-    """Return the smallest box holding every pixel of ``heatmap`` above ``crop_th``.
+def crop_box(heatmap: torch.Tensor, crop_th: float) -> CropBox:
+    """Return the smallest box holding every pixel of ``heatmap`` above ``crop_th``, with exclusive stops.
 
-    Unlike zennit-crp 0.6, the box includes the last row and column where the mask is set.
+    This library's drawing functions crop with it: unlike :func:`get_crop_range`, the box includes the last row
+    and column where the mask is set.
 
     Parameters
     ----------
@@ -240,13 +241,42 @@ def get_crop_range(heatmap: torch.Tensor, crop_th: float) -> CropBox:
     Returns
     -------
     (int, int, int, int)
-        ``(row_start, row_stop, col_start, col_stop)`` with exclusive stops, so ``x[..., r0:r1, c0:c1]`` is the
-        crop. If no pixel exceeds ``crop_th``, the whole heatmap ``(0, H, 0, W)``.
+        ``(row_start, row_stop, col_start, col_stop)``, so ``x[..., r0:r1, c0:c1]`` is the crop. If no pixel
+        exceeds ``crop_th``, the whole heatmap ``(0, H, 0, W)``.
     """
     rows, cols = torch.where(torch.as_tensor(heatmap) > crop_th)
     if rows.numel() == 0:
         return 0, heatmap.shape[0], 0, heatmap.shape[1]
     return int(rows.min()), int(rows.max()) + 1, int(cols.min()), int(cols.max()) + 1
+
+
+def get_crop_range(heatmap: torch.Tensor, crop_th: float) -> CropBox:
+    """Return zennit-crp 0.6's crop range of ``heatmap``: rows and columns where it exceeds ``crop_th``.
+
+    Kept as zennit-crp returned it, because callers slice with it: the stops are the *last* row and column
+    above the threshold (``x[..., r0:r1, c0:c1]`` drops them), and ``(0, -1, 0, -1)`` means no crop region
+    (nothing above the threshold, or a single pixel). This library's own drawing functions use a box that keeps
+    the last row and column.
+
+    Parameters
+    ----------
+    heatmap : torch.Tensor
+        A 2-D heatmap ``(H, W)``.
+    crop_th : float
+        Pixels with ``heatmap > crop_th`` count.
+
+    Returns
+    -------
+    (int, int, int, int)
+        ``(row_start, row_last, col_start, col_last)``.
+    """
+    rows, cols = torch.where(torch.as_tensor(heatmap) > crop_th)
+    if rows.numel() == 0:
+        return 0, -1, 0, -1
+    row1, row2, col1, col2 = int(rows.min()), int(rows.max()), int(cols.min()), int(cols.max())
+    if row1 >= row2 and col1 >= col2:
+        return 0, -1, 0, -1
+    return row1, row2, col1, col2
 
 
 def _smooth(heatmap: torch.Tensor, kernel_size: int) -> torch.Tensor:
@@ -352,7 +382,7 @@ def vis_opaque_img(  # noqa: PLR0917 - zennit-crp's signature, all positional
         smoothed = _smooth(heatmap, kernel_size)
         visible = smoothed > vis_th
         if rf:
-            image, visible = _crop_pair(image, visible, get_crop_range(smoothed, crop_th))
+            image, visible = _crop_pair(image, visible, crop_box(smoothed, crop_th))
         images.append(imgify(_channels_last_image(image * visible + image * ~visible * alpha)))
     return images
 
@@ -406,7 +436,7 @@ def vis_img_heatmap(  # noqa: PLR0917 - zennit-crp's signature, all positional
     images, heat_images = [], []
     for image, heatmap in zip(data, heat):
         if rf:
-            box = get_crop_range(_smooth(heatmap, kernel_size), crop_th)
+            box = crop_box(_smooth(heatmap, kernel_size), crop_th)
             image, heatmap = _crop_pair(image, heatmap, box)
         images.append(imgify(_channels_last_image(image)))
         heat_images.append(imgify(heatmap, cmap=cmap, vmin=vmin, vmax=vmax, symmetric=symmetric))

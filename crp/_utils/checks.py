@@ -35,7 +35,10 @@ def echo(value: Any) -> str:
 
 
 def _fail(error: Type[Exception], name: str, expected: str, value: Any, fix: Optional[str]) -> Exception:
-    message = f"{name} must be {expected}, got {echo(value)}."
+    given = echo(value)
+    if error is TypeError and value is not None and not given.startswith(type(value).__name__):
+        given = f"{type(value).__name__} {given}"  # a wrong type: say which
+    message = f"{name} must be {expected}, got {given}."
     return error(f"{message} {fix}" if fix else message)
 
 
@@ -113,7 +116,7 @@ def check_value(ok: bool, value: Any, *, name: str, expected: str, fix: Optional
 
 
 def check_int(value: Any, *, name: str, minimum: Optional[int] = None, maximum: Optional[int] = None,
-              fix: Optional[str] = None) -> int:
+              fix: Optional[str] = None, expected: Optional[str] = None) -> int:
     """Return ``value`` as an ``int`` if it is an integer (not a bool) within ``[minimum, maximum]``.
 
     Parameters
@@ -126,6 +129,8 @@ def check_int(value: Any, *, name: str, minimum: Optional[int] = None, maximum: 
         Inclusive bounds.
     fix : str, optional
         What to do instead, appended to the message.
+    expected : str, optional
+        How the message describes a valid value; by default "an int" and the bounds.
 
     Returns
     -------
@@ -139,13 +144,13 @@ def check_int(value: Any, *, name: str, minimum: Optional[int] = None, maximum: 
     ValueError
         If it lies outside the bounds.
     """
-    bounds = _bounds_text(minimum, maximum)
+    expected = expected or f"an int{_bounds_text(minimum, maximum)}"
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise _fail(TypeError, name, f"an int{bounds}", value, fix)
+        raise _fail(TypeError, name, expected, value, fix)
     number = int(value)
     too_low = minimum is not None and number < minimum
     too_high = maximum is not None and number > maximum
-    check_value(not (too_low or too_high), value, name=name, expected=f"an int{bounds}", fix=fix)
+    check_value(not (too_low or too_high), value, name=name, expected=expected, fix=fix)
     return number
 
 
@@ -161,7 +166,7 @@ def _bounds_text(minimum: Optional[float], maximum: Optional[float]) -> str:
 
 def check_positive_int(value: Any, *, name: str, fix: Optional[str] = None) -> int:
     """Return ``value`` as an ``int`` if it is an integer of at least 1 (see :func:`check_int`)."""
-    return check_int(value, name=name, minimum=1, fix=fix)
+    return check_int(value, name=name, minimum=1, fix=fix, expected="a positive int")
 
 
 def check_number(value: Any, *, name: str, minimum: Optional[float] = None, maximum: Optional[float] = None,
