@@ -127,7 +127,8 @@ def cases(model_dir: str, samples: int, out: str):
 
     # 5. a run_distributed of its own around FeatVisHook (the composite registered as zennit-crp did)
     class OwnLoop(FeatureVisualization):
-        def run_distributed(self, composite, data_start, data_end, batch_size=16, checkpoint=500, on_device=None):
+        def run_distributed(self, composite, data_start, data_end, batch_size=16,  # noqa: PLR0917
+                            checkpoint=500, on_device=None):  # noqa: ARG002 (zennit-crp's signature)
             self.saved_checkpoints = {"r_max": [], "a_max": [], "r_stats": [], "a_stats": []}
             inputs = {}
             hooks = NameMapComposite([([name], FeatVisHook(self, concept, name, inputs, on_device))
@@ -148,7 +149,7 @@ def cases(model_dir: str, samples: int, out: str):
 
     # 6. CondAttribution with the relevance initialized on a region of interest (detection/segmentation style)
     class RegionAttribution(CondAttribution):
-        def relevance_init(self, prediction, target_list, init_rel):
+        def relevance_init(self, prediction, target_list, init_rel):  # noqa: ARG002 (the overridden signature)
             relevance = torch.zeros_like(prediction)
             for row, targets in enumerate(target_list):
                 relevance[row, targets] = torch.softmax(prediction[row], 0)[targets]

@@ -1,5 +1,6 @@
-"""Per-target statistics: the top reference samples of every concept per explained class (``RelStats``,
-``ActStats``).
+"""Per-target statistics: the top reference samples of every concept per explained class.
+
+These are ``RelStats`` and ``ActStats``.
 
 zennit-crp 0.6's ``Statistics`` with its signature, attributes and seams; the implementation lives in
 :mod:`crp._features`.

@@ -85,7 +85,7 @@ def naive_ranking(model, data, layer, *, mode, max_target="sum", abs_norm=True, 
     returns the top ``k`` indices and values."""
     outputs = {}
     module = dict(model.named_modules())[layer]
-    handle = module.register_forward_hook(lambda m, i, o: outputs.__setitem__("out", o))
+    handle = module.register_forward_hook(lambda _module, _inputs, o: outputs.__setitem__("out", o))
     x = data.samples.clone().requires_grad_()
     try:
         logits = model(x)
@@ -274,7 +274,8 @@ class OwnLoop(FeatureVisualization):
     """A run_distributed of its own around FeatVisHook (as detection and segmentation projects wrote it): the
     attribution call is the subclass's, here with a batch of one sample at a time."""
 
-    def run_distributed(self, composite, data_start, data_end, batch_size=16, checkpoint=500, on_device=None):
+    def run_distributed(self, composite, data_start, data_end, batch_size=16, checkpoint=500,  # noqa: PLR0917, ARG002
+                        on_device=None):
         self.saved_checkpoints = {"r_max": [], "a_max": [], "r_stats": [], "a_stats": []}
         inputs = {}
         hooks = NameMapComposite([([name], FeatVisHook(self, concept, name, inputs, on_device))
@@ -326,7 +327,7 @@ class SegmentationAttribution(CondAttribution):
         super().__init__(model)
         self.mask = mask
 
-    def relevance_init(self, prediction, target_list, init_rel):
+    def relevance_init(self, prediction, target_list, init_rel):  # noqa: ARG002 (the overridden signature)
         relevance = torch.zeros_like(prediction)
         for row, targets in enumerate(target_list):
             relevance[row, targets] = prediction[row, targets] * self.mask

@@ -282,8 +282,9 @@ def _channel_scores(relevance: torch.Tensor, max_target: str, abs_norm: bool) ->
 
 
 def channel_peaks(flat: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """The first maximum of every ``(row, concept)`` of ``flat`` ``(n, C, neurons)`` and its index; a single
-    neuron is its own peak.
+    """Return the first maximum of every ``(row, concept)`` of ``flat`` ``(n, C, neurons)`` and its index.
+
+    A single neuron is its own peak.
 
     Large maps are searched in two steps: the maximum of every block of ``_BLOCK`` neurons (a plain reduction,
     several times faster than one that also tracks indices), then the index inside the first block that holds

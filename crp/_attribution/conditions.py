@@ -90,7 +90,7 @@ InitRel = Union[None, numbers.Real, torch.Tensor, Callable[[torch.Tensor], torch
 
 
 def layers_of(condition: Condition, output_name: str) -> List[str]:
-    """The layers a condition conditions (its keys but the model output)."""
+    """Return the layers a condition conditions (its keys but the model output)."""
     return [name for name in condition if name != output_name]
 
 
@@ -125,8 +125,9 @@ class Request:
     output_name: str
 
     def targets(self, rows: Sequence[Condition]) -> Optional[List[Optional[List[int]]]]:
-        """The targets of every row (None where a row has none); None if no row has targets or a start layer
-        is used.
+        """Return the targets of every row (None where a row has none).
+
+        None if no row has targets or a start layer is used.
         """
         if self.start_layer is not None:
             return None
@@ -134,7 +135,7 @@ class Request:
         return None if all(t is None for t in targets) else targets
 
     def masks_for(self, rows: Sequence[Condition]) -> Dict[str, List[Callable]]:
-        """The mask functions of every recorded layer for ``rows`` (row ``i`` of the batch is ``rows[i]``)."""
+        """Return the mask functions of every recorded layer for ``rows`` (row ``i`` of the batch is ``rows[i]``)."""
         masks: Dict[str, List[Callable]] = {name: [] for name in self.record_layers}
         for row, condition in enumerate(rows):
             for name in self.cond_layers:
@@ -146,8 +147,9 @@ class Request:
 
 def prepare_request(model: torch.nn.Module, data, conditions, *, record_layer, mask_map, start_layer, init_rel,
                     output_name: str) -> Request:
-    """Validate the arguments of an attribution call and return them in canonical form (see
-    :meth:`crp.attribution.CondAttribution.__call__`).
+    """Validate the arguments of an attribution call and return them in canonical form.
+
+    The arguments are those of :meth:`crp.attribution.CondAttribution.__call__`.
     """
     check_data(data)
     if output_name in dict(model.named_modules()):

@@ -72,12 +72,12 @@ class CondAttribution:
     # ----------------------------------------------------------------------------------------------------------
     # public API
 
-    def __call__(
+    def __call__(  # noqa: PLR0917 (zennit-crp's positional signature)
         self, data: torch.Tensor, conditions: List[Dict], composite: Optional[Composite] = None,
         record_layer: Sequence[str] = (), mask_map: MaskMap = ChannelConcept.mask, start_layer: Optional[str] = None,
         init_rel: InitRel = None, on_device: Optional[Union[str, torch.device]] = None, exclude_parallel: bool = True,
         *, heatmap: bool = True,
-    ) -> attrResult:  # noqa: PLR0917 (zennit-crp's positional signature)
+    ) -> attrResult:
         """Compute one conditional heatmap per (sample, condition) row.
 
         Parameters
@@ -120,7 +120,8 @@ class CondAttribution:
         attrResult
             ``(heatmap, activations, relevances, prediction)``, one row per (sample, condition) pair.
         """
-        request = self._prepare(data, conditions, record_layer, mask_map, start_layer, init_rel)
+        request = self._prepare(data, conditions, record_layer=record_layer, mask_map=mask_map,
+                                start_layer=start_layer, init_rel=init_rel)
         samples, conds = broadcast_rows(len(data), len(request.conditions))
         self._reset_data_grad(data)
         passes = self._passes(request, composite, on_device=on_device, exclude_parallel=exclude_parallel)
@@ -133,7 +134,7 @@ class CondAttribution:
             parts.append(passes.attribute(data, x, rows_conditions, heatmap=heatmap))
         return concat_rows(parts, np.concatenate(groups))
 
-    def generate(
+    def generate(  # noqa: PLR0917 (zennit-crp's positional signature)
         self, data: torch.Tensor, conditions: List[Dict], composite: Optional[Composite] = None,
         record_layer: Sequence[str] = (), mask_map: MaskMap = ChannelConcept.mask, start_layer: Optional[str] = None,
         init_rel: InitRel = None, batch_size: int = 10, on_device: Optional[Union[str, torch.device]] = None,
@@ -164,7 +165,8 @@ class CondAttribution:
             raise ValueError(f"generate() explains one sample: data must have shape (1, ...), got {shape}. "
                              f"Use __call__ for batches of samples.")
         batch_size = check_positive_int(batch_size, name="batch_size")
-        request = self._prepare(data, conditions, record_layer, mask_map, start_layer, init_rel)
+        request = self._prepare(data, conditions, record_layer=record_layer, mask_map=mask_map,
+                                start_layer=start_layer, init_rel=init_rel)
         self._reset_data_grad(data)
         passes = self._passes(request, composite, on_device=on_device, exclude_parallel=exclude_parallel)
         layer_sets = {frozenset(layers_of(c, self.MODEL_OUTPUT_NAME)) for c in request.conditions}
@@ -258,13 +260,13 @@ class CondAttribution:
     # ----------------------------------------------------------------------------------------------------------
     # steps shared by __call__ and generate
 
-    def _prepare(self, data, conditions, record_layer, mask_map, start_layer, init_rel) -> Request:
+    def _prepare(self, data, conditions, *, record_layer, mask_map, start_layer, init_rel) -> Request:
         return prepare_request(self.model, data, conditions, record_layer=record_layer, mask_map=mask_map,
                                start_layer=start_layer, init_rel=init_rel, output_name=self.MODEL_OUTPUT_NAME)
 
     def _passes(self, request: Request, composite: Optional[Composite], *, on_device,
                 exclude_parallel: bool) -> Passes:
-        """The passes of one call; the composite is registered per pass unless :meth:`context` holds it."""
+        """Return the passes of one call; the composite is registered per pass unless :meth:`context` holds it."""
         if composite is not None and not isinstance(composite, Composite):
             raise TypeError(f"composite must be a zennit.core.Composite (e.g. EpsilonPlusFlat()) or None, got "
                             f"{type(composite).__name__}.")

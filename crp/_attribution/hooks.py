@@ -68,7 +68,7 @@ class MaskHook:
         return self.__class__(self.fn_list, self.on_grad)
 
     def remove(self) -> None:
-        """Called by zennit when the hook's handles are removed; masks stay with the owner of ``fn_list``."""
+        """Do nothing when zennit removes the hook's handles; masks stay with the owner of ``fn_list``."""
 
     def register(self, module: torch.nn.Module) -> RemovableHandleList:
         """Register the forward hook on ``module``; return zennit handles that undo it."""

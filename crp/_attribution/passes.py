@@ -240,8 +240,10 @@ class Passes:
     # steps
 
     def hooks(self, *, stop_at: Optional[str] = None, lean: bool = False):
-        """Register the composite (if any) and the probes for one pass; ``lean`` copies only the outputs of
-        conditioned layers and the start layer (see :class:`crp._attribution.probes.Probe`).
+        """Register the composite (if any) and the probes for one pass.
+
+        ``lean`` copies only the outputs of conditioned layers and the start layer (see
+        :class:`crp._attribution.probes.Probe`).
         """
         request = self.request
         aliased = set(request.cond_layers) | {request.start_layer} if lean else set(request.record_layers)
@@ -249,7 +251,7 @@ class Passes:
                            stop_at=stop_at)
 
     def forward(self, x: torch.Tensor) -> Optional[torch.Tensor]:
-        """The model's output, or None where a probe ended the pass early."""
+        """Return the model's output, or None where a probe ended the pass early."""
         try:
             return self.model(x)
         except StopForward:
@@ -307,8 +309,9 @@ class Passes:
 
 
 def backward_to_recorded(root: torch.Tensor, grad: torch.Tensor, recording: Recording) -> None:
-    """Propagate ``grad`` from ``root`` only as far down as the outputs of the recorded layers; their probes
-    record the relevance on the way.
+    """Propagate ``grad`` from ``root`` only as far down as the outputs of the recorded layers.
+
+    Their probes record the relevance on the way.
     """
     ends = [output for output in recording.sources.values() if output.requires_grad and output is not root]
     if ends and root.requires_grad:
@@ -339,8 +342,9 @@ def _pad(targets: Optional[List], width: int) -> Optional[List]:
 
 
 def row_groups(row_conditions: List[Condition], *, exclude_parallel: bool, output_name: str) -> List[np.ndarray]:
-    """Rows that can share one pass: all of them, or (excluding parallel branches) those conditioning the same
-    layers.
+    """Return the groups of rows that can share one pass.
+
+    All rows, or (excluding parallel branches) those that condition the same layers.
     """
     if not exclude_parallel:
         return [np.arange(len(row_conditions))]

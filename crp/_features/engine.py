@@ -112,7 +112,7 @@ class FeatureVisualization:
     results are written in zennit-crp's layout, which every reader of this library reads too.
     """
 
-    def __init__(
+    def __init__(  # noqa: PLR0917 (zennit-crp's positional signature)
         self, attribution: CondAttribution, dataset, layer_map: LayerMap, preprocess_fn: Optional[Callable] = None,
         max_target: str = "sum", abs_norm: bool = True, path: Union[str, Path] = "FeatureVisualization",
         device: Optional[torch.device] = None, cache: Optional[Cache] = None, *, top_k: int = 40,
@@ -211,7 +211,7 @@ class FeatureVisualization:
     # ------------------------------------------------------------------------------------------------------
     # analysis
 
-    def run(
+    def run(  # noqa: PLR0917 (zennit-crp's positional signature)
         self, composite: Optional[Composite], data_start: int = 0, data_end: Optional[int] = None,
         batch_size: int = 32, checkpoint: int = 500, on_device: Optional[Union[str, torch.device]] = None, *,
         resume: bool = False, num_workers: int = 0, verbose: bool = True,
@@ -289,7 +289,7 @@ class FeatureVisualization:
     # zennit-crp's flow: run_distributed, the analyze_* seams, checkpoints and their collection
 
     def overridden_seams(self) -> List[str]:
-        """The zennit-crp seams this object overrides; :meth:`run` follows zennit-crp's flow if there are any.
+        """Return the zennit-crp seams this object overrides; :meth:`run` follows zennit-crp's flow if any.
 
         Returns
         -------
@@ -310,9 +310,11 @@ class FeatureVisualization:
     def run_distributed(self, composite: Optional[Composite], data_start: int, data_end: int,  # noqa: PLR0917
                         batch_size: int = 16, checkpoint: int = 500,
                         on_device: Optional[Union[str, torch.device]] = None) -> Dict[str, List[str]]:
-        """zennit-crp's analysis of ``dataset[data_start:data_end]``: :class:`crp.hooks.FeatVisHook` on every
-        layer of the layer map passes activations and relevances to :meth:`analyze_activation` and
-        :meth:`analyze_relevance`; every ``checkpoint`` batches, :meth:`_save_results` writes the results so far.
+        """Analyze ``dataset[data_start:data_end]`` in zennit-crp's flow.
+
+        :class:`crp.hooks.FeatVisHook` on every layer of the layer map passes activations and relevances to
+        :meth:`analyze_activation` and :meth:`analyze_relevance`; every ``checkpoint`` batches,
+        :meth:`_save_results` writes the results so far.
 
         Parameters
         ----------
@@ -431,7 +433,7 @@ class FeatureVisualization:
             multitarget=type(self).multitarget_to_single if self._has_multitarget() else None)
 
     def _result_objects(self) -> Dict[str, Tuple[Maximization, Statistics]]:
-        """The result objects of each mode, checked."""
+        """Return the result objects of each mode, checked."""
         pairs = {"relevance": (self.RelMax, self.RelStats), "activation": (self.ActMax, self.ActStats)}
         for mode, (ranking, stats) in pairs.items():
             prefix = "Rel" if mode == "relevance" else "Act"
@@ -444,7 +446,7 @@ class FeatureVisualization:
         return pairs
 
     def _mode_settings(self) -> Dict[str, ModeSettings]:
-        """What each mode's result objects decide: how samples are ranked and how many are kept."""
+        """Return what each mode's result objects decide: how samples are ranked and how many are kept."""
         return {mode: ModeSettings(ranking.max_target, ranking.abs_norm, ranking.sample_size(), stats.sample_size())
                 for mode, (ranking, stats) in self._result_objects().items()}
 
@@ -482,8 +484,11 @@ class FeatureVisualization:
         return self._load_checkpoint(store, on_device), store.next_index
 
     def _check_fingerprint(self, stored: Optional[Dict[str, Any]]) -> None:
-        """Warn if the items the interrupted run analyzed first and last have changed (the configuration only
-        knows the dataset's class and length). A warning, not an error: random transforms change items too."""
+        """Warn if the items the interrupted run analyzed first and last have changed.
+
+        The configuration only knows the dataset's class and length. A warning, not an error: random transforms
+        change items too.
+        """
         if stored and dataset_fingerprint(self.dataset, stored["indices"]) != stored:
             warnings.warn(
                 f"dataset items {stored['indices']} differ from those the interrupted run in {self.path} analyzed; "
@@ -531,8 +536,9 @@ class FeatureVisualization:
     def _save(self, store: ResultStore, analysis: Rankings, config: Dict[str, Any], next_index: int,
               complete: bool) -> List[Path]:
         fingerprint = dataset_fingerprint(self.dataset, sorted({config["data_start"], next_index - 1}))
-        files = store.save(analysis.to_arrays(), analysis.targets(), analysis.counts(), config, next_index, complete,
-                           dataset_fingerprint=fingerprint, sample_sizes=analysis.sample_sizes())
+        files = store.save(analysis.to_arrays(), analysis.targets(), analysis.counts(), config,
+                           next_index=next_index, complete=complete, dataset_fingerprint=fingerprint,
+                           sample_sizes=analysis.sample_sizes())
         logger.info("saved results up to dataset index %d to %s", next_index, store.path)
         return files
 
@@ -541,8 +547,10 @@ class FeatureVisualization:
 
     @property
     def results(self) -> ResultReader:
-        """Reader of the results at ``path`` (this library's store, or folders in zennit-crp's layout at the
-        ``PATH`` of the result objects)."""
+        """Reader of the results at ``path``.
+
+        This library's store, or folders in zennit-crp's layout at the ``PATH`` of the result objects.
+        """
         folders = {(results.mode, results.KIND): results.PATH
                    for results in (self.RelMax, self.ActMax, self.RelStats, self.ActStats)}
         return open_results(self.path, self.max_target, self.abs_norm, folders=folders)
@@ -566,7 +574,7 @@ class FeatureVisualization:
             raise KeyError(f"layer {layer_name!r} is not in the layer_map; analyzed layers: {list(self.layer_map)}.")
         return self.layer_map[layer_name]
 
-    def get_max_reference(
+    def get_max_reference(  # noqa: PLR0917 (zennit-crp's positional signature)
         self, concept_ids: Union[int, Sequence[int]], layer_name: str, mode: str = "relevance",
         r_range: Range = (0, 8), composite: Optional[Composite] = None, rf: bool = False,
         plot_fn: Optional[PlotFn] = vis_img_heatmap, batch_size: int = 32, *, full_backward: bool = False,
@@ -613,13 +621,16 @@ class FeatureVisualization:
 
         def compute(concept_id: int, ranks: Range):
             rows = rank_rows(indices, ranks, f"{mode} maximization of layer {layer_name!r}")
-            return self._reference(indices[rows, concept_id], concept_id, neurons[rows, concept_id], layer_name,
-                                   composite, rf, plot_fn, batch_size, full_backward=full_backward, target=None)
+            return self._reference(indices[rows, concept_id], concept_id, neurons[rows, concept_id],
+                                   layer_name=layer_name, composite=composite, rf=rf, plot_fn=plot_fn,
+                                   batch_size=batch_size, full_backward=full_backward, target=None)
 
-        key = self._cache_key("get_max_reference", layer_name, mode, rf, plot_fn, composite, full_backward)
-        return self._cached(ids, key, r_range, compute, composite, plot_fn, overwrite, rf)
+        key = self._cache_key("get_max_reference", layer_name, mode, rf=rf, plot_fn=plot_fn, composite=composite,
+                              full_backward=full_backward)
+        return self._cached(ids, key, r_range, compute=compute, composite=composite, plot_fn=plot_fn,
+                            overwrite=overwrite, rf=rf)
 
-    def get_stats_reference(
+    def get_stats_reference(  # noqa: PLR0917 (zennit-crp's positional signature)
         self, concept_id: int, layer_name: str, targets: Union[int, Sequence[int]], mode: str = "relevance",
         r_range: Range = (0, 8), composite: Optional[Composite] = None, rf: bool = False,
         plot_fn: Optional[PlotFn] = vis_img_heatmap, batch_size: int = 32, *, full_backward: bool = False,
@@ -653,15 +664,20 @@ class FeatureVisualization:
             target = int(stat_id.rsplit(":", 1)[1])
             indices, _, neurons = reader.statistics(layer_name, mode, target)
             rows = rank_rows(indices, ranks, f"{mode} statistics of layer {layer_name!r}, target {target}")
-            return self._reference(indices[rows, concept_id], concept_id, neurons[rows, concept_id], layer_name,
-                                   composite, rf, plot_fn, batch_size, full_backward=full_backward, target=target)
+            return self._reference(indices[rows, concept_id], concept_id, neurons[rows, concept_id],
+                                   layer_name=layer_name, composite=composite, rf=rf, plot_fn=plot_fn,
+                                   batch_size=batch_size, full_backward=full_backward, target=target)
 
-        key = self._cache_key("get_stats_reference", layer_name, mode, rf, plot_fn, composite, full_backward)
+        key = self._cache_key("get_stats_reference", layer_name, mode, rf=rf, plot_fn=plot_fn, composite=composite,
+                              full_backward=full_backward)
         ids = [f"{concept_id}:{int(t)}" for t in target_list]
-        return self._cached(ids, key, r_range, compute, composite, plot_fn, overwrite, rf)
+        return self._cached(ids, key, r_range, compute=compute, composite=composite, plot_fn=plot_fn,
+                            overwrite=overwrite, rf=rf)
 
-    def compute_stats(self, concept_id: int, layer_name: str, mode: str = "relevance", top_N: int = 5,
-                      mean_N: int = 10, norm: bool = False) -> Tuple[np.ndarray, torch.Tensor]:
+    def compute_stats(  # noqa: PLR0917 (zennit-crp's positional signature)
+        self, concept_id: int, layer_name: str, mode: str = "relevance", top_N: int = 5, mean_N: int = 10,
+        norm: bool = False,
+    ) -> Tuple[np.ndarray, torch.Tensor]:
         """Return the targets for which a concept is most relevant (active), and their mean values.
 
         Parameters
@@ -694,7 +710,7 @@ class FeatureVisualization:
             values = values / values[0]
         return targets[order], values
 
-    def precompute_ref(
+    def precompute_ref(  # noqa: PLR0917 (zennit-crp's positional signature)
         self, layer_c_ind: Mapping[str, Sequence[int]], composite: Composite, rf: bool = True, stats: bool = False,
         top_N: int = 4, mean_N: int = 10, mode: str = "relevance", r_range: Range = (0, 8),
         plot_list: Sequence[PlotFn] = (vis_opaque_img,), batch_size: int = 32, *, full_backward: bool = False,
@@ -708,8 +724,11 @@ class FeatureVisualization:
             Concept ids per layer.
         stats : bool
             Also the references of each concept's ``top_N`` targets (:meth:`compute_stats`).
-        Other parameters
-            As in :meth:`get_max_reference` and :meth:`compute_stats`.
+
+        Other Parameters
+        ----------------
+        composite, rf, top_N, mean_N, mode, r_range, batch_size, full_backward, verbose
+            As in :meth:`get_max_reference` and :meth:`compute_stats`; ``plot_list`` holds the plot functions.
         """
         if self.Cache is None:
             raise ValueError("precompute_ref stores images in a cache: pass cache=ImageCache(path) to "
@@ -723,27 +742,28 @@ class FeatureVisualization:
             for concept_id in tqdm(list(concept_ids), desc=str(layer_name), disable=not verbose, dynamic_ncols=True):
                 raw = self.get_max_reference(concept_id, layer_name, mode, r_range, composite, rf, None, batch_size,
                                              full_backward=full_backward)
-                self._save_plots(raw, plot_list, "get_max_reference", layer_name, mode, r_range, composite, rf,
-                                 full_backward)
+                self._save_plots(raw, plot_list, func_name="get_max_reference", layer_name=layer_name, mode=mode,
+                                 r_range=r_range, composite=composite, rf=rf, full_backward=full_backward)
                 if not stats:
                     continue
                 targets, _ = self.compute_stats(concept_id, layer_name, mode, top_N, mean_N)
                 raw = self.get_stats_reference(concept_id, layer_name, [int(t) for t in targets], mode, r_range,
                                                composite, rf, None, batch_size, full_backward=full_backward)
-                self._save_plots(raw, plot_list, "get_stats_reference", layer_name, mode, r_range, composite, rf,
-                                 full_backward)
+                self._save_plots(raw, plot_list, func_name="get_stats_reference", layer_name=layer_name, mode=mode,
+                                 r_range=r_range, composite=composite, rf=rf, full_backward=full_backward)
 
-    def _save_plots(self, raw: Dict[Any, Tuple[torch.Tensor, torch.Tensor]], plot_list, func_name, layer_name, mode,
-                    r_range, composite, rf, full_backward) -> None:
+    def _save_plots(self, raw: Dict[Any, Tuple[torch.Tensor, torch.Tensor]], plot_list, *, func_name, layer_name,
+                    mode, r_range, composite, rf, full_backward) -> None:
         for plot_fn in plot_list:
-            key = self._cache_key(func_name, layer_name, mode, rf, plot_fn, composite, full_backward)
+            key = self._cache_key(func_name, layer_name, mode, rf=rf, plot_fn=plot_fn, composite=composite,
+                                  full_backward=full_backward)
             for ref_id, (samples, heatmaps) in raw.items():
                 self.Cache.save({ref_id: plot_fn(samples, heatmaps, rf)}, key, (r_range[0], r_range[0] + len(samples)))
 
     # ------------------------------------------------------------------------------------------------------
     # reference images
 
-    def _cache_key(self, func_name: str, layer_name: str, mode: str, rf: bool, plot_fn, composite,
+    def _cache_key(self, func_name: str, layer_name: str, mode: str, *, rf: bool, plot_fn, composite,
                    full_backward: bool) -> CacheKey:
         identity = {
             "results": results_fingerprint(self.results, self.path), "concept": describe(self.layer_map[layer_name]),
@@ -752,8 +772,8 @@ class FeatureVisualization:
         }
         return CacheKey(func_name, layer_name, mode, bool(rf), describe(plot_fn), describe(composite), identity)
 
-    def _cached(self, ids: List[Any], key: CacheKey, r_range: Range, compute, composite, plot_fn, overwrite: bool,
-                rf: bool) -> Dict[Any, Any]:
+    def _cached(self, ids: List[Any], key: CacheKey, r_range: Range, *, compute, composite, plot_fn,
+                overwrite: bool, rf: bool) -> Dict[Any, Any]:
         """Load references from the cache; compute, store and add the missing ranks."""
         if rf and composite is None:
             warnings.warn("rf=True needs a composite: the receptive field is only used for heatmaps; pass a zennit "
@@ -762,8 +782,8 @@ class FeatureVisualization:
         return cached_references(self.Cache if use_cache else None, ids, key=key, r_range=r_range, compute=compute,
                                  overwrite=overwrite)
 
-    def _reference(self, d_indices: np.ndarray, c_id: int, n_indices: np.ndarray, layer_name: str,  # noqa: PLR0917
-                   composite, rf: bool, plot_fn, batch_size: int, *, full_backward: bool, target: Optional[int]):
+    def _reference(self, d_indices: np.ndarray, c_id: int, n_indices: np.ndarray, *, layer_name: str, composite,
+                   rf: bool, plot_fn, batch_size: int, full_backward: bool, target: Optional[int]):
         """:meth:`_load_ref_and_attribution`, with this library's ``full_backward`` where it is asked for."""
         if not full_backward:
             return self._load_ref_and_attribution(d_indices, c_id, n_indices, layer_name, composite, rf, plot_fn,

@@ -80,7 +80,7 @@ class FeatVisHook:
         return self.__class__(self.FV, self.concept, self.layer_name, self.dict_inputs, self.on_device)
 
     def remove(self) -> None:
-        """Called by zennit when the hook's handles are removed; nothing to undo."""
+        """Do nothing when zennit removes the hook's handles: there is nothing to undo."""
 
     def register(self, module: torch.nn.Module) -> RemovableHandleList:
         """Register the forward hook on ``module``; return zennit handles that undo it."""

@@ -51,7 +51,7 @@ class ModeSettings:
     k_stats: int = 40
 
     def as_dict(self) -> Dict[str, object]:
-        """The settings as a JSON-serializable dict."""
+        """Return the settings as a JSON-serializable dict."""
         return {"max_target": self.max_target, "abs_norm": self.abs_norm, "k_max": self.k_max,
                 "k_stats": self.k_stats}
 
@@ -178,7 +178,7 @@ class Rankings:
                 for layer, columns in self._columns().items()}
 
     def stats_sizes(self) -> Dict[str, int]:
-        """Samples kept per concept and target, per mode (the stats rows per target are the larger count)."""
+        """Return the samples kept per concept and target, per mode (a target's rows: the larger count)."""
         return {mode: setting.k_stats for mode, setting in self.settings.items()}
 
     def sample_sizes(self) -> Dict[str, Dict[str, int]]:
@@ -250,7 +250,7 @@ class _Empty:
     def __init__(self, n_columns: int) -> None:
         self.n_columns = n_columns
 
-    def to_tensors(self, labels: Sequence[int], rows: Sequence[int]) -> Dict[str, torch.Tensor]:
+    def to_tensors(self, labels: Sequence[int], rows: Sequence[int]) -> Dict[str, torch.Tensor]:  # noqa: ARG002 (TopK's)
         shape = (int(sum(rows)), self.n_columns)
         return {"index": torch.full(shape, -1, dtype=torch.int32), "value": torch.full(shape, float("nan")),
                 "neuron": torch.full(shape, -1, dtype=torch.int32)}

@@ -37,8 +37,9 @@ def rank_rows(indices: np.ndarray, ranks: Range, what: str) -> slice:
 
 
 def results_fingerprint(reader: ResultReader, path: Path) -> Any:
-    """What identifies the results references are drawn from: the store's configuration and progress, or the
-    modification time of a zennit-crp folder.
+    """Return what identifies the results references are drawn from.
+
+    The store's configuration and progress, or the modification time of a zennit-crp folder.
     """
     if isinstance(reader, ResultStore):
         return reader.progress()
@@ -47,8 +48,10 @@ def results_fingerprint(reader: ResultReader, path: Path) -> Any:
 
 def cached_references(cache: Optional[Cache], ids: List[Any], *, key: CacheKey, r_range: Range,
                       compute: Callable[[Any, Range], Any], overwrite: bool) -> Dict[Any, Any]:
-    """The references of ``ids`` at ranks ``r_range``: loaded from ``cache`` where it has them, else computed
-    with ``compute(ref_id, ranks)`` and stored (everything is computed without a cache or with ``overwrite``).
+    """Return the references of ``ids`` at ranks ``r_range``.
+
+    They are loaded from ``cache`` where it has them, else computed with ``compute(ref_id, ranks)`` and stored;
+    everything is computed without a cache or with ``overwrite``.
     """
     if cache is None:
         return {ref_id: compute(ref_id, r_range) for ref_id in ids}

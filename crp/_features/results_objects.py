@@ -56,8 +56,9 @@ class _ResultObject:
         (self.PATH / "settings.json").write_text(json.dumps(self.settings(), sort_keys=True))
 
     def _check_settings(self, prefix: str, folder: Path) -> None:
-        """Refuse a checkpoint written with other settings (``folder`` holds its writer's settings file): results
-        of different settings must not be merged silently.
+        """Refuse a checkpoint written with other settings: they must not be merged silently.
+
+        ``folder`` holds the settings file of the object that wrote ``prefix``.
         """
         file = folder / "settings.json"
         if not file.is_file():
@@ -173,8 +174,9 @@ class Maximization(_ResultObject):
         self._state = {}
 
     def _save_results(self, d_index: Index = None) -> List[str]:
-        """Write the results (of dataset indices ``d_index``, a checkpoint) in zennit-crp's layout and forget
-        them; return the file prefixes, as zennit-crp did.
+        """Write the results in zennit-crp's layout, forget them, and return the file prefixes.
+
+        With ``d_index`` the files are the checkpoint of those dataset indices, as in zennit-crp.
         """
         if not self._state:
             return []
@@ -298,8 +300,10 @@ class Statistics(_ResultObject):
         self._state = {}
 
     def _save_results(self, d_index: Index = None) -> List[str]:
-        """Write the results in zennit-crp's layout (a folder per layer, files per target) and forget them; the
-        final results (``d_index`` None) also get ``targets.npy``. Return the file prefixes.
+        """Write the results in zennit-crp's layout, forget them, and return the file prefixes.
+
+        The layout has a folder per layer and files per target; the final results (``d_index`` None) also get
+        ``targets.npy``.
         """
         if not self._state:
             return []
@@ -317,8 +321,9 @@ class Statistics(_ResultObject):
         return saved
 
     def collect_results(self, path_list: List[str], d_index: Index = None) -> List[str]:
-        """Merge checkpoints written by :meth:`_save_results`, delete them, and write the merged results (see
-        :meth:`Maximization.collect_results`).
+        """Merge checkpoints written by :meth:`_save_results`, delete them, and write the merged results.
+
+        See :meth:`Maximization.collect_results`.
         """
         self.delete_result_arrays()
         for prefix in path_list:
@@ -342,8 +347,9 @@ def _file_prefix(name: str, d_index: Index) -> str:
 
 
 def _parse_prefix(filename: str) -> str:
-    """The layer (Maximization) or target (Statistics) of a file prefix ``{name}_{start}_{stop}_`` or
-    ``{name}_``.
+    """Return the layer (Maximization) or target (Statistics) named by a file prefix.
+
+    Prefixes are ``{name}_{start}_{stop}_`` (checkpoints) or ``{name}_``.
     """
     match = _CHECKPOINT.match(filename)
     if match:

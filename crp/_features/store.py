@@ -1,5 +1,6 @@
-"""Result stores of :class:`crp.visualization.FeatureVisualization`: a compact, resumable one, and a reader for
-the folders written by zennit-crp 0.6.
+"""Result stores of :class:`crp.visualization.FeatureVisualization`.
+
+A compact, resumable store, and a reader for the folders written by zennit-crp 0.6.
 
 Layout of a :class:`ResultStore` at ``path``::
 
@@ -121,8 +122,10 @@ class ResultReader(ABC):
 
 
 class LegacyStore(ResultReader):
-    """Reader for result folders in zennit-crp 0.6's layout (written by zennit-crp, or by this library's
-    zennit-crp style ``run_distributed`` / ``collect_results``).
+    """Reader for result folders in zennit-crp 0.6's layout.
+
+    They are written by zennit-crp, or by this library's zennit-crp style ``run_distributed`` /
+    ``collect_results``.
 
     Parameters
     ----------
@@ -141,7 +144,7 @@ class LegacyStore(ResultReader):
         self.folders = {key: Path(value) for key, value in (folders or {}).items()}
 
     def folder(self, mode: str, kind: str) -> Path:
-        """The folder of ``mode`` (relevance, activation) and ``kind`` (max, stats)."""
+        """Return the folder of ``mode`` (relevance, activation) and ``kind`` (max, stats)."""
         return self.folders.get((mode, kind)) or self.path / legacy_folder_name(mode, kind, self.max_target,
                                                                                  self.abs_norm)
 
@@ -219,7 +222,7 @@ class ResultStore(ResultReader):
         return self.manifest.get("dataset_fingerprint")
 
     def progress(self) -> Dict[str, Any]:
-        """Configuration and progress: what identifies the results in the store (e.g. for a cache key)."""
+        """Return the configuration and progress: what identifies the results in the store (e.g. for a cache key)."""
         return {"config": self.config, "next_index": self.next_index, "complete": self.complete}
 
     def checkpoint(self, *, verify: bool = True) -> Tuple[Dict[str, Dict[str, Dict[str, np.ndarray]]], List[int],
@@ -256,7 +259,7 @@ class ResultStore(ResultReader):
         return arrays
 
     def sample_size(self, mode: str, kind: str) -> int:
-        """Samples kept per concept in ``mode`` overall (``kind="max"``) or per target (``"stats"``)."""
+        """Return the samples kept per concept in ``mode`` overall (``kind="max"``) or per target (``"stats"``)."""
         sizes = self.manifest.get("sample_sizes") or {}
         return int(sizes.get(mode, {}).get(kind, self.manifest["k"]))
 
@@ -299,8 +302,8 @@ class ResultStore(ResultReader):
     # writing
 
     def save(self, layers: Mapping[str, Mapping[str, np.ndarray]], targets: List[int],
-             counts: Mapping[str, List[int]], config: Mapping[str, Any], next_index: int, complete: bool,
-             dataset_fingerprint: Optional[Mapping[str, Any]] = None, *,
+             counts: Mapping[str, List[int]], config: Mapping[str, Any], *, next_index: int, complete: bool,
+             dataset_fingerprint: Optional[Mapping[str, Any]] = None,
              sample_sizes: Optional[Mapping[str, Mapping[str, int]]] = None) -> List[Path]:
         """Write a checkpoint atomically; return the paths of the manifest and the array files.
 
@@ -376,7 +379,7 @@ class ResultStore(ResultReader):
                 shutil.rmtree(folder)
 
     def saved_files(self) -> List[Path]:
-        """The manifest and the array files of the current checkpoint."""
+        """Return the manifest and the array files of the current checkpoint."""
         folder = self.path / self.manifest["directory"]
         return [self.path / MANIFEST] + [folder / entry["name"] for layer in self.manifest["layers"].values()
                                          for entry in layer["files"].values()]
@@ -403,8 +406,10 @@ class ResultStore(ResultReader):
 
 def open_results(path: PathLike, max_target: str = "sum", abs_norm: bool = True, *,
                  folders: Optional[Mapping[Tuple[str, str], PathLike]] = None) -> ResultReader:
-    """Return a reader for the results at ``path``: a :class:`ResultStore` or folders in zennit-crp's layout
-    (named by ``max_target`` and ``abs_norm``, or given by ``folders``, see :class:`LegacyStore`).
+    """Return a reader for the results at ``path``: a :class:`ResultStore` or folders in zennit-crp's layout.
+
+    zennit-crp's folders are named by ``max_target`` and ``abs_norm``, or given by ``folders`` (see
+    :class:`LegacyStore`).
 
     Raises
     ------
@@ -452,8 +457,9 @@ def open_result_folder(path_folder: PathLike) -> Tuple[ResultReader, Optional[st
 # helpers
 
 def store_folder_names(config: Mapping[str, Any]) -> List[str]:
-    """The zennit-crp folder names (``RelMax_sum_normed`` ...) that stand for the results of a store with this
-    configuration: those of the result objects of the run.
+    """Return the zennit-crp folder names (``RelMax_sum_normed`` ...) that stand for a store's results.
+
+    These are the folders of the result objects of the run with configuration ``config``.
     """
     modes = config.get("modes")
     if modes:
@@ -482,13 +488,14 @@ def pack_records(fields: Fields) -> np.ndarray:
 
 
 def record_fields(records: np.ndarray) -> Dict[str, np.ndarray]:
-    """The :data:`FIELDS` of a :data:`RECORD` array as separate arrays."""
+    """Return the :data:`FIELDS` of a :data:`RECORD` array as separate arrays."""
     return {name: np.asarray(records[name]) for name in FIELDS}
 
 
 def save_triple(prefix: PathLike, indices: np.ndarray, values: np.ndarray, neurons: np.ndarray) -> str:
-    """Write one ranking in zennit-crp 0.6's layout (``{prefix}data.npy``, ``rel.npy``, ``rf.npy``), each file
-    atomically; return the prefix as zennit-crp did.
+    """Write one ranking in zennit-crp 0.6's layout and return the prefix, as zennit-crp did.
+
+    The files are ``{prefix}data.npy``, ``rel.npy`` and ``rf.npy``, each written atomically.
     """
     for suffix, array in zip(TRIPLE_SUFFIXES, (indices, values, neurons)):
         _atomic_save(Path(f"{prefix}{suffix}.npy"), np.asarray(array))

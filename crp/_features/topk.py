@@ -132,7 +132,7 @@ class TopK:
         return sorted(self._slots)
 
     def count(self, group: int = 0) -> int:
-        """Number of rows added to ``group`` (0 if none)."""
+        """Return the number of rows added to ``group`` (0 if none)."""
         slot = self._slots.get(int(group))
         return 0 if slot is None else self._counts[slot]
 
@@ -389,10 +389,10 @@ class TopK:
             self._neurons[target_slot, target_pos] = neurons[rows]
             self._fill[slots[~over]] += per_group[~over]
         if bool(over.any()):
-            self._cut_back(keys, neurons, order[~direct], group_of_row[~direct], position[~direct],
-                           slots, fill, per_group, over)
+            self._cut_back(keys, neurons, order[~direct], group_of_row=group_of_row[~direct],
+                           position=position[~direct], slots=slots, fill=fill, per_group=per_group, over=over)
 
-    def _cut_back(self, keys, neurons, rows, group_of_row, position, slots, fill, per_group, over) -> None:
+    def _cut_back(self, keys, neurons, rows, *, group_of_row, position, slots, fill, per_group, over) -> None:
         """Merge the buffers of overflowing groups with their new rows and keep the top ``k`` of each."""
         device = keys.device
         over_groups = over.nonzero().squeeze(1)

@@ -59,12 +59,12 @@ ZENNIT_CRP_STAR: Dict[str, List[Tuple[str, str, str]]] = {
 
 
 def star_names(module: str) -> List[str]:
-    """The names zennit-crp's ``crp.<module>`` exported beyond its own definitions."""
+    """Return the names zennit-crp's ``crp.<module>`` exported beyond its own definitions."""
     return [name for name, _, _ in ZENNIT_CRP_STAR[module.rsplit(".", 1)[-1]]]
 
 
 def lazy_getattr(module: str) -> Callable[[str], Any]:
-    """A module ``__getattr__`` that imports the star names of ``module`` on first use."""
+    """Return a module ``__getattr__`` that imports the star names of ``module`` on first use."""
     table = {name: (source, attribute) for name, source, attribute in ZENNIT_CRP_STAR[module.rsplit(".", 1)[-1]]}
 
     def __getattr__(name: str) -> Any:  # noqa: N807 (the module hook's name)
