@@ -6,7 +6,7 @@ with an error that names the argument, echoes the value and says what fixes it.
 import numbers
 import warnings
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -124,7 +124,7 @@ class Request:
     init_rel: InitRel
     output_name: str
 
-    def targets(self, rows: Sequence[Condition]) -> Optional[List[Optional[List[int]]]]:
+    def targets(self, rows: Sequence[Condition]) -> Optional[List[Any]]:
         """Return the targets of every row (None where a row has none).
 
         None if no row has targets or a start layer is used.

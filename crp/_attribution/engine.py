@@ -19,6 +19,7 @@ from zennit.core import Composite
 from crp._attribution.concepts import ChannelConcept
 from crp._attribution.conditions import InitRel, MaskMap, Request, broadcast_rows, layers_of, prepare_request
 from crp._attribution.passes import Passes, attrResult, concat_rows, row_groups
+from crp._attribution.probes import input_grad
 from crp._utils.checks import check_positive_int
 from crp._utils.modules import preserved_tensors
 
@@ -253,7 +254,7 @@ class CondAttribution:
     def heatmap_modifier(self, data: torch.Tensor,
                          on_device: Optional[Union[str, torch.device]] = None) -> torch.Tensor:
         """Turn the input relevance ``data.grad`` into heatmaps: by default the sum over the channel axis."""
-        heatmap = data.grad.detach()
+        heatmap = input_grad(data).detach()
         heatmap = heatmap.to(on_device) if on_device else heatmap
         return heatmap.sum(1)
 

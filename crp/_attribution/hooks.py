@@ -100,7 +100,7 @@ def apply_masks(fn_list: Sequence[GradFn], grad: torch.Tensor) -> torch.Tensor:
             fn.check_rows(len(grad))
             factor[fn.batch_id] *= fn.row_mask(grad.shape[1:], grad.dtype, grad.device)
         grad = grad * factor
-    for fn in fn_list:
-        if not isinstance(fn, RowMask):
-            grad = fn(grad)
+    for other in fn_list:
+        if not isinstance(other, RowMask):
+            grad = other(grad)
     return grad

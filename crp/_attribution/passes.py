@@ -9,7 +9,7 @@ different layers), one shared forward pass (the default), or a split pass that c
 lowest conditioned layer once per distinct upper condition (same layers everywhere).
 """
 from collections import namedtuple
-from typing import Any, Callable, Dict, Iterator, List, Optional, Protocol, Sequence, Tuple, Union
+from typing import Any, Dict, Iterator, List, Optional, Protocol, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -17,11 +17,11 @@ from tqdm.auto import tqdm
 from zennit.core import Composite
 
 from crp._attribution.conditions import Condition, Request, layers_of
-from crp._attribution.probes import Recording, StopForward, collect, move, probe_hooks
+from crp._attribution.probes import Recording, StopForward, collect, input_grad, move, probe_hooks
 
 __all__ = ["attrResult", "Attributor", "Passes", "row_groups", "concat_rows"]
 
-attrResult = namedtuple("AttributionResults", "heatmap, activations, relevances, prediction")
+attrResult = namedtuple("AttributionResults", "heatmap, activations, relevances, prediction")  # type: ignore[name-match]  # noqa: E501 (zennit-crp's name)
 attrResult.__doc__ = """Result of a conditional attribution.
 
 heatmap : torch.Tensor or None
@@ -42,11 +42,16 @@ class Attributor(Protocol):
     """What the passes use of :class:`crp.attribution.CondAttribution` (its overridable steps and itself)."""
 
     model: torch.nn.Module
-    relevance_init: Callable[..., torch.Tensor]
-    heatmap_modifier: Callable[..., torch.Tensor]
 
-    def __call__(self, data: torch.Tensor, conditions: List[Dict], composite: Optional[Composite] = None,
-                 **kwargs: Any) -> attrResult:
+    def relevance_init(self, prediction: torch.Tensor, target_list: Optional[List], init_rel: Any) -> torch.Tensor:
+        """Return the initial relevance (see ``CondAttribution.relevance_init``)."""
+
+    def heatmap_modifier(self, data: torch.Tensor, on_device: Device = None) -> torch.Tensor:
+        """Return the heatmaps of the input relevance (see ``CondAttribution.heatmap_modifier``)."""
+
+    def __call__(self, data: torch.Tensor, conditions: List[Dict], composite: Optional[Composite] = None, *,  # noqa: D102
+                 record_layer: Sequence[str], mask_map: Any, start_layer: Optional[str], init_rel: Any,
+                 on_device: Device, exclude_parallel: bool) -> attrResult:
         """Compute conditional attributions (see ``CondAttribution.__call__``)."""
 
 
@@ -172,7 +177,7 @@ class Passes:
                 torch.autograd.backward(recording.outputs[lowest], grad, inputs=[x],
                                         retain_graph=start + width < len(conditions))
                 if upper.heatmap is not None:
-                    x.grad[:len(rows)] += upper.heatmap[row_keys]
+                    input_grad(x)[:len(rows)] += upper.heatmap[row_keys]
                 yield self.split_result(x, recording, upper, row_keys, lowest=lowest)
 
     def upper_relevances(self, data: torch.Tensor) -> Tuple[str, np.ndarray, attrResult]:
@@ -210,7 +215,7 @@ class Passes:
                     recording.set_masks(masks)
                     x.grad = None
                     torch.autograd.backward(root, grad, inputs=[x], retain_graph=True)
-                    bypass.append(x.grad.detach().clone())
+                    bypass.append(input_grad(x).detach().clone())
                 for name, relevance in recording.relevances.items():
                     relevances.setdefault(name, []).append(relevance.detach())
         upper = attrResult(torch.cat(bypass) if bypass else None, dict(recording.activations),
@@ -246,8 +251,10 @@ class Passes:
         :class:`crp._attribution.probes.Probe`).
         """
         request = self.request
-        aliased = set(request.cond_layers) | {request.start_layer} if lean else set(request.record_layers)
-        return probe_hooks(self.model, self.composite, request.record_layers, aliased=sorted(aliased - {None}),
+        aliased = set(request.cond_layers) if lean else set(request.record_layers)
+        if lean and request.start_layer is not None:
+            aliased.add(request.start_layer)
+        return probe_hooks(self.model, self.composite, request.record_layers, aliased=sorted(aliased),
                            stop_at=stop_at)
 
     def forward(self, x: torch.Tensor) -> Optional[torch.Tensor]:

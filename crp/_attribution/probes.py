@@ -17,7 +17,7 @@ from zennit.core import Composite
 from crp._attribution.hooks import GradFn, MaskHook, apply_masks
 from crp._utils.modules import preserved_tensors
 
-__all__ = ["StopForward", "Recording", "Probe", "probe_hooks", "collect", "move"]
+__all__ = ["StopForward", "Recording", "Probe", "probe_hooks", "collect", "move", "input_grad"]
 
 Device = Union[str, torch.device, None]
 
@@ -158,9 +158,17 @@ def probe_hooks(model: torch.nn.Module, composite: Optional[Composite], layers: 
         probes.clear()
 
 
-def move(tensor: Optional[torch.Tensor], on_device: Device) -> Optional[torch.Tensor]:
-    """``tensor`` on ``on_device`` (unchanged if either is None)."""
-    return tensor.to(on_device) if (on_device and tensor is not None) else tensor
+def move(tensor: torch.Tensor, on_device: Device) -> torch.Tensor:
+    """Return ``tensor`` on ``on_device`` (unchanged if that is None)."""
+    return tensor.to(on_device) if on_device else tensor
+
+
+def input_grad(data: torch.Tensor) -> torch.Tensor:
+    """Return ``data.grad``, the relevance that reached the input; a RuntimeError if none did."""
+    if data.grad is None:
+        raise RuntimeError("no relevance reached the input (data.grad is None): the model's output does not depend "
+                           "on data, or the backward pass was stopped before it.")
+    return data.grad
 
 
 def collect(recording: Recording, names: Sequence[str], on_device: Device, n_rows: Optional[int] = None):

@@ -176,7 +176,8 @@ class FeatureVisualization:
             data = self.preprocess_data(data)
         return data.detach().requires_grad_(), target
 
-    def get_data_concurrently(self, indices: Sequence[int], preprocessing: bool = False) -> Tuple[torch.Tensor, list]:
+    def get_data_concurrently(self, indices: Union[Sequence[int], np.ndarray],
+                              preprocessing: bool = False) -> Tuple[torch.Tensor, list]:
         """Return the samples ``indices`` as one batch on ``device`` and their targets (name kept from zennit-crp)."""
         items = [split_item(int(i), self.dataset[int(i)]) for i in indices]
         data = torch.stack([sample for sample, _ in items]).to(self.device)
@@ -215,7 +216,7 @@ class FeatureVisualization:
         self, composite: Optional[Composite], data_start: int = 0, data_end: Optional[int] = None,
         batch_size: int = 32, checkpoint: int = 500, on_device: Optional[Union[str, torch.device]] = None, *,
         resume: bool = False, num_workers: int = 0, verbose: bool = True,
-    ) -> List[Path]:
+    ) -> Union[List[Path], Dict[str, List[str]]]:
         """Find the top-k samples of every concept by relevance and activation, overall and per target.
 
         Every sample is explained once per target with ``{"y": [target]}`` (one forward and one backward pass
@@ -563,7 +564,7 @@ class FeatureVisualization:
         bad = [c for c in ids if isinstance(c, bool) or not isinstance(c, numbers.Integral)]
         if bad or not ids:
             raise TypeError(f"concept ids must be ints (or a non-empty list of ints), got {concept_ids!r}.")
-        out_of_range = [int(c) for c in ids if not 0 <= c < n_concepts]
+        out_of_range = [int(c) for c in ids if not 0 <= int(c) < n_concepts]
         if out_of_range:
             raise IndexError(f"concept ids {out_of_range} are out of range for layer {layer_name!r} with {n_concepts} "
                              f"concepts; use ids in [0, {n_concepts - 1}].")
@@ -747,18 +748,22 @@ class FeatureVisualization:
                 if not stats:
                     continue
                 targets, _ = self.compute_stats(concept_id, layer_name, mode, top_N, mean_N)
-                raw = self.get_stats_reference(concept_id, layer_name, [int(t) for t in targets], mode, r_range,
-                                               composite, rf, None, batch_size, full_backward=full_backward)
-                self._save_plots(raw, plot_list, func_name="get_stats_reference", layer_name=layer_name, mode=mode,
-                                 r_range=r_range, composite=composite, rf=rf, full_backward=full_backward)
+                raw_stats = self.get_stats_reference(concept_id, layer_name, [int(t) for t in targets], mode,
+                                                     r_range, composite, rf, None, batch_size,
+                                                     full_backward=full_backward)
+                self._save_plots(raw_stats, plot_list, func_name="get_stats_reference", layer_name=layer_name,
+                                 mode=mode, r_range=r_range, composite=composite, rf=rf, full_backward=full_backward)
 
     def _save_plots(self, raw: Dict[Any, Tuple[torch.Tensor, torch.Tensor]], plot_list, *, func_name, layer_name,
                     mode, r_range, composite, rf, full_backward) -> None:
+        cache = self.Cache
+        if cache is None:
+            return
         for plot_fn in plot_list:
             key = self._cache_key(func_name, layer_name, mode, rf=rf, plot_fn=plot_fn, composite=composite,
                                   full_backward=full_backward)
             for ref_id, (samples, heatmaps) in raw.items():
-                self.Cache.save({ref_id: plot_fn(samples, heatmaps, rf)}, key, (r_range[0], r_range[0] + len(samples)))
+                cache.save({ref_id: plot_fn(samples, heatmaps, rf)}, key, (r_range[0], r_range[0] + len(samples)))
 
     # ------------------------------------------------------------------------------------------------------
     # reference images
@@ -830,7 +835,8 @@ class FeatureVisualization:
         return [int_target(target, index)]
 
     def _attribution_on_reference(self, data: torch.Tensor, concept_id: int, layer_name: str,  # noqa: PLR0917
-                                  composite: Composite, rf: bool = False, neuron_ids: Sequence[int] = (),
+                                  composite: Composite, rf: bool = False,
+                                  neuron_ids: Union[Sequence[int], np.ndarray] = (),
                                   batch_size: int = 32, *, targets: Optional[List[List[int]]] = None) -> torch.Tensor:
         """Concept-conditional heatmaps of reference samples, ``batch_size`` at a time.
 
@@ -852,6 +858,7 @@ class FeatureVisualization:
         for start in range(0, len(data), batch_size):
             stop = min(start + batch_size, len(data))
             x = data[start:stop].detach().requires_grad_()
+            conditions: List[Dict[str, Any]]
             if rf:
                 conditions = [{layer_name: {concept_id: [int(n)]}} for n in neuron_ids[start:stop]]
             else:
@@ -871,7 +878,7 @@ class FeatureVisualization:
 def _check_ranked(ranked: Any, rel: torch.Tensor, method: str) -> None:
     """Refuse what an overridden ``analyze_layer`` returns unless it is four ``(n, C)`` tensors."""
     ok = isinstance(ranked, (tuple, list)) and len(ranked) == 4 and all(isinstance(r, torch.Tensor) for r in ranked)
-    shapes = [tuple(r.shape) for r in ranked] if ok else None
+    shapes = [tuple(r.shape) for r in ranked] if ok else []
     if not ok or len(set(shapes)) != 1 or len(shapes[0]) != 2 or shapes[0][0] != len(rel):
         got = shapes if ok else type(ranked).__name__
         raise TypeError(f"{method} must return four tensors (d_c_sorted, rel_c_sorted, rf_c_sorted, t_c_sorted) of "

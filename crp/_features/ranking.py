@@ -166,7 +166,7 @@ class Rankings:
         targets, counts = self.targets(), self.counts()
         rows_max = max(min(self.settings[mode].k_max, counts[mode][0]) for mode in MODES)
         rows_stats = np.diff(stats_offsets(counts, self.stats_sizes())).tolist()
-        parts = {"max": [], "stats": []}
+        parts: Dict[str, List[Dict[str, torch.Tensor]]] = {"max": [], "stats": []}
         for mode in MODES:
             overall, per_target = self.accumulators.get(mode) or (_Empty(self._total()), _Empty(self._total()))
             parts["max"].append(overall.to_tensors([0], [rows_max]))

@@ -56,7 +56,8 @@ def cached_references(cache: Optional[Cache], ids: List[Any], *, key: CacheKey, 
     if cache is None:
         return {ref_id: compute(ref_id, r_range) for ref_id in ids}
     if overwrite:
-        found, missing = {}, {ref_id: r_range for ref_id in ids}
+        found: Dict[Any, Any] = {}
+        missing = {ref_id: r_range for ref_id in ids}
     else:
         found, missing = cache.load(ids, key, r_range)
     for ref_id, ranks in missing.items():

@@ -47,6 +47,13 @@ class _ResultObject:
         return {"class": type(self).__qualname__, "mode": self.mode, "max_target": self.max_target,
                 "abs_norm": self.abs_norm, "sample_size": self.sample_size()}
 
+    def _save_results(self, d_index: Index = None) -> List[str]:
+        raise NotImplementedError
+
+    def collect_results(self, path_list: List[str], d_index: Index = None) -> List[str]:
+        """Merge checkpoints written by ``_save_results`` and write the merged results."""
+        raise NotImplementedError
+
     def sample_size(self) -> int:
         """``SAMPLE_SIZE``, checked."""
         return check_positive_int(self.SAMPLE_SIZE, name=f"{type(self).__name__}.SAMPLE_SIZE")

@@ -301,7 +301,7 @@ class ResultStore(ResultReader):
     # ------------------------------------------------------------------------------------------------------
     # writing
 
-    def save(self, layers: Mapping[str, Mapping[str, np.ndarray]], targets: List[int],
+    def save(self, layers: Mapping[str, Mapping[str, Any]], targets: List[int],
              counts: Mapping[str, List[int]], config: Mapping[str, Any], *, next_index: int, complete: bool,
              dataset_fingerprint: Optional[Mapping[str, Any]] = None,
              sample_sizes: Optional[Mapping[str, Mapping[str, int]]] = None) -> List[Path]:
@@ -552,7 +552,7 @@ def _check_file(file: Path, array: np.ndarray, entry: Mapping[str, Any], dtype, 
 
 
 def _digest(array: np.ndarray) -> str:
-    return hashlib.sha256(memoryview(np.ascontiguousarray(array)).cast("B")).hexdigest()
+    return hashlib.sha256(np.ascontiguousarray(array).data.cast("B")).hexdigest()
 
 
 def _atomic_save(file: Path, array: np.ndarray) -> None:

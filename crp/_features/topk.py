@@ -114,7 +114,9 @@ class TopK:
         self.device = None if device is None else torch.device(device)
         self._slots: Dict[int, int] = {}
         self._rows = 0  # slots per group and column in the buffers, grows up to ``capacity``
-        self._keys = self._neurons = None
+        # (groups, rows, columns) buffers, allocated on the first rows
+        self._keys = torch.empty((0, 0, self.n_columns), dtype=torch.int64)
+        self._neurons = torch.empty((0, 0, self.n_columns), dtype=torch.int32)
         self._fill = torch.zeros(0, dtype=torch.int64)
         self._counts: List[int] = []
 
@@ -194,7 +196,7 @@ class TopK:
 
     def compact(self) -> None:
         """Cut every group back to its top ``k`` entries, sorted."""
-        if self._keys is None or not self._slots:
+        if not self._slots:
             return
         used = len(self._slots)
         filled = int(self._fill[:used].max())  # slots from a group's fill on are empty
@@ -248,7 +250,7 @@ class TopK:
         total = int(sum(rows))
         keys = torch.full((total, self.n_columns), EMPTY_KEY, dtype=torch.int64, device=device)
         neurons = torch.full((total, self.n_columns), -1, dtype=torch.int32, device=device)
-        if self._keys is not None and total:
+        if self._slots and total:
             # every output row's source: (slot, rank), for groups present and ranks inside the buffers
             counts = torch.as_tensor([int(r) for r in rows], dtype=torch.int64)
             slots = torch.as_tensor([self._slots.get(int(label), -1) for label in labels], dtype=torch.int64)
@@ -343,7 +345,7 @@ class TopK:
         if slot is not None:
             return slot
         slot = len(self._slots)
-        if self._keys is None or slot == len(self._keys):
+        if slot == len(self._keys):
             self._grow(max(1, 2 * slot), self._rows, device)
         self._slots[label] = slot
         self._counts.append(0)
@@ -355,7 +357,7 @@ class TopK:
         keys = torch.full((n_slots, n_rows, self.n_columns), EMPTY_KEY, dtype=torch.int64, device=device)
         neurons = torch.zeros((n_slots, n_rows, self.n_columns), dtype=torch.int32, device=device)
         fill = torch.zeros(n_slots, dtype=torch.int64, device=device)
-        if self._keys is not None:
+        if len(self._keys):
             old_slots, old_rows = self._keys.shape[:2]
             keys[:old_slots, :old_rows], neurons[:old_slots, :old_rows] = self._keys, self._neurons
             fill[:old_slots] = self._fill
