@@ -168,9 +168,12 @@ def directive(module_name, attr, obj):
     if inspect.isclass(obj):
         kind = "autoexception" if issubclass(obj, BaseException) else "autoclass"
         options = ["   :members:", "   :special-members: __call__"]
-        seams = [name for name in SEAMS if name in vars(obj)]  # zennit-crp's private-looking extension points
+        if any(base.__module__.startswith("crp._") for base in obj.__mro__[1:]):
+            options.append("   :inherited-members:")  # a class assembled from private parts (FeatureVisualization)
+        seams = [name for name in SEAMS if hasattr(obj, name)]  # zennit-crp's private-looking extension points
         options += [f"   :private-members: {', '.join(seams)}"] if seams else []
-        options += ["   :show-inheritance:"] if obj.__bases__ != (object,) else []
+        public_bases = obj.__bases__ != (object,) and not any(b.__module__.startswith("crp._") for b in obj.__bases__)
+        options += ["   :show-inheritance:"] if public_bases else []
         return "\n".join([f".. {kind}:: {target}", *options]) + "\n"
     if callable(obj):
         return f".. autofunction:: {target}\n"
