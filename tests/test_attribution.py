@@ -333,11 +333,11 @@ def test_data_errors(linear_model):
     attribution = CondAttribution(linear_model)
     with pytest.raises(ValueError, match="requires_grad_"):
         attribution(X.clone(), [{"y": [0]}])
-    with pytest.raises(TypeError, match="data must be a torch.Tensor, got list"):
+    with pytest.raises(TypeError, match=r"data must be a torch.Tensor, got \[\[1.0, 2.0\]\]"):
         attribution([[1.0, 2.0]], [{"y": [0]}])
     with pytest.raises(ValueError, match="generate\\(\\) explains one sample.*\\(2, 2\\)"):
         attribution.generate(torch.ones(2, 2, dtype=torch.float64, requires_grad=True), [{"y": [0]}])
-    with pytest.raises(ValueError, match="batch_size must be a positive int, got 0"):
+    with pytest.raises(ValueError, match="batch_size must be an int >= 1, got 0"):
         attribution.generate(_x(), [{"y": [0]}], batch_size=0)
     with pytest.raises(TypeError, match="model must be a torch.nn.Module"):
         CondAttribution("model")

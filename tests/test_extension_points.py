@@ -391,5 +391,5 @@ def test_result_objects_check_their_arguments(tmp_path):
     ranking = Maximization("relevance", path=tmp_path)
     assert ranking.PATH == tmp_path / "RelMax_sum_unnormed" and not ranking.PATH.exists()
     ranking.SAMPLE_SIZE = 0
-    with pytest.raises(ValueError, match="Maximization.SAMPLE_SIZE must be a positive int, got 0"):
+    with pytest.raises(ValueError, match="Maximization.SAMPLE_SIZE must be an int >= 1, got 0"):
         ranking.analyze_layer(torch.ones(2, 3), ChannelConcept(), "fc", np.arange(2), np.zeros(2))

@@ -378,7 +378,7 @@ def test_layer_map_and_constructor_errors(model, tmp_path):
         make_fv(model, tmp_path, cache="cache")
     with pytest.raises(TypeError, match="preprocess_fn must be callable"):
         make_fv(model, tmp_path, preprocess_fn=3)
-    with pytest.raises(ValueError, match="top_k must be a positive int, got 0"):
+    with pytest.raises(ValueError, match="top_k must be an int >= 1, got 0"):
         make_fv(model, tmp_path, top_k=0)
 
 
@@ -411,8 +411,8 @@ def test_bad_dataset_items(model, tmp_path, kind, error, match):
     ({"data_start": 10, "data_end": 5}, ValueError, r"0 <= data_start < data_end <= len\(dataset\) = 64"),
     ({"data_end": 65}, ValueError, "data_end=65"),
     ({"data_start": 1.0}, TypeError, "data_start must be an int"),
-    ({"batch_size": 0}, ValueError, "batch_size must be a positive int, got 0"),
-    ({"checkpoint": -1}, ValueError, "checkpoint must be a positive int, got -1"),
+    ({"batch_size": 0}, ValueError, "batch_size must be an int >= 1, got 0"),
+    ({"checkpoint": -1}, ValueError, "checkpoint must be an int >= 1, got -1"),
     ({"num_workers": -1}, ValueError, "num_workers must be an int >= 0"),
 ])
 def test_bad_run_arguments(model, tmp_path, kwargs, error, match):
@@ -449,7 +449,7 @@ def test_reference_errors(analyzed, model, tmp_path):
         fv.get_max_reference(0, "fc2")
     with pytest.raises(KeyError, match=r"no relevance statistics for targets \[7\]"):
         fv.get_stats_reference(0, "conv1", [1, 7])
-    with pytest.raises(ValueError, match="batch_size must be a positive int"):
+    with pytest.raises(ValueError, match="batch_size must be an int >= 1"):
         fv.get_max_reference(0, "conv1", batch_size=0)
     with pytest.raises(TypeError, match="plot_fn must be a function"):
         fv.get_stats_reference(0, "conv1", 1, plot_fn="vis_img_heatmap")

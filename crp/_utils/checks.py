@@ -35,10 +35,7 @@ def echo(value: Any) -> str:
 
 
 def _fail(error: Type[Exception], name: str, expected: str, value: Any, fix: Optional[str]) -> Exception:
-    given = echo(value)
-    if error is TypeError and value is not None and not given.startswith(type(value).__name__):
-        given = f"{type(value).__name__} {given}"  # a wrong type: say which
-    message = f"{name} must be {expected}, got {given}."
+    message = f"{name} must be {expected}, got {echo(value)}."
     return error(f"{message} {fix}" if fix else message)
 
 
@@ -166,7 +163,7 @@ def _bounds_text(minimum: Optional[float], maximum: Optional[float]) -> str:
 
 def check_positive_int(value: Any, *, name: str, fix: Optional[str] = None) -> int:
     """Return ``value`` as an ``int`` if it is an integer of at least 1 (see :func:`check_int`)."""
-    return check_int(value, name=name, minimum=1, fix=fix, expected="a positive int")
+    return check_int(value, name=name, minimum=1, fix=fix)
 
 
 def check_number(value: Any, *, name: str, minimum: Optional[float] = None, maximum: Optional[float] = None,
