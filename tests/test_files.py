@@ -103,9 +103,9 @@ def test_a_second_writer_fails_at_once_and_the_lock_file_goes_on_release(tmp_pat
     folder = tmp_path / "new" / "results"
     with FolderLock(folder, description="output folder") as lock:
         assert lock.locked and (folder / LOCK_NAME).read_text().split()[0] == str(os.getpid())
-        pattern = (rf"output folder '{folder}' is in use: this process \(pid {os.getpid()}\) is already writing to "
-                   rf"it, through another lock \(lock file '{folder / LOCK_NAME}'\); wait until it has finished or stop it, "
-                   rf"or use another folder\.")
+        pattern = (rf"output folder '{folder}' is in use: this process \(pid {os.getpid()}\) is already "
+                   rf"writing to it, through another lock \(lock file '{folder / LOCK_NAME}'\); wait until it has "
+                   rf"finished or stop it, or use another folder\.")
         start = time.perf_counter()
         with pytest.raises(FolderLockedError, match=pattern) as caught:
             FolderLock(folder, description="output folder").acquire()
