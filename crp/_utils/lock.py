@@ -12,6 +12,7 @@ store do). ``flock`` on a network file system (NFS) works between the machines o
 it with byte-range locks (Linux does since 2.6.12); on such a folder two machines may otherwise both write.
 """
 import errno
+import functools
 import os
 import socket
 import sys
@@ -58,11 +59,7 @@ class FolderLockedError(RuntimeError):
         )
 
     def __reduce__(self):  # the message is built from the arguments: pickle those (for worker processes)
-        return _locked_error, (self.path, self.pid, self.host, self.description)
-
-
-def _locked_error(path: Path, pid: Optional[int], host: Optional[str], description: str) -> FolderLockedError:
-    return FolderLockedError(path, pid, host, description=description)
+        return functools.partial(FolderLockedError, description=self.description), (self.path, self.pid, self.host)
 
 
 class FolderLock:
