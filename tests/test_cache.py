@@ -12,7 +12,8 @@ from zennit.canonizers import SequentialMergeBatchNorm
 from zennit.composites import EpsilonGammaBox, EpsilonPlusFlat
 
 from crp._features.cache import describe
-from crp.cache import Cache, CacheKey, ImageCache
+from crp._features.references import cached_references
+from crp.cache import Cache, CacheKey, CorruptCacheError, ImageCache
 from crp.image import vis_img_heatmap, vis_opaque_img
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -93,6 +94,25 @@ def test_image_cache_errors(tmp_path):
         cache.extend_dict({0: images(1)}, {0: "x"})
     with pytest.raises(TypeError, match="abstract"):
         Cache(tmp_path)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage"])
+def test_a_broken_cached_image_names_its_file_and_the_fix(tmp_path, damage):
+    cache = ImageCache(tmp_path)
+    noisy = [Image.effect_noise((64, 64), 80).convert("RGB") for _ in range(2)]  # large enough to cut in half
+    cache.save({4: noisy}, key(), (0, 2))
+    broken = cache.folder(key()) / "4_0_1.png"
+    data = broken.read_bytes()
+    broken.write_bytes(data[:len(data) // 2] if damage == "truncate" else b"not a png at all")
+    reason = "image file is truncated" if damage == "truncate" else "cannot identify image file"
+    with pytest.raises(CorruptCacheError, match=rf"cached reference image '{broken}' is truncated or corrupt \("
+                                                rf"{reason}.*\); delete it \(or the whole cache folder "
+                                                rf"'{tmp_path}'\), or pass overwrite=True, to draw the references "
+                                                rf"again\."):
+        cache.load([4], key(), (0, 2))
+    drawn = cached_references(cache, [4], key=key(), r_range=(0, 2), compute=lambda _, ranks: noisy[slice(*ranks)],
+                              overwrite=True)  # the fix the message names
+    assert len(drawn[4]) == 2 and len(cache.load([4], key(), (0, 2))[0][4]) == 2
 
 
 def test_describe_names_modules_in_closures():

@@ -4,10 +4,14 @@
 the tests' path), a torchvision ResNet-18 with ``--num-classes`` and random weights saved by the test, and a
 folder of 16 x 16 PNG images in three classes.
 """
+import errno
 import json
 import os
+import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +23,7 @@ from crp._utils.text import one_line
 from crp.app.analyze import AnalyzeError, AnalyzeOptions, prepare
 from crp.app.cli import build_parser, main
 from crp.app.output import MANIFEST_NAME
+from crp.app.shapes_model import torch_threads
 
 import helpers
 
@@ -244,9 +249,17 @@ def test_analyze_interrupted_and_resumed(tmp_path, capsys, monkeypatch):
     assert main(argv) == 0
     assert json.loads((out / "summary.json").read_text())["fv_reused"] is True
     assert json.loads((out / "fv" / "store" / "manifest.json").read_text())["complete"]
-    capsys.readouterr()
+    # the search was continued, not reused: every message says so
+    assert "reference samples from 12 of them (continued)" in capsys.readouterr().out
+    assert json.loads((out / "summary.json").read_text())["fv_status"] == "continued"
+    assert "(continued)." in (out / "report.html").read_text() and "(reused)" not in (out / "report.html").read_text()
+    assert main(argv) == 0  # now complete: reused, nothing computed
+    assert "reference samples from 12 of them (reused)" in capsys.readouterr().out
+    assert json.loads((out / "summary.json").read_text())["fv_status"] == "reused"
     assert main(argv + ["--fresh"]) == 0
     assert json.loads((out / "summary.json").read_text())["fv_reused"] is False
+    assert json.loads((out / "summary.json").read_text())["fv_status"] == "computed"
+    assert "(reused)" not in capsys.readouterr().out and "(computed)." in (out / "report.html").read_text()
 
 
 def test_interrupted_before_anything_was_saved(tmp_path, capsys, monkeypatch):
@@ -394,3 +407,142 @@ def test_analyze_results_do_not_depend_on_workers(tmp_path, images, capsys):
         runs.append(([s["layers"] for s in summary["samples"]], summary["graph_edges"], relmax.tolist()))
     capsys.readouterr()
     assert runs[0] == runs[1]
+
+
+# ------------------------------------------------------------------------------------------------------------
+# safe on disk, honest in every message
+
+
+@pytest.fixture(scope="module")
+def finished_report(tmp_path_factory):
+    """An --out folder of a complete analyze run (copy it before changing it) and the arguments that wrote it."""
+    out = tmp_path_factory.mktemp("finished") / "report"
+    argv = ["analyze", *TINY, "--data", "helpers:tiny_data", "--out", str(out), *SMALL]
+    with torch_threads(1):
+        assert main(argv) == 0
+    return out, argv
+
+
+def copy_of(finished_report, tmp_path):
+    out, argv = finished_report
+    copy = tmp_path / "report"
+    shutil.copytree(out, copy, symlinks=True)
+    return copy, [str(copy) if a == str(out) else a for a in argv]
+
+
+def state(folder):
+    """Every file under ``folder`` (not following links) with its content and modification time."""
+    return {str(p.relative_to(folder)): (p.read_bytes(), p.stat().st_mtime_ns)
+            for p in sorted(folder.rglob("*")) if p.is_file() and not p.is_symlink()}
+
+
+def test_analyze_never_writes_through_a_linked_fv_folder(finished_report, tmp_path, capsys):
+    out, argv = copy_of(finished_report, tmp_path)
+    outside = tmp_path / "elsewhere"
+    shutil.move(str(out / "fv"), str(outside))  # a store a user keeps elsewhere, and a file of theirs beside it
+    (outside / "precious.txt").write_text("mine")
+    (out / "fv").symlink_to(outside, target_is_directory=True)
+    before_outside, before_out = state(outside), state(out)
+    capsys.readouterr()
+    for extra in ([], ["--fresh"]):  # --fresh would empty the folder
+        assert main(argv + extra) == 2
+        one_line_error(capsys, f"python -m crp analyze: error: out '{out}': '{out / 'fv'}' is a symbolic link to "
+                               f"'{outside}', outside the output folder", "nothing was changed",
+                       "Remove the link (the files it points to stay), or choose another --out.")
+    assert state(outside) == before_outside and state(out) == before_out  # nothing written, nothing deleted
+
+
+_HOLD = """
+import sys, time
+from crp._utils.lock import FolderLock
+lock = FolderLock(sys.argv[1]).acquire()
+print("locked", flush=True)
+time.sleep(120)
+"""
+
+
+@pytest.mark.parametrize("command", ["analyze", "demo"])
+def test_a_second_run_into_the_same_out_fails_at_once(finished_report, tmp_path, capsys, monkeypatch, command):
+    out, argv = copy_of(finished_report, tmp_path)
+    if command == "demo":
+        argv = ["demo", "--out", str(out), "--quick", "--no-progress", "--cache-dir", str(tmp_path / "cache")]
+
+    def no_work(*_args, **_kwargs):
+        raise AssertionError("the second run started working")
+
+    monkeypatch.setattr("crp.app.analyze.prepare", no_work)
+    monkeypatch.setattr("crp.app.demo.train_default_model", no_work)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    first = subprocess.Popen([sys.executable, "-c", _HOLD, str(out)], stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert first.stdout.readline().strip() == "locked"
+        before = state(out)
+        capsys.readouterr()
+        assert main(argv) == 1
+        one_line_error(capsys, f"python -m crp {command}: error: output folder '{out}' is in use: another process "
+                               f"(pid {first.pid}) is writing to it", "wait until it has finished or stop it, or use "
+                                                                      "another folder.")
+        assert state(out) == before
+    finally:
+        first.kill()
+        first.wait()
+
+
+def test_analyze_on_a_full_disk_names_the_file_and_keeps_the_old_one(finished_report, tmp_path, capsys,
+                                                                     monkeypatch):
+    out, argv = copy_of(finished_report, tmp_path)
+    report = (out / "report.html").read_text()
+
+    def full_disk(_report):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("crp.app.report.Report.to_html", full_disk)  # called while report.html is written
+    capsys.readouterr()
+    assert main(argv) == 1
+    one_line_error(capsys, f"python -m crp analyze: error: cannot write '{out / 'report.html'}': no space left on "
+                           f"the device (No space left on device); free some disk space, or choose another --out")
+    assert (out / "report.html").read_text() == report and not list(out.rglob("*.tmp"))
+
+
+class _InterruptImport:
+    """A meta path finder that raises KeyboardInterrupt for some modules: Ctrl-C while they are imported."""
+
+    def __init__(self, names):
+        self.names = set(names)
+
+    def find_spec(self, name, *_where):
+        if name in self.names:
+            raise KeyboardInterrupt
+        return None
+
+
+@pytest.mark.parametrize("command", ["analyze", "demo"])
+def test_ctrl_c_while_the_command_starts_is_one_line_and_130(tmp_path, capsys, monkeypatch, command):
+    slow = ["crp.visualization", "crp.app.demo", "crp.app.analyze", "crp.app.concept_report"]
+    for name in slow:  # as on the first run of a process: not imported yet
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    monkeypatch.setattr(sys, "meta_path", [_InterruptImport(slow), *sys.meta_path])
+    argv = [command, "--out", str(tmp_path / "out"), "--no-progress"]
+    argv += [*TINY, "--data", "helpers:tiny_data"] if command == "analyze" else ["--quick"]
+    try:
+        code = main(argv)
+    except KeyboardInterrupt:
+        code = "escaped"
+    assert code == 130
+    one_line_error(capsys, f"python -m crp {command}: interrupted before any result was saved; run the same command "
+                           f"again")
+    assert not (tmp_path / "out").exists()
+
+
+def test_ctrl_c_of_python_dash_m_crp_at_any_moment(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "CRP_CACHE": str(tmp_path / "cache")}
+    for delay in (0.5, 2.0):  # while torch is imported, or later
+        run = subprocess.Popen([sys.executable, "-m", "crp", "demo", "--quick", "--no-progress", "--threads", "1",
+                                "--out", str(tmp_path / "out")], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+        time.sleep(delay)
+        run.send_signal(signal.SIGINT)
+        out, err = run.communicate(timeout=120)
+        assert run.returncode == 130, err
+        assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+        assert err.startswith("python -m crp") and "interrupted" in err and out == ""

@@ -98,7 +98,8 @@ def test_references_and_statistics(analysis, tmp_path):
     output = OutputFolder(tmp_path / "out", "test")
     output.claim(folders=["fv"])
     key = fingerprint("k", model=analysis.model)
-    assert not resumable_feature_visualization(analysis, output, key, 24, top_k=4, batch_size=8, progress=False)
+    assert resumable_feature_visualization(analysis, output, key, 24, top_k=4, batch_size=8,
+                                           progress=False) == "computed"
     refs = analysis.references("features.6", [0, 5], "relevance", 3)
     assert set(refs) == {0, 5} and all(len(images) == len(heats) == 3 for images, heats in refs.values())
     indices, _, _ = analysis.fv.results.maximization("features.6", "activation")
@@ -113,8 +114,10 @@ def test_references_and_statistics(analysis, tmp_path):
     output.finish()
     again = OutputFolder(tmp_path / "out", "test")
     again.claim(folders=["fv"])
-    assert resumable_feature_visualization(analysis, again, key, 24, top_k=4, batch_size=8, progress=False)
-    assert not resumable_feature_visualization(analysis, again, "other", 24, top_k=4, batch_size=8, progress=False)
+    assert resumable_feature_visualization(analysis, again, key, 24, top_k=4, batch_size=8,
+                                           progress=False) == "reused"
+    assert resumable_feature_visualization(analysis, again, "other", 24, top_k=4, batch_size=8,
+                                           progress=False) == "computed"
 
 
 def test_region_size_for():

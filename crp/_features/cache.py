@@ -22,8 +22,9 @@ import numpy as np
 import torch
 
 from crp._utils.files import write_atomic
+from crp._utils.text import one_line
 
-__all__ = ["Cache", "ImageCache", "CacheKey", "describe"]
+__all__ = ["Cache", "ImageCache", "CacheKey", "CorruptCacheError", "describe"]
 
 RefDict = Dict[Any, Any]
 Range = Tuple[int, int]
@@ -167,6 +168,13 @@ class CacheKey:
         return hashlib.sha256(text.encode()).hexdigest()
 
 
+class CorruptCacheError(ValueError):
+    """A cached file is truncated or corrupt (e.g. written by a process that was killed, or a full disk).
+
+    Its message names the file and the fix: delete the file or the cache folder, or pass ``overwrite=True``.
+    """
+
+
 class Cache(ABC):
     """Storage of reference images (the values returned by a plot function) per :class:`CacheKey` and rank.
 
@@ -267,16 +275,27 @@ class ImageCache(Cache):
                                 f"lists, got {type(value).__name__}.")
         return ref_original
 
-    @staticmethod
-    def _load_list(folder: Path, concept_id: Any, tuple_index: int, r_range: Range) -> Tuple[List[Any], bool]:
-        from PIL import Image
-
+    def _load_list(self, folder: Path, concept_id: Any, tuple_index: int, r_range: Range) -> Tuple[List[Any], bool]:
         images: List[Any] = []
         for rank in range(*r_range):
             file = folder / f"{concept_id}_{tuple_index}_{rank}.png"
             if not file.is_file():
                 return images, True
-            with Image.open(file) as image:
-                image.load()
-                images.append(image.copy())
+            images.append(_read_png(file, self.path))
         return images, False
+
+
+def _read_png(file: Path, cache_root: Path) -> Any:
+    """Return the image in ``file``; a truncated or corrupt file raises a :class:`CorruptCacheError` naming it."""
+    from PIL import Image
+
+    try:
+        with Image.open(file) as image:
+            image.load()
+            return image.copy()
+    except (OSError, SyntaxError, ValueError, EOFError) as error:  # PIL's ways of saying a file is broken
+        reason = one_line(error)
+        raise CorruptCacheError(
+            f"cached reference image {str(file)!r} is truncated or corrupt ({reason}); delete it (or the whole "
+            f"cache folder {str(cache_root)!r}), or pass overwrite=True, to draw the references again."
+        ) from error

@@ -80,7 +80,12 @@ class AnalyzeOptions:
 
 @dataclass
 class AnalysisResult:
-    """What :func:`run_analysis` wrote and found; ``files`` are relative to ``out_dir``."""
+    """What :func:`run_analysis` wrote and found; ``files`` are relative to ``out_dir``.
+
+    ``fv_status`` says what became of the reference-sample search of an earlier run: ``"reused"`` (complete,
+    nothing computed), ``"continued"`` (an interrupted search continued) or ``"computed"`` (searched from the
+    start); ``fv_reused`` whether it was used at all (reused or continued).
+    """
 
     out_dir: Path
     model: str
@@ -95,6 +100,7 @@ class AnalysisResult:
     flipping_auc: Dict[str, float]
     files: List[str] = field(default_factory=list)
     seconds: float = 0.0
+    fv_status: str = "computed"
 
     @property
     def report(self) -> Path:
@@ -583,20 +589,25 @@ def run_analysis(options: AnalyzeOptions, setup: Optional[AnalysisSetup] = None)
     Raises
     ------
     AnalyzeError
-        For a bad argument (model, weights, data, layer, composite, output folder), before anything is written.
+        For a bad argument (model, weights, data, layer, composite), before anything is written.
+    UserError
+        If ``options.out`` is a file or a folder crp did not write, or a symbolic link in it leads out of it.
+    crp._utils.lock.FolderLockedError
+        If another run writes into ``options.out`` (at once if the folder exists, else before anything is
+        written).
     """
     start = time.perf_counter()
-    output = OutputFolder(options.out, "crp analyze")
-    setup = prepare(options) if setup is None else setup
-    fv_data = _fv_dataset(setup, options)
-    _verify_images(setup.data, fv_data, options)
-    from crp.app.concept_report import ConceptAnalysis
+    with OutputFolder(options.out, "crp analyze") as output:
+        setup = prepare(options) if setup is None else setup
+        fv_data = _fv_dataset(setup, options)
+        _verify_images(setup.data, fv_data, options)
+        from crp.app.concept_report import FV_FOLDER, ConceptAnalysis
 
-    analysis = ConceptAnalysis(setup.model, setup.composite, fv_data, layers=setup.graph_layers,
-                               preprocess=setup.data.preprocess, class_names=setup.data.class_names,
-                               device=setup.device)
-    output.claim(folders=["fv"])
-    result = _report_run(options, setup, analysis, output, start)
+        analysis = ConceptAnalysis(setup.model, setup.composite, fv_data, layers=setup.graph_layers,
+                                   preprocess=setup.data.preprocess, class_names=setup.data.class_names,
+                                   device=setup.device)
+        output.claim(folders=[FV_FOLDER])
+        result = _report_run(options, setup, analysis, output, start)
     result.seconds = time.perf_counter() - start
     return result
 
@@ -629,11 +640,11 @@ def _verify_images(data: DataSpec, fv_data: Any, options: AnalyzeOptions) -> Non
 
 def _report_run(options: AnalyzeOptions, setup: AnalysisSetup, analysis: Any, output: OutputFolder,
                 start: float) -> AnalysisResult:
-    from crp.app.concept_report import fingerprint, resumable_feature_visualization
+    from crp.app.concept_report import FV_COMPUTED, fingerprint, resumable_feature_visualization
 
     key = fingerprint("crp analyze", setup.data.identity, setup.graph_layers, setup.composite_description,
                       len(analysis.dataset), options.references, model=setup.model)
-    reused = resumable_feature_visualization(
+    status = resumable_feature_visualization(
         analysis, output, key, len(analysis.dataset), fresh=options.fresh, batch_size=options.batch_size,
         workers=options.workers, checkpoint=options.checkpoint, top_k=max(8, options.references),
         progress=options.progress)
@@ -642,11 +653,11 @@ def _report_run(options: AnalyzeOptions, setup: AnalysisSetup, analysis: Any, ou
     flipping = _write_flipping(options, setup, analysis, output)
     result = AnalysisResult(
         output.root, setup.model_description, setup.composite_description, setup.data.description,
-        len(setup.data.dataset), len(analysis.dataset), reused, setup.layers,
+        len(setup.data.dataset), len(analysis.dataset), status != FV_COMPUTED, setup.layers,
         [_sample_summary(s, analysis, setup.layers) for s in samples],
         [(p[0], p[1], layer, concept, share) for p, edges in graph.connections.items()
          for layer, concept, share in edges],
-        flipping[0].mean_auc() if flipping else {},
+        flipping[0].mean_auc() if flipping else {}, fv_status=status,
     )
     _write_summary(output, result)
     result.files, result.seconds = [*output.written, "report.html"], time.perf_counter() - start
@@ -719,6 +730,7 @@ def _write_summary(output: OutputFolder, result: AnalysisResult) -> None:
     payload = {
         "model": result.model, "composite": result.composite, "data": result.data,
         "dataset_size": result.dataset_size, "fv_samples": result.fv_samples, "fv_reused": result.fv_reused,
+        "fv_status": result.fv_status,
         "layers": result.layers, "samples": result.samples, "graph_edges": result.graph,
         "flipping_auc": result.flipping_auc,
     }
@@ -742,7 +754,7 @@ def _assemble(result: AnalysisResult, setup: AnalysisSetup, samples: List[Any], 
     if flipping is not None:
         add_flipping_section(report, flipping[1], flipping[0])
     report.section("Files", f"Written to {result.out_dir}; FeatureVisualization results in {result.out_dir / 'fv'} "
-                            f"({'reused' if result.fv_reused else 'computed'}).")
+                            f"({result.fv_status}).")
     report.table([(name,) for name in sorted(set(result.files))], header=["file"])
     return report
 
@@ -754,7 +766,7 @@ def format_analysis_summary(result: AnalysisResult) -> str:
         f"report    {result.report}",
         f"model     {result.model}; {result.composite}",
         f"data      {result.data}; reference samples from {result.fv_samples} of them"
-        f"{' (reused)' if result.fv_reused else ''}",
+        f"{'' if result.fv_status == 'computed' else f' ({result.fv_status})'}",
         f"samples   top concepts of {', '.join(result.layers)} by share of relevance",
     ]
     for rank, sample in enumerate(result.samples, start=1):

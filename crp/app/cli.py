@@ -1,8 +1,9 @@
 """Command-line interface: ``python -m crp demo`` and ``python -m crp analyze`` (also installed as ``crp``).
 
 Only this module prints. User errors end in one line on stderr that names the fix and a non-zero exit code,
-without a traceback: 2 for bad arguments, 1 for a file-system error, 130 when interrupted (Ctrl-C), after
-saying how to continue.
+without a traceback: 2 for bad arguments, 1 for a file-system error (a full disk, a missing permission) or an
+output folder another run is writing to, 130 when interrupted (Ctrl-C, at any moment, start-up included),
+after saying how to continue.
 """
 import argparse
 import logging
@@ -10,7 +11,10 @@ import sys
 from pathlib import Path
 from typing import List, NoReturn, Optional, Sequence
 
+from crp._utils.files import FileWriteError
+from crp._utils.lock import FolderLockedError
 from crp._utils.text import one_line
+from crp.app.output import FV_FOLDER, UserError, fv_state
 
 __all__ = ["main", "build_parser", "PROG"]
 
@@ -231,43 +235,51 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     Returns
     -------
     int
-        0 on success, 2 for a usage error, 1 for a file-system error, 130 when interrupted.
+        0 on success, 2 for a usage error, 1 for a file-system error or a busy output folder, 130 when
+        interrupted.
     """
-    parser = build_parser()
-    args_list: List[str] = list(sys.argv[1:] if argv is None else argv)
     try:
-        args = parser.parse_args(args_list)
-        if args.command is None:
-            raise _UsageError(f"choose a command: demo or analyze (see `{PROG} --help`)")
-    except _UsageError as error:
-        _say(f"{PROG}: error: {error}", sys.stderr)
-        return 2
-    except SystemExit as done:  # --help
-        return int(done.code or 0)
-    return _run_command(args)
+        parser = build_parser()
+        args_list: List[str] = list(sys.argv[1:] if argv is None else argv)
+        try:
+            args = parser.parse_args(args_list)
+            if args.command is None:
+                raise _UsageError(f"choose a command: demo or analyze (see `{PROG} --help`)")
+        except _UsageError as error:
+            _say(f"{PROG}: error: {error}", sys.stderr)
+            return 2
+        except SystemExit as done:  # --help
+            return int(done.code or 0)
+        return _run_command(args)
+    except KeyboardInterrupt:  # before the command started, or while it reported
+        _say(f"{PROG}: interrupted; run the same command again.", sys.stderr)
+        return 130
 
 
 def _run_command(args: argparse.Namespace) -> int:
-    from crp.app.output import UserError
-    from crp.visualization import CorruptStoreError
-
     command = f"{PROG} {args.command}"
     handler = _log_to_stderr(not args.no_progress)
     previous_level = logging.getLogger("crp").level
     try:
         return _run_demo(args) if args.command == "demo" else _run_analyze(args)
-    except UserError as error:
-        _say(f"{command}: error: {one_line(error)}", sys.stderr)
-        return 2
-    except OSError as error:
-        where = f" {error.filename!r}" if error.filename else ""
-        _say(f"{command}: error: {error.strerror or one_line(error)}{where}; check the path and its permissions, "
-             f"or choose another --out{' or --cache-dir' if args.command == 'demo' else ''}", sys.stderr)
-        return 1
     except KeyboardInterrupt:
         _say(f"{command}: {_interrupted(args.out)}", sys.stderr)
         return 130
-    except CorruptStoreError as error:  # the store of an interrupted run may be corrupt: that is the user's to fix
+    except UserError as error:
+        _say(f"{command}: error: {one_line(error)}", sys.stderr)
+        return 2
+    except FolderLockedError as error:
+        _say(f"{command}: error: {one_line(error)}", sys.stderr)
+        return 1
+    except OSError as error:
+        _say(f"{command}: error: {_file_error(error, args.command)}", sys.stderr)
+        return 1
+    except ValueError as error:
+        from crp.visualization import CorruptStoreError  # loaded already: only the reference-sample search raises it
+
+        if not isinstance(error, CorruptStoreError):
+            raise
+        # the store of an interrupted run may be corrupt: that is the user's to fix
         _say(f"{command}: error: {one_line(error)}; run again with --fresh to start the reference-sample search "
              f"over", sys.stderr)
         return 2
@@ -277,10 +289,19 @@ def _run_command(args: argparse.Namespace) -> int:
             logging.getLogger("crp").setLevel(previous_level)
 
 
-def _interrupted(out: str) -> str:
-    """Say what an interrupted run left, and how to continue."""
-    from crp.app.concept_report import FV_FOLDER, fv_state
+def _file_error(error: OSError, command: str) -> str:
+    """Say in one line which file could not be written or read, why, and what to do."""
+    folders = f"--out{' or --cache-dir' if command == 'demo' else ''}"
+    if isinstance(error, FileWriteError):
+        fix = "free some disk space" if error.no_space else "check the path and its permissions"
+        return f"cannot write {error.filename!r}: {error.reason}; {fix}, or choose another {folders}"
+    where = f" {error.filename!r}" if error.filename else ""
+    return f"{error.strerror or one_line(error)}{where}; check the path and its permissions, or choose another " \
+           f"{folders}"
 
+
+def _interrupted(out: str) -> str:
+    """Say what an interrupted run left, and how to continue (without importing anything heavy)."""
     done = fv_state(out)
     folder = Path(out) / FV_FOLDER
     if done is None:

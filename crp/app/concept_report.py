@@ -30,6 +30,7 @@ import torch
 from PIL import Image
 
 from crp._utils.files import write_atomic
+from crp.app.output import FV_FOLDER, fv_state
 from crp.attribution import CondAttribution
 from crp.concepts import ChannelConcept
 from crp.image import imgify
@@ -49,7 +50,8 @@ __all__ = [
     "references_mosaic", "overview_figure", "statistics_figure", "flipping_figure", "heatmap_image",
     "input_image", "region_size_for", "fingerprint", "figure_saver", "png_saver", "add_sample_section",
     "add_references_section", "add_graph_section", "add_flipping_section", "resumable_feature_visualization",
-    "fv_state", "write_sample", "sample_files", "WrittenSample", "FV_FOLDER", "FLIP_ORDERS",
+    "fv_state", "write_sample", "sample_files", "WrittenSample", "FV_FOLDER", "FLIP_ORDERS", "FV_COMPUTED",
+    "FV_CONTINUED", "FV_REUSED",
 ]
 
 #: Orders of the pixel-flipping curves.
@@ -425,37 +427,47 @@ def png_saver(picture: Image.Image) -> Callable[[Any], None]:
 # ----------------------------------------------------------------------------------------------------------
 # writing into an output folder
 
-#: Sub-folder of an output folder with the (resumable) FeatureVisualization results.
-FV_FOLDER = "fv"
+#: What :func:`resumable_feature_visualization` did: searched from the start, continued an interrupted search
+#: from its last checkpoint, or reused a complete one without computing anything.
+FV_COMPUTED, FV_CONTINUED, FV_REUSED = "computed", "continued", "reused"
 
 
 def resumable_feature_visualization(analysis: ConceptAnalysis, output: "OutputFolder", key: str, end: int,
-                                    fresh: bool = False, **kwargs: Any) -> bool:
+                                    fresh: bool = False, **kwargs: Any) -> str:
     """Run :meth:`ConceptAnalysis.feature_visualization` in ``output``'s sub-folder :data:`FV_FOLDER`.
 
     The results of an earlier run in that folder are reused, and an interrupted run continues from its last
     checkpoint, if that run had the same ``key`` (a :func:`fingerprint` of the model, the data and the
     settings); otherwise, or with ``fresh``, the folder is emptied first. ``output.claim`` must have claimed
-    the folder. Returns whether earlier results were reused.
+    the folder.
+
+    Returns
+    -------
+    str
+        :data:`FV_REUSED` if a complete search was reused (nothing computed), :data:`FV_CONTINUED` if an
+        interrupted one was continued, :data:`FV_COMPUTED` if the search ran from the start.
     """
-    state = output.path(FV_FOLDER) / "run.json"
+    state = output.path(f"{FV_FOLDER}/run.json")
     resume = not fresh and output.owns_folder(FV_FOLDER) and _read_key(state) == key
     if not resume:
         output.reset_folder(FV_FOLDER)
         text = json.dumps({"key": key})
         write_atomic(state, lambda path: path.write_text(text))
-    analysis.feature_visualization(output.path(FV_FOLDER) / "store", end, resume=resume, **kwargs)
-    return resume
+    store = output.path(f"{FV_FOLDER}/store")
+    status = _store_status(store) if resume else FV_COMPUTED
+    analysis.feature_visualization(store, end, resume=resume, **kwargs)
+    return status
 
 
-def fv_state(out_dir: Any) -> Optional[int]:
-    """Return how many samples an interrupted FeatureVisualization in ``out_dir`` has done (None: none saved)."""
-    manifest = Path(out_dir) / FV_FOLDER / "store" / "manifest.json"
+def _store_status(store: Path) -> str:
+    """Whether resuming the search in ``store`` reuses a complete one, continues one, or starts (nothing saved)."""
     try:
-        data = json.loads(manifest.read_text())
-        return int(data["next_index"]) - int(data["config"]["data_start"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+        manifest = json.loads((store / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return FV_COMPUTED
+    if not isinstance(manifest, dict):
+        return FV_COMPUTED
+    return FV_REUSED if manifest.get("complete") is True else FV_CONTINUED
 
 
 def _read_key(path: Path) -> Optional[str]:

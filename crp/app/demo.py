@@ -32,6 +32,7 @@ from zennit.composites import EpsilonPlusFlat
 
 from crp._utils.checks import check_int, check_positive_int
 from crp.app.concept_report import (
+    FV_COMPUTED,
     FV_FOLDER,
     ConceptAnalysis,
     FlippingSummary,
@@ -178,8 +179,10 @@ class DemoResult:
 
     ``flipping_auc`` holds the mean area under the pixel-flipping curves per order, ``graph_nodes`` the
     concepts of the attribution graph, ``artifact_classes`` the classes for which the artifact channel is most
-    relevant with their mean relevance, and ``fv_reused`` whether the FeatureVisualization results of an
-    earlier run were reused (or an interrupted run continued).
+    relevant with their mean relevance, ``fv_status`` what became of the FeatureVisualization results of an
+    earlier run: ``"reused"`` (complete, nothing computed), ``"continued"`` (an interrupted search continued)
+    or ``"computed"`` (searched from the start), and ``fv_reused`` whether they were used at all (reused or
+    continued).
     """
 
     out_dir: Path
@@ -193,6 +196,7 @@ class DemoResult:
     graph_nodes: List[Tuple[str, int]] = field(default_factory=list)
     artifact_classes: List[Tuple[str, float]] = field(default_factory=list)
     fv_reused: bool = False
+    fv_status: str = FV_COMPUTED
 
     @property
     def report(self) -> Path:
@@ -381,15 +385,15 @@ class _Run:
         self.names = self.test.class_names
         self.analysis = ConceptAnalysis(model, EpsilonPlusFlat, self.test, layers=_concept_layers(model),
                                         class_names=self.names)
-        self.fv_reused = False
+        self.fv_status = FV_COMPUTED
         self.start = start
 
     def feature_visualization(self, fresh: bool = False) -> None:
-        """Run it, or reuse (continue) the results an earlier run of the same model left in the output folder."""
+        """Run it, or reuse (or continue) the results an earlier run of the same model left in the output folder."""
         key = fingerprint("crp demo", asdict(self.info.settings), self.analysis.layers, "EpsilonPlusFlat",
                           self.demo.fv_top_k, len(self.test), model=self.model)
         logger.info("feature visualization of %d test images in %s", len(self.test), self.output.path(FV_FOLDER))
-        self.fv_reused = resumable_feature_visualization(
+        self.fv_status = resumable_feature_visualization(
             self.analysis, self.output, key, len(self.test), fresh=fresh, batch_size=64, checkpoint=4,
             top_k=self.demo.fv_top_k, progress=self.verbose)
 
@@ -498,22 +502,27 @@ def run_demo(
     Raises
     ------
     DemoError
-        If ``out_dir`` holds files the demo did not write or is a file, or ``layer``, ``samples`` or ``top_k`` is
-        not valid.
+        If ``out_dir`` holds files the demo did not write or is a file, or a symbolic link in it leads out of it,
+        or ``layer``, ``samples`` or ``top_k`` is not valid.
+    crp._utils.lock.FolderLockedError
+        If another run writes into ``out_dir`` (at once if the folder exists, else before anything is written).
     """
     start = time.perf_counter()
     try:
-        output = OutputFolder(out_dir, "crp demo")
+        output = OutputFolder(out_dir, "crp demo").lock()
     except UserError as error:
         raise DemoError(str(error)) from None
     train_settings = QUICK_SETTINGS if quick else TrainSettings()
     demo = settings if settings is not None else (_QUICK_DEMO if quick else DemoSettings())
-    channels = _check_args(ShapesNet(), layer, samples, top_k, train_settings.n_test)
-    with torch_threads(threads):
+    with output, torch_threads(threads):
+        channels = _check_args(ShapesNet(), layer, samples, top_k, train_settings.n_test)
         model, info = train_default_model(cache_dir, force_train, progress=progress, settings=train_settings,
                                           threads=threads)
         run = _Run(output, model, info, layer=layer, top_k=top_k, demo=demo, verbose=progress, start=start)
-        result = _explain_all(run, channels, samples, quick, fresh)
+        try:
+            result = _explain_all(run, channels, samples, quick, fresh)
+        except UserError as error:  # a link out of the folder, found when its files are claimed or written
+            raise error if isinstance(error, DemoError) else DemoError(str(error)) from None
     result.files, result.seconds = list(output.written), time.perf_counter() - start
     return result
 
@@ -543,7 +552,8 @@ def _explain_all(run: _Run, channels: int, samples: int, quick: bool, fresh: boo
     samples_found = [_sample_result(s, names, bool(test.has_artifact[s.index]), run.layer, artifact.channel)
                      for s in explained]
     result = DemoResult(output.root, run.info, run.layer, samples_found, artifact, [], 0.0, flipping.mean_auc(),
-                        [tuple(node) for node in graph.nodes], pictures["statistics"], run.fv_reused)
+                        [tuple(node) for node in graph.nodes], pictures["statistics"],
+                        run.fv_status != FV_COMPUTED, run.fv_status)
     output.write("summary.json", lambda path: path.write_text(_summary_json(result)))
     result.files, result.seconds = [*output.written, "report.html"], time.perf_counter() - run.start
     report = _report(result, pictures, explained, (graph, graph_png), (flipping, flipping_png))
@@ -617,6 +627,7 @@ def _summary_json(result: DemoResult) -> str:
         "layer": result.layer, "model": info, "artifact": asdict(result.artifact),
         "artifact_classes": result.artifact_classes, "samples": [asdict(s) for s in result.samples],
         "graph_nodes": result.graph_nodes, "flipping_auc": result.flipping_auc, "fv_reused": result.fv_reused,
+        "fv_status": result.fv_status,
     }
     return json.dumps(payload, indent=1, default=float)
 
@@ -661,6 +672,6 @@ def _report(result: DemoResult, pictures: Dict[str, Any], explained: List[Writte
                       f"shows the concept's top reference sample, dimmed outside its most relevant region.")
     add_flipping_section(report, flipping[1], flipping[0])
     report.section("Files", f"Written to {result.out_dir}; FeatureVisualization results in "
-                            f"{result.out_dir / FV_FOLDER} ({'reused' if result.fv_reused else 'computed'}).")
+                            f"{result.out_dir / FV_FOLDER} ({result.fv_status}).")
     report.table([(name,) for name in sorted(set(result.files))], header=["file"])
     return report
