@@ -45,8 +45,8 @@ def store(tmp_path):
 
 def test_layout_and_roundtrip(store):
     files = sorted(p.relative_to(store.path).as_posix() for p in store.path.rglob("*") if p.is_file())
-    assert files == ["manifest.json"] + [f"results-000001/{layer}.{kind}.npy" for layer in ("conv", "fc")
-                                         for kind in ("max", "stats")]
+    assert files == ["manifest.json", "results-000001/.crp-generation"] + [
+        f"results-000001/{layer}.{kind}.npy" for layer in ("conv", "fc") for kind in ("max", "stats")]
     manifest = json.loads((store.path / "manifest.json").read_text())
     assert manifest["targets"] == TARGETS and manifest["counts"] == COUNTS and manifest["complete"]
     assert manifest["stats_offsets"] == OFFSETS and crp._features.store.stats_offsets(COUNTS, K).tolist() == OFFSETS

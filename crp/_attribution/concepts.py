@@ -71,7 +71,7 @@ class ChannelMask(RowMask):
 
     def row_mask(self, row_shape: torch.Size, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
         n_channels = row_shape[0]
-        bad = [c for c in self.channels if not -n_channels <= c < n_channels]
+        bad = [c for c in self.channels if not 0 <= c < n_channels]
         if bad:
             raise IndexError(
                 f"concept ids {bad} are out of range for {self._name()} with {n_channels} channels; "
@@ -100,12 +100,12 @@ class NeuronMask(RowMask):
         n_channels, n_neurons = row_shape[0], int(np.prod(row_shape[1:], dtype=np.int64))
         mask = torch.zeros(n_channels, n_neurons, dtype=dtype, device=device)
         for channel, neurons in self.c_n_map.items():
-            if not -n_channels <= channel < n_channels:
+            if not 0 <= channel < n_channels:
                 raise IndexError(
                     f"channel {channel} is out of range for {self._name()} with {n_channels} channels; "
                     f"use channels in [0, {n_channels - 1}]."
                 )
-            bad = [n for n in neurons if not -n_neurons <= n < n_neurons]
+            bad = [n for n in neurons if not 0 <= n < n_neurons]
             if bad:
                 raise IndexError(
                     f"neuron ids {bad} of channel {channel} are out of range for {self._name()} with {n_neurons} "

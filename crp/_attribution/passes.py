@@ -279,7 +279,7 @@ class Passes:
             return
         size = prediction.shape[1] if prediction.dim() > 1 else 0
         for ids in targets:
-            bad = [t for t in ids or () if not -size <= t < size]
+            bad = [t for t in ids or () if not 0 <= t < size]
             if bad:
                 raise IndexError(f"targets {bad} under {self.request.output_name!r} are out of range for a model "
                                  f"output with {size} classes; use ids in [0, {size - 1}].")

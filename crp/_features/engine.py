@@ -37,6 +37,7 @@ from crp._features.store import (
 )
 from crp._features.zennit_flow import ZennitFlow
 from crp._utils.checks import check_int, check_positive_int
+from crp._utils.lock import FolderLock
 from crp._utils.modules import check_layer_names
 
 __all__ = ["FeatureVisualization"]
@@ -200,11 +201,19 @@ class FeatureVisualization(ZennitFlow, References):
                                  f"{seams} and runs zennit-crp's flow, which cannot resume; run without resume.")
             checkpoints = self.run_distributed(composite, data_start, data_end, batch_size, checkpoint, on_device)
             return self.collect_results(checkpoints)
+        with FolderLock(self.path, description="FeatureVisualization results"):
+            return self._run_default(composite, (data_start, data_end), batch_size=batch_size, checkpoint=checkpoint,
+                                     on_device=on_device, resume=resume, num_workers=num_workers, verbose=verbose)
+
+    def _run_default(self, composite: Optional[Composite], data_range: Tuple[int, int], *, batch_size: int,
+                     checkpoint: int, on_device, resume: bool, num_workers: int, verbose: bool) -> List[Path]:
+        """Run the default engine: all layers and both modes ranked at once, checkpoints in the resumable store."""
+        data_start, data_end = data_range
         store = ResultStore(self.path)
         config = self._config(composite, data_start, data_end)
         analysis, next_index = self._begin(store, config, resume, on_device)
         if analysis is None:
-            return store.saved_files()
+            return store.verify()
         loader = self._loader(next_index, data_end, batch_size, num_workers)
         bar = tqdm(total=data_end - data_start, initial=next_index - data_start, unit="sample", disable=not verbose,
                    desc="FeatureVisualization", dynamic_ncols=True)

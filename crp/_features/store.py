@@ -59,6 +59,8 @@ KINDS = ("max", "stats")
 FORMAT = "crp.FeatureVisualization"
 FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
+#: The file crp writes first into every ``results-*`` folder it creates: only such folders are ever deleted.
+GENERATION_MARKER = ".crp-generation"
 _GENERATION = re.compile(r"^results-(\d{6})$")
 _LEGACY = re.compile(r"^(Rel|Act)(Max|Stats)_(sum|max)_(normed|unnormed)$")
 
@@ -225,6 +227,18 @@ class ResultStore(ResultReader):
         """Return the configuration and progress: what identifies the results in the store (e.g. for a cache key)."""
         return {"config": self.config, "next_index": self.next_index, "complete": self.complete}
 
+    def verify(self) -> List[Path]:
+        """Check every file of the current checkpoint against its size and checksum; return the files.
+
+        Raises
+        ------
+        CorruptStoreError
+            Naming the first file that does not match.
+        """
+        for layer in self.manifest["layers"]:
+            self.layer_arrays(layer, mmap=True, verify=True)
+        return self.saved_files()
+
     def checkpoint(self, *, verify: bool = True) -> Tuple[Dict[str, Dict[str, Dict[str, np.ndarray]]], List[int],
                                                          Dict[str, List[int]]]:
         """Read everything needed to resume: ``({layer: {kind: fields}}, targets, counts)``.
@@ -237,7 +251,7 @@ class ResultStore(ResultReader):
                   for layer in self.manifest["layers"]}
         return layers, list(self.manifest["targets"]), {m: list(c) for m, c in self.manifest["counts"].items()}
 
-    def layer_arrays(self, layer: str, mmap: bool = True, verify: bool = False) -> Dict[str, np.ndarray]:
+    def layer_arrays(self, layer: str, mmap: bool = True, verify: bool = True) -> Dict[str, np.ndarray]:
         """Return the record arrays ``{"max": (2, R, C), "stats": (2, N, C)}`` of ``layer``.
 
         Parameters
@@ -245,7 +259,8 @@ class ResultStore(ResultReader):
         mmap : bool
             Memory-map the files instead of reading them.
         verify : bool
-            Check each file's SHA-256 against the manifest (reads the whole file).
+            Check each file's SHA-256 against the manifest. A file is hashed once per process (and again only
+            if its size or modification time changes), so repeated reads cost a ``stat``.
         """
         layers = self.manifest["layers"]
         if layer not in layers:
@@ -340,11 +355,15 @@ class ResultStore(ResultReader):
         self.path.mkdir(parents=True, exist_ok=True)
         previous = self._read_manifest() if self.exists() else None
         generation = 1 + (previous["generation"] if previous else 0)
+        while (self.path / f"results-{generation:06d}").exists() and not _written_by_crp(
+                self.path / f"results-{generation:06d}"):
+            generation += 1  # a folder of that name that crp did not write is left alone
         directory = f"results-{generation:06d}"
         folder = self.path / directory
         if folder.exists():
-            shutil.rmtree(folder)
+            shutil.rmtree(folder)  # an interrupted save's folder (it carries the marker)
         folder.mkdir()
+        (folder / GENERATION_MARKER).write_text(f"written by crp {crp.__version__}\n")
         files, layer_entries = [], {}
         for layer, arrays in layers.items():
             entries = {}
@@ -372,11 +391,19 @@ class ResultStore(ResultReader):
         return [self.path / MANIFEST] + files
 
     def remove_stale(self) -> None:
-        """Delete ``results-*`` folders the manifest does not point to (left over by an interrupted save)."""
+        """Delete what interrupted saves left behind.
+
+        These are ``results-*`` folders crp wrote (they carry its marker) that the manifest does not point to,
+        and temporary files of the manifest. Folders and files that crp did not write are never touched, whatever
+        their names.
+        """
         current = self.manifest["directory"] if self.exists() else None
         for folder in self.path.glob("results-*"):
-            if folder.is_dir() and _GENERATION.match(folder.name) and folder.name != current:
+            if _GENERATION.match(folder.name) and folder.name != current and _written_by_crp(folder):
                 shutil.rmtree(folder)
+        for temporary in self.path.glob(f".{MANIFEST}.*.tmp"):
+            if temporary.is_file() and not temporary.is_symlink():
+                temporary.unlink()
 
     def saved_files(self) -> List[Path]:
         """Return the manifest and the array files of the current checkpoint."""
@@ -401,6 +428,7 @@ class ResultStore(ResultReader):
                 "It was written by a development version before the first release; run FeatureVisualization again."
             raise CorruptStoreError(f"{file} has format version {manifest.get('format_version')}; this crp reads "
                                     f"version {FORMAT_VERSION}. {advice}")
+        _check_manifest_paths(file, manifest)
         return manifest
 
 
@@ -523,6 +551,11 @@ def _triple(records: np.ndarray) -> Triple:
             np.asarray(records["neuron"], dtype=np.int64))
 
 
+def _written_by_crp(folder: Path) -> bool:
+    """Whether ``folder`` is a real folder (not a link) that carries crp's generation marker."""
+    return folder.is_dir() and not folder.is_symlink() and (folder / GENERATION_MARKER).is_file()
+
+
 def _np_load(file: Path, mmap: bool) -> np.ndarray:
     if not file.is_file():
         raise FileNotFoundError(f"{file} is missing; call FeatureVisualization.run first (or the store is "
@@ -546,9 +579,36 @@ def _check_file(file: Path, array: np.ndarray, entry: Mapping[str, Any], dtype, 
     if list(array.shape) != entry["shape"] or array.dtype != np.dtype(dtype):
         raise CorruptStoreError(f"{file} holds {array.dtype} {list(array.shape)}, but the manifest lists "
                                 f"{np.dtype(dtype)} {entry['shape']}; the store is corrupt.")
-    if verify and _digest(np.asarray(array)) != entry["sha256"]:
+    if not verify:
+        return
+    status = file.stat()
+    key = (str(file.resolve()), status.st_size, status.st_mtime_ns)
+    if _VERIFIED.get(key) == entry["sha256"]:
+        return
+    if _digest(np.asarray(array)) != entry["sha256"]:
         raise CorruptStoreError(f"{file} does not match its checksum in the manifest; the file is corrupt. "
                                 f"Nothing was changed; delete the results and run again.")
+    _VERIFIED[key] = entry["sha256"]
+
+
+#: Files whose checksum this process has verified: (resolved path, size, mtime in ns) -> SHA-256.
+_VERIFIED: Dict[Tuple[str, int, int], str] = {}
+
+
+def _check_manifest_paths(file: Path, manifest: Mapping[str, Any]) -> None:
+    """Refuse a manifest whose folder or file names would lead out of the store (read-only traversal)."""
+    directory = manifest.get("directory")
+    if not isinstance(directory, str) or not _GENERATION.match(directory):
+        raise CorruptStoreError(f"{file} names the results folder {directory!r}, not one of the form "
+                                f"'results-000001' inside the store; the manifest is corrupt or was edited. Nothing "
+                                f"is read from it; delete the folder and run again.")
+    for layer, entry in (manifest.get("layers") or {}).items():
+        for kind, item in (entry.get("files") or {}).items():
+            name = item.get("name") if isinstance(item, Mapping) else None
+            if name != f"{layer}.{kind}.npy" or Path(name).name != name or "/" in layer or layer.startswith("."):
+                raise CorruptStoreError(f"{file} lists the file {name!r} for layer {layer!r}; store files are "
+                                        f"named '<layer>.<kind>.npy' inside the store. The manifest is corrupt or "
+                                        f"was edited; nothing is read from it. Delete the folder and run again.")
 
 
 def _digest(array: np.ndarray) -> str:

@@ -20,6 +20,7 @@ from crp._features.hooks import FeatVisHook
 from crp._features.results_objects import Maximization, Statistics
 from crp._features.store import ResultStore
 from crp._utils.checks import check_positive_int
+from crp._utils.lock import FolderLock
 
 __all__ = ["ZennitFlow"]
 
@@ -91,7 +92,8 @@ class ZennitFlow(FeatureVisualizationBase):
                                   for name, concept in self.layer_map.items()])
         samples = np.arange(data_start, data_end)
         last_checkpoint = data_start
-        with self.attribution.context(composite), hooks.context(self.attribution.model):
+        lock = FolderLock(self.path, description="FeatureVisualization results")
+        with lock, self.attribution.context(composite), hooks.context(self.attribution.model):
             for batch, start in enumerate(tqdm(range(0, len(samples), batch_size), desc="FeatureVisualization")):
                 indices = samples[start:start + batch_size]
                 data, targets = self.get_data_concurrently(indices, preprocessing=True)
