@@ -171,6 +171,9 @@ def prepare_request(model: torch.nn.Module, data, conditions, *, record_layer, m
 def check_data(data) -> None:
     """Raise unless ``data`` is a batch of samples that requires gradients."""
     check_type(data, torch.Tensor, name="data", expected="a torch.Tensor")
+    if not (data.is_floating_point() or data.is_complex()):
+        raise TypeError(f"data must be a floating-point tensor to receive relevance (gradients), got dtype "
+                        f"{data.dtype}; convert it first, e.g. data = data.float().requires_grad_().")
     if not data.requires_grad:
         raise ValueError("data must require gradients to receive relevance: call data.requires_grad_() first.")
     if data.dim() == 0 or len(data) == 0:

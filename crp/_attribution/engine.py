@@ -19,7 +19,7 @@ from zennit.core import Composite
 from crp._attribution.concepts import ChannelConcept
 from crp._attribution.conditions import InitRel, MaskMap, Request, broadcast_rows, layers_of, prepare_request
 from crp._attribution.passes import Passes, attrResult, concat_rows, row_groups
-from crp._attribution.probes import input_grad
+from crp._attribution.probes import check_device, input_grad
 from crp._utils.checks import check_positive_int
 from crp._utils.modules import preserved_tensors
 
@@ -123,6 +123,9 @@ class CondAttribution:
         """
         request = self._prepare(data, conditions, record_layer=record_layer, mask_map=mask_map,
                                 start_layer=start_layer, init_rel=init_rel)
+        check_device(on_device)
+        if heatmap:  # FeatureVisualization (heatmap=False) checks its batches without a device sync per call
+            _warn_if_not_finite(data)
         samples, conds = broadcast_rows(len(data), len(request.conditions))
         self._reset_data_grad(data)
         passes = self._passes(request, composite, on_device=on_device, exclude_parallel=exclude_parallel)
@@ -166,6 +169,8 @@ class CondAttribution:
             raise ValueError(f"generate() explains one sample: data must have shape (1, ...), got {shape}. "
                              f"Use __call__ for batches of samples.")
         batch_size = check_positive_int(batch_size, name="batch_size")
+        check_device(on_device)
+        _warn_if_not_finite(data)
         request = self._prepare(data, conditions, record_layer=record_layer, mask_map=mask_map,
                                 start_layer=start_layer, init_rel=init_rel)
         self._reset_data_grad(data)
@@ -294,3 +299,9 @@ def _fit_init_rel(relevance, prediction: torch.Tensor) -> torch.Tensor:
     except RuntimeError:
         raise ValueError(f"init_rel has shape {tuple(relevance.shape)}, which does not fit the output of shape "
                          f"{tuple(prediction.shape)}; give a tensor of that shape (or broadcastable to it).") from None
+
+
+def _warn_if_not_finite(data: torch.Tensor) -> None:
+    if not bool(torch.isfinite(data).all()):
+        warnings.warn(f"data holds NaN or infinite values ({int((~torch.isfinite(data)).sum())} of {data.numel()}); "
+                      f"the heatmaps will hold NaN. Clean the input first.", stacklevel=3)

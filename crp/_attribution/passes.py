@@ -17,7 +17,15 @@ from tqdm.auto import tqdm
 from zennit.core import Composite
 
 from crp._attribution.conditions import Condition, Request, layers_of
-from crp._attribution.probes import Recording, StopForward, collect, input_grad, move, probe_hooks
+from crp._attribution.probes import (
+    Recording,
+    StopForward,
+    collect,
+    input_grad,
+    move,
+    named_shape_errors,
+    probe_hooks,
+)
 
 __all__ = ["attrResult", "Attributor", "Passes", "row_groups", "concat_rows"]
 
@@ -94,7 +102,8 @@ class Passes:
         for lean in (True, False):  # without copies of recorded-only outputs, unless the model edits them in place
             with self.hooks(lean=lean) as recording:
                 recording.set_masks(request.masks_for(rows))
-                output = self.model(x)
+                with named_shape_errors(self.model, x):
+                    output = self.model(x)
                 if lean and recording.edited_in_place():
                     continue
                 root = self.root(output, recording)

@@ -8,7 +8,7 @@ between backward passes.
 """
 import contextlib
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterator, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Union
 
 import torch
 from zennit.composites import NameMapComposite
@@ -17,7 +17,10 @@ from zennit.core import Composite
 from crp._attribution.hooks import GradFn, MaskHook, apply_masks
 from crp._utils.modules import preserved_tensors
 
-__all__ = ["StopForward", "Recording", "Probe", "probe_hooks", "collect", "move", "input_grad"]
+__all__ = [
+    "StopForward", "Recording", "Probe", "probe_hooks", "collect", "move", "input_grad", "check_device",
+    "named_shape_errors",
+]
 
 Device = Union[str, torch.device, None]
 
@@ -156,6 +159,58 @@ def probe_hooks(model: torch.nn.Module, composite: Optional[Composite], layers: 
         # garbage collector; without this, each call's recording (activations, relevances, graph) would
         # stay alive until then
         probes.clear()
+
+
+def check_device(on_device: Device, *, name: str = "on_device") -> Device:
+    """Return ``on_device`` if it names a device torch knows (or is None); a ValueError naming it otherwise."""
+    if on_device is None:
+        return None
+    try:
+        torch.device(on_device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"{name} must be None, a torch.device or a device name such as 'cpu' or 'cuda:0', got "
+                         f"{on_device!r}.") from None
+    return on_device
+
+
+@contextlib.contextmanager
+def named_shape_errors(model: torch.nn.Module, data: torch.Tensor) -> Iterator[None]:
+    """Re-raise a forward pass's shape error naming the module where shapes stopped matching.
+
+    A module-level forward pre-hook notes the last module entered; only errors that torch raises about shapes
+    (``mat1 and mat2 shapes cannot be multiplied``, ``size mismatch``, ``Expected ... channels``) are rewritten.
+    """
+    names = {module: name for name, module in model.named_modules()}
+    entered: List[str] = []
+
+    def note(module: torch.nn.Module, _args: Any) -> None:
+        if module in names:
+            entered.append(names[module] or type(module).__name__)
+
+    handle = torch.nn.modules.module.register_module_forward_pre_hook(note)
+    try:
+        yield
+    except RuntimeError as error:
+        text = str(error)
+        shape_error = any(key in text for key in ("shapes cannot be multiplied", "size mismatch", "Expected",
+                                                  "must match the size", "Given groups"))
+        if not shape_error or not entered:
+            raise
+        layer = entered[-1]
+        module = dict(model.named_modules()).get(layer)
+        expects = _expected_input(module)
+        raise ValueError(f"data of shape {tuple(data.shape)} does not fit the model: shapes stopped matching at "
+                         f"layer {layer!r} ({type(module).__name__}{expects}): {text.splitlines()[0]}. Pass samples "
+                         f"of the shape the model was built for.") from None
+    finally:
+        handle.remove()
+
+
+def _expected_input(module: Optional[torch.nn.Module]) -> str:
+    for attribute in ("in_features", "in_channels", "normalized_shape", "num_features"):
+        if module is not None and hasattr(module, attribute):
+            return f", expects {attribute}={getattr(module, attribute)}"
+    return ""
 
 
 def move(tensor: torch.Tensor, on_device: Device) -> torch.Tensor:

@@ -25,6 +25,7 @@ from zennit.core import Composite
 
 from crp._attribution.concepts import Concept
 from crp._attribution.engine import CondAttribution
+from crp._attribution.probes import check_device
 from crp._features.cache import Cache
 from crp._features.dataset import SampleRange, collate
 from crp._features.fingerprint import dataset_fingerprint, json_roundtrip, run_config
@@ -194,6 +195,7 @@ class FeatureVisualization(ZennitFlow, References):
         batch_size = check_positive_int(batch_size, name="batch_size")
         checkpoint = check_positive_int(checkpoint, name="checkpoint")
         num_workers = check_int(num_workers, name="num_workers", minimum=0)
+        check_device(on_device)
         seams = self.overridden_seams()
         if seams:
             if resume:

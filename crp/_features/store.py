@@ -563,7 +563,9 @@ def _np_load(file: Path, mmap: bool) -> np.ndarray:
     try:
         return np.load(file, mmap_mode="r" if mmap else None, allow_pickle=False)
     except (ValueError, OSError, EOFError) as error:
-        raise CorruptStoreError(f"{file} is truncated or corrupt ({error}). Nothing was changed; delete the "
+        # numpy's own message may advise allow_pickle=True, which would run code from the file: never echo it
+        reason = "it holds no plain array" if "pickle" in str(error) else str(error)
+        raise CorruptStoreError(f"{file} is truncated or corrupt ({reason}). Nothing was changed; delete the "
                                 f"results and run again.") from None
 
 
