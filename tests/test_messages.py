@@ -72,3 +72,10 @@ def test_a_zeroed_store_file_is_corrupt_without_numpys_pickle_advice(tmp_path):
     assert "conv1.max.npy is truncated or corrupt" in str(error.value)
     assert "pickle" not in str(error.value)
     assert np.all(np.frombuffer(file.read_bytes(), np.uint8) == 0)  # nothing was changed
+
+
+def test_a_composite_given_by_name_is_refused_with_the_fix():
+    attribution = CondAttribution(small_model())
+    with pytest.raises(TypeError, match=r"composite must be a zennit.core.Composite \(e.g. EpsilonPlusFlat\(\)\) or "
+                                        r"None, got str"):
+        attribution(torch.zeros(1, 1, 8, 8, requires_grad=True), [{"y": [0]}], "EpsilonPlusFlat")
