@@ -133,7 +133,8 @@ class CondAttribution:
                             output_name=self.MODEL_OUTPUT_NAME)
         parts = []
         for rows in groups:
-            x = data[torch.as_tensor(samples[rows], device=data.device)]
+            identity = not heatmap and len(rows) == len(data) and np.array_equal(samples[rows], np.arange(len(data)))
+            x = data if identity else data[torch.as_tensor(samples[rows]).to(data.device, non_blocking=True)]
             rows_conditions = [request.conditions[c] for c in conds[rows]]
             parts.append(passes.attribute(data, x, rows_conditions, heatmap=heatmap))
         return concat_rows(parts, np.concatenate(groups))
@@ -248,13 +249,7 @@ class CondAttribution:
         relevance = _fit_init_rel(relevance, prediction)
         if not target_list:
             return relevance
-        keep = torch.zeros_like(relevance)
-        for row, targets in enumerate(target_list):
-            if targets is None:
-                keep[row] = 1
-            else:
-                keep[row, targets] = 1
-        return relevance * keep
+        return relevance * _target_mask(relevance, target_list)
 
     def heatmap_modifier(self, data: torch.Tensor,
                          on_device: Optional[Union[str, torch.device]] = None) -> torch.Tensor:
@@ -299,6 +294,20 @@ def _fit_init_rel(relevance, prediction: torch.Tensor) -> torch.Tensor:
     except RuntimeError:
         raise ValueError(f"init_rel has shape {tuple(relevance.shape)}, which does not fit the output of shape "
                          f"{tuple(prediction.shape)}; give a tensor of that shape (or broadcastable to it).") from None
+
+
+def _target_mask(relevance: torch.Tensor, target_list: List) -> torch.Tensor:
+    """1 at every row's targets (the whole row where they are None), else 0; built with one write on the device."""
+    rows = [row for row, targets in enumerate(target_list) for _ in (targets if targets is not None else ())]
+    columns = [t for targets in target_list if targets is not None for t in targets]
+    whole = [row for row, targets in enumerate(target_list) if targets is None]
+    keep = torch.zeros_like(relevance)
+    if columns:
+        index = torch.tensor([rows, columns], dtype=torch.int64).to(keep.device, non_blocking=True)
+        keep.index_put_((index[0], index[1]), torch.ones((), dtype=keep.dtype, device=keep.device))
+    if whole:
+        keep.index_fill_(0, torch.tensor(whole).to(keep.device, non_blocking=True), 1)
+    return keep
 
 
 def _warn_if_not_finite(data: torch.Tensor) -> None:

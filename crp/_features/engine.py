@@ -305,24 +305,28 @@ class FeatureVisualization(ZennitFlow, References):
         if not rows:
             return
         data = self.preprocess_data(data.to(self.device, non_blocking=True)).detach()
-        rows_t = torch.as_tensor(rows, device=data.device)
-        x = (data if len(rows) == len(data) and rows == list(range(len(data))) else data[rows_t]).requires_grad_()
+        if len(rows) == len(data) and rows == list(range(len(data))):
+            x = data.requires_grad_()
+        else:
+            x = data[torch.as_tensor(rows).to(data.device, non_blocking=True)].requires_grad_()
         conditions = [{self.attribution.MODEL_OUTPUT_NAME: [t]} for t in row_targets]
         # no input heatmap is needed: the backward pass stops at the lowest layer of the layer map
         result = self.attribution(x, conditions, record_layer=list(self.layer_map), on_device=on_device,
                                   exclude_parallel=False, heatmap=False)
-        first = torch.as_tensor(np.unique(np.asarray(rows), return_index=True)[1])  # every sample's first row
-        row_indices, row_targets_t = indices[rows], torch.as_tensor(row_targets)
+        first = np.unique(np.asarray(rows), return_index=True)[1]  # every sample's first row
+        # host data from the DataLoader: the rankings' bookkeeping needs nothing from the device
+        row_indices, row_targets_np = indices.numpy()[rows], np.asarray(row_targets, dtype=np.int64)
         missing = [layer for layer in self.layer_map if layer not in result.relevances]
         if missing:
             raise RuntimeError(f"layers {missing} of layer_map were not reached by the forward pass; choose layers "
                                f"the model runs.")
-        analysis.update("relevance", result.relevances, row_indices, row_targets_t)
+        analysis.update("relevance", result.relevances, row_indices, row_targets_np)
         if len(first) < len(rows):
-            activations = {layer: a[first.to(a.device)] for layer, a in result.activations.items()}
-            analysis.update("activation", activations, row_indices[first], row_targets_t[first])
+            first_t = torch.from_numpy(first)
+            activations = {layer: a[first_t.to(a.device, non_blocking=True)] for layer, a in result.activations.items()}
+            analysis.update("activation", activations, row_indices[first], row_targets_np[first])
         else:
-            analysis.update("activation", result.activations, row_indices, row_targets_t)
+            analysis.update("activation", result.activations, row_indices, row_targets_np)
 
     def _save(self, store: ResultStore, analysis: Rankings, config: Dict[str, Any], next_index: int,
               complete: bool) -> List[Path]:

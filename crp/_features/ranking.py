@@ -13,20 +13,22 @@ one per mode for the per-target rankings: deterministic (ties go to the lower da
 batch size and order, and mergeable.
 """
 from dataclasses import dataclass
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 
 from crp._attribution.concepts import Concept
 from crp._features.store import FIELDS, MODES, check_mode, stats_offsets
-from crp._features.topk import TopK
+from crp._features.topk import MAX_INDEX, TopK, encode_keys
 
 __all__ = ["Rankings", "ModeSettings"]
 
 #: The :data:`crp._features.store.FIELDS` arrays of one kind, and both kinds of one layer.
 Fields = Dict[str, np.ndarray]
 LayerFields = Dict[str, Fields]
+#: Host data of one int per row (dataset indices, targets).
+HostInts = Union[np.ndarray, torch.Tensor, Sequence[int]]
 
 
 @dataclass(frozen=True)
@@ -94,9 +96,12 @@ class Rankings:
         #: ``{mode: (overall TopK, per-target TopK)}`` over the concepts of all layers (columns).
         self.accumulators: Dict[str, Tuple[TopK, TopK]] = {}
 
-    def update(self, mode: str, outputs: Mapping[str, torch.Tensor], indices: torch.Tensor,
-               targets: torch.Tensor) -> None:
+    def update(self, mode: str, outputs: Mapping[str, torch.Tensor], indices: HostInts, targets: HostInts) -> None:
         """Rank the rows of one batch for every concept of every layer and merge them into the results.
+
+        Nothing is read back from the device: the bookkeeping runs on the host from ``indices`` and
+        ``targets``, which should therefore be host data (numpy arrays, lists or CPU tensors; device tensors
+        are copied to the host first).
 
         Parameters
         ----------
@@ -104,21 +109,27 @@ class Rankings:
             Which ranking the rows belong to.
         outputs : dict of str to torch.Tensor
             Relevance (or activation) at every layer's output, ``(n, C, ...)``.
-        indices : torch.Tensor
+        indices : numpy.ndarray, torch.Tensor or sequence of int
             ``(n,)`` dataset index of every row.
-        targets : torch.Tensor
+        targets : numpy.ndarray, torch.Tensor or sequence of int
             ``(n,)`` target class of every row (the class the relevance was computed for).
         """
         setting = self.settings[mode]
         scored = [concept.scores(outputs[layer], layer, setting.max_target, setting.abs_norm)
                   for layer, concept in self.layer_map.items()]
         self._set_columns([values.shape[1] for values, _ in scored])
-        values = torch.cat([values for values, _ in scored], 1)
-        neurons = torch.cat([neurons for _, neurons in scored], 1)
+        values = torch.cat([values for values, _ in scored], 1) if len(scored) > 1 else scored[0][0]
+        neurons = torch.cat([neurons for _, neurons in scored], 1) if len(scored) > 1 else scored[0][1]
         overall, per_target = self._accumulators(mode)
-        indices = torch.as_tensor(indices, device=values.device)
-        overall.add(values, indices, neurons)
-        per_target.add(values, indices, neurons, torch.as_tensor(targets, device=values.device))
+        host_indices = indices.detach().cpu().numpy() if isinstance(indices, torch.Tensor) else np.asarray(indices)
+        if host_indices.size and (host_indices.min() < 0 or host_indices.max() > MAX_INDEX):
+            raise ValueError(f"indices must lie in [0, {MAX_INDEX}], got values in [{int(host_indices.min())}, "
+                             f"{int(host_indices.max())}].")
+        keys = encode_keys(values, torch.from_numpy(host_indices.astype(np.int64)).to(values.device,
+                                                                                       non_blocking=True))
+        neurons = neurons.to(torch.int32)
+        overall.add_keys(keys, neurons)
+        per_target.add_keys(keys, neurons, targets)
 
     def merge(self, other: "Rankings") -> "Rankings":
         """Merge the results of ``other`` (e.g. of a disjoint part of the dataset) into these; return ``self``."""

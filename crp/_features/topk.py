@@ -117,7 +117,7 @@ class TopK:
         # (groups, rows, columns) buffers, allocated on the first rows
         self._keys = torch.empty((0, 0, self.n_columns), dtype=torch.int64)
         self._neurons = torch.empty((0, 0, self.n_columns), dtype=torch.int32)
-        self._fill = torch.zeros(0, dtype=torch.int64)
+        self._fill = np.zeros(0, dtype=np.int64)  # filled rows per slot (the first ones), kept on the host
         self._counts: List[int] = []
 
     # ------------------------------------------------------------------------------------------------------
@@ -138,24 +138,58 @@ class TopK:
         slot = self._slots.get(int(group))
         return 0 if slot is None else self._counts[slot]
 
-    def add(self, values: torch.Tensor, indices: torch.Tensor, neurons: torch.Tensor,
-            groups: Optional[torch.Tensor] = None) -> None:
+    def add(self, values: torch.Tensor, indices: Union[torch.Tensor, np.ndarray, Sequence[int]],
+            neurons: torch.Tensor, groups: Union[torch.Tensor, np.ndarray, Sequence[int], None] = None) -> None:
         """Add rows of entries.
+
+        The bookkeeping (which group a row goes to, where in its buffer) runs on the host; the values stay on
+        their device. Give ``indices`` and ``groups`` as host data (numpy arrays, lists or CPU tensors): device
+        tensors are copied to the host first, which makes the host wait for the device.
 
         Parameters
         ----------
         values : torch.Tensor
             ``(n, C)`` values to rank by.
-        indices : torch.Tensor
+        indices : torch.Tensor, numpy.ndarray or sequence of int
             ``(n,)`` dataset indices of the rows (or ``(n, C)``, one per entry), in ``[0, MAX_INDEX]``.
         neurons : torch.Tensor
             ``(n, C)`` neuron index stored with every entry (e.g. the most relevant neuron of the concept).
-        groups : torch.Tensor, optional
+        groups : torch.Tensor, numpy.ndarray or sequence of int, optional
             ``(n,)`` non-negative int group label of every row; all rows go to group 0 if None.
         """
-        values, indices, neurons, groups = self._check_rows(values, indices, neurons, groups)
-        if len(values):
-            self._add_keys(encode_keys(values, indices), neurons, groups)
+        if not isinstance(values, torch.Tensor) or values.dim() != 2 or values.shape[1] != self.n_columns:
+            shape = tuple(values.shape) if isinstance(values, torch.Tensor) else type(values).__name__
+            raise ValueError(f"values must be a tensor of shape (n, {self.n_columns}), got {shape}.")
+        host_indices = _host_ints(indices)
+        if host_indices.shape not in ((len(values),), tuple(values.shape)):
+            raise ValueError(f"indices must have shape ({len(values)},) or {tuple(values.shape)}, got "
+                             f"{host_indices.shape}.")
+        if host_indices.size and (host_indices.min() < 0 or host_indices.max() > MAX_INDEX):
+            raise ValueError(f"indices must lie in [0, {MAX_INDEX}], got values in [{int(host_indices.min())}, "
+                             f"{int(host_indices.max())}].")
+        if not (isinstance(indices, torch.Tensor) and indices.device == values.device):
+            indices = torch.from_numpy(host_indices).to(values.device, non_blocking=True)
+        self.add_keys(encode_keys(values, indices), neurons, groups)
+
+    def add_keys(self, keys: torch.Tensor, neurons: torch.Tensor,
+                 groups: Union[torch.Tensor, np.ndarray, Sequence[int], None] = None) -> None:
+        """Add rows whose values and dataset indices are already packed into keys by :func:`encode_keys`.
+
+        :meth:`add` with one encoding for several accumulators; the arguments are those of :meth:`add`.
+        """
+        if not isinstance(keys, torch.Tensor) or keys.dim() != 2 or keys.shape[1] != self.n_columns:
+            shape = tuple(keys.shape) if isinstance(keys, torch.Tensor) else type(keys).__name__
+            raise ValueError(f"keys must be a tensor of shape (n, {self.n_columns}), got {shape}.")
+        neurons = torch.as_tensor(neurons, device=keys.device)
+        if neurons.shape != keys.shape:
+            raise ValueError(f"neurons must have shape {tuple(keys.shape)}, got {tuple(neurons.shape)}.")
+        labels = np.zeros(len(keys), np.int64) if groups is None else _host_ints(groups)
+        if labels.shape != (len(keys),):
+            raise ValueError(f"groups must have shape ({len(keys)},), got {labels.shape}.")
+        if labels.size and labels.min() < 0:
+            raise ValueError(f"group labels must be non-negative ints, got {int(labels.min())}.")
+        if len(keys):
+            self._add_keys(keys, neurons, labels)
 
     def merge(self, other: "TopK") -> "TopK":
         """Add the entries of ``other`` (e.g. of a disjoint range of the dataset) to this accumulator.
@@ -169,16 +203,22 @@ class TopK:
         """
         if not isinstance(other, TopK) or (other.k, other.n_columns) != (self.k, self.n_columns):
             raise ValueError(f"can only merge a TopK with k={self.k} and n_columns={self.n_columns}, got {other!r}.")
-        for group in other.groups:
-            slot = other._slots[group]
-            keys, neurons = other._keys[slot], other._neurons[slot]
-            filled = keys[:, 0] != EMPTY_KEY  # whole rows are filled or empty
-            rows = int(filled.sum())
-            if rows:
-                device = self._device_for(keys)
-                labels = torch.full((rows,), group, dtype=torch.int64, device=device)
-                self._add_keys(keys[filled].to(device), neurons[filled].to(device), labels)
-            self._counts[self._slots[group]] += other.count(group) - rows
+        labels = np.asarray(other.groups, dtype=np.int64)
+        if not len(labels):
+            return self
+        slots = np.asarray([other._slots[int(label)] for label in labels], dtype=np.int64)
+        fill = other._fill[slots]
+        rows = int(fill.sum())
+        if rows:  # the filled rows of each slot come first
+            first = np.repeat(slots * other._rows - (np.cumsum(fill) - fill), fill) + np.arange(rows)
+            source = torch.from_numpy(first).to(other._keys.device, non_blocking=True)
+            device = self._device_for(other._keys)
+            keys = other._keys.view(-1, self.n_columns).index_select(0, source).to(device)
+            neurons = other._neurons.view(-1, self.n_columns).index_select(0, source).to(device)
+            self._add_keys(keys, neurons, np.repeat(labels, fill))
+        device = self._device_for(other._keys)
+        for label, kept in zip(labels.tolist(), fill.tolist()):
+            self._counts[self._slot_of(label, device)] += other.count(label) - kept
         return self
 
     def result(self, group: int = 0) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -207,7 +247,7 @@ class TopK:
         self._neurons[:used, :keep] = self._neurons[:used, :filled].gather(1, order)
         self._keys[:used, :keep] = keys
         self._keys[:used, keep:] = EMPTY_KEY
-        self._fill[:used] = torch.clamp(self._fill[:used], max=keep)
+        self._fill[:used] = np.minimum(self._fill[:used], keep)
 
     def rows(self) -> int:
         """Rows of :meth:`to_arrays`: ``min(k, largest row count of a group)``."""
@@ -251,16 +291,16 @@ class TopK:
         keys = torch.full((total, self.n_columns), EMPTY_KEY, dtype=torch.int64, device=device)
         neurons = torch.full((total, self.n_columns), -1, dtype=torch.int32, device=device)
         if self._slots and total:
-            # every output row's source: (slot, rank), for groups present and ranks inside the buffers
-            counts = torch.as_tensor([int(r) for r in rows], dtype=torch.int64)
-            slots = torch.as_tensor([self._slots.get(int(label), -1) for label in labels], dtype=torch.int64)
-            slot_of_row = torch.repeat_interleave(slots, counts)
-            rank = torch.arange(total) - torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
+            # every output row's source (slot, rank), for groups present and ranks inside the buffers, on the host
+            counts = np.asarray([int(r) for r in rows], dtype=np.int64)
+            slots = np.asarray([self._slots.get(int(label), -1) for label in labels], dtype=np.int64)
+            slot_of_row = np.repeat(slots, counts)
+            rank = np.arange(total) - np.repeat(np.cumsum(counts) - counts, counts)
             present = (slot_of_row >= 0) & (rank < self._rows)
-            source = (slot_of_row[present].to(device), rank[present].to(device))
-            present = present.to(device)
-            keys[present] = self._keys[source]
-            neurons[present] = self._neurons[source]
+            source = torch.from_numpy(np.where(present, slot_of_row * self._rows + rank, 0)).to(device)
+            present_t = torch.from_numpy(present).to(device)[:, None]
+            keys = torch.where(present_t, self._keys.view(-1, self.n_columns).index_select(0, source), keys)
+            neurons = torch.where(present_t, self._neurons.view(-1, self.n_columns).index_select(0, source), neurons)
         values, indices = _decode32(keys)
         return {"index": indices, "value": values, "neuron": torch.where(indices < 0, -1, neurons)}
 
@@ -298,8 +338,7 @@ class TopK:
         if filled.any():
             keys = encode_keys(torch.as_tensor(value[filled]), torch.as_tensor(index[filled].astype(np.int64)))
             target = accumulator._device_for(keys)
-            accumulator._add_keys(keys.to(target), torch.as_tensor(neuron[filled]).to(target),
-                                  torch.as_tensor(row_label[filled]).to(target))
+            accumulator._add_keys(keys.to(target), torch.as_tensor(neuron[filled]).to(target), row_label[filled])
         for label, count in zip(labels.tolist(), counts.tolist()):
             accumulator._slot_of(int(label), torch.device("cpu") if accumulator.device is None else accumulator.device)
             accumulator._counts[accumulator._slots[int(label)]] = int(count)
@@ -310,29 +349,6 @@ class TopK:
 
     # ------------------------------------------------------------------------------------------------------
     # internals
-
-    def _check_rows(self, values, indices, neurons, groups):
-        if not isinstance(values, torch.Tensor) or values.dim() != 2 or values.shape[1] != self.n_columns:
-            shape = tuple(values.shape) if isinstance(values, torch.Tensor) else type(values).__name__
-            raise ValueError(f"values must be a tensor of shape (n, {self.n_columns}), got {shape}.")
-        n = len(values)
-        indices = torch.as_tensor(indices, device=values.device)
-        neurons = torch.as_tensor(neurons, device=values.device)
-        if indices.shape not in ((n,), values.shape):
-            raise ValueError(f"indices must have shape ({n},) or {tuple(values.shape)}, got {tuple(indices.shape)}.")
-        if neurons.shape != values.shape:
-            raise ValueError(f"neurons must have shape {tuple(values.shape)}, got {tuple(neurons.shape)}.")
-        if n and (int(indices.min()) < 0 or int(indices.max()) > MAX_INDEX):
-            raise ValueError(f"indices must lie in [0, {MAX_INDEX}], got values in "
-                             f"[{int(indices.min())}, {int(indices.max())}].")
-        if groups is None:
-            groups = torch.zeros(n, dtype=torch.int64, device=values.device)
-        groups = torch.as_tensor(groups, device=values.device).to(torch.int64)
-        if groups.shape != (n,):
-            raise ValueError(f"groups must have shape ({n},), got {tuple(groups.shape)}.")
-        if n and int(groups.min()) < 0:
-            raise ValueError(f"group labels must be non-negative ints, got {int(groups.min())}.")
-        return values, indices, neurons, groups
 
     def _device_for(self, tensor: torch.Tensor) -> torch.device:
         if self.device is None:
@@ -356,7 +372,7 @@ class TopK:
         device = self._device_for(torch.empty(0, device=device))
         keys = torch.full((n_slots, n_rows, self.n_columns), EMPTY_KEY, dtype=torch.int64, device=device)
         neurons = torch.zeros((n_slots, n_rows, self.n_columns), dtype=torch.int32, device=device)
-        fill = torch.zeros(n_slots, dtype=torch.int64, device=device)
+        fill = np.zeros(n_slots, dtype=np.int64)
         if len(self._keys):
             old_slots, old_rows = self._keys.shape[:2]
             keys[:old_slots, :old_rows], neurons[:old_slots, :old_rows] = self._keys, self._neurons
@@ -368,50 +384,80 @@ class TopK:
         if needed > self._rows and self._rows < self.capacity:
             self._grow(len(self._keys), min(self.capacity, max(needed, 2 * self._rows, 4)), self._keys.device)
 
-    def _add_keys(self, keys: torch.Tensor, neurons: torch.Tensor, labels: torch.Tensor) -> None:
-        """Write rows of keys into their groups' buffers; cut back the groups that overflow."""
+    def _add_keys(self, keys: torch.Tensor, neurons: torch.Tensor, labels: np.ndarray) -> None:
+        """Write rows of keys into their groups' buffers; cut back the groups that overflow.
+
+        Where each row goes is computed on the host from ``labels`` and the host copy of every group's fill:
+        the rows of groups that fit are written with one ``index_copy_``, the groups that overflow are cut back
+        together (:meth:`_cut_back`); nothing is read back from the device.
+        """
         device = self._device_for(keys)
-        keys, neurons, labels = keys.to(device), neurons.to(device, torch.int32), labels.to(device)
-        unique, inverse, per_group = torch.unique(labels, return_inverse=True, return_counts=True)
-        slots = torch.as_tensor([self._slot_of(int(u), device) for u in unique.tolist()], device=device)
+        keys, neurons = keys.to(device), neurons.to(device, torch.int32)
+        unique, group, per_group = np.unique(labels, return_inverse=True, return_counts=True)
+        group = group.reshape(-1)
+        slots = np.asarray([self._slot_of(int(u), device) for u in unique.tolist()], dtype=np.int64)
         for slot, m in zip(slots.tolist(), per_group.tolist()):
             self._counts[slot] += m
-        order = torch.argsort(inverse, stable=True)
-        group_of_row = inverse[order]
-        starts = torch.cumsum(per_group, 0) - per_group
-        position = torch.arange(len(order), device=device) - starts[group_of_row]
+        order = np.argsort(group, kind="stable")
+        rank = np.empty(len(group), dtype=np.int64)  # arrival order of every row inside its group
+        rank[order] = np.arange(len(group)) - np.repeat(np.cumsum(per_group) - per_group, per_group)
         fill = self._fill[slots]
         self._reserve_rows(int((fill + per_group).max()))
         over = fill + per_group > self._rows
-        direct = ~over[group_of_row]
-        if bool(direct.any()):
-            rows, g = order[direct], group_of_row[direct]
-            target_slot, target_pos = slots[g], fill[g] + position[direct]
-            self._keys[target_slot, target_pos] = keys[rows]
-            self._neurons[target_slot, target_pos] = neurons[rows]
-            self._fill[slots[~over]] += per_group[~over]
-        if bool(over.any()):
-            self._cut_back(keys, neurons, order[~direct], group_of_row=group_of_row[~direct],
-                           position=position[~direct], slots=slots, fill=fill, per_group=per_group, over=over)
+        # both steps run for every batch, also with no rows (or no groups) to handle: the same operator calls
+        # for every batch, however many groups it touches and whether they overflow
+        direct = np.flatnonzero(~over[group])
+        g = group[direct]
+        target = slots[g] * self._rows + fill[g] + rank[direct]
+        _copy_rows(self._keys, target, keys, direct)
+        _copy_rows(self._neurons, target, neurons, direct)
+        self._fill[slots[~over]] += per_group[~over]
+        self._cut_back(keys, neurons, np.flatnonzero(over[group]), group=group, rank=rank, slots=slots, fill=fill,
+                       per_group=per_group, over=over)
 
-    def _cut_back(self, keys, neurons, rows, *, group_of_row, position, slots, fill, per_group, over) -> None:
-        """Merge the buffers of overflowing groups with their new rows and keep the top ``k`` of each."""
+    def _cut_back(self, keys, neurons, rows, *, group, rank, slots, fill, per_group, over) -> None:
+        """Merge the buffers of overflowing groups with their new rows and keep the top ``k`` of each.
+
+        One batched ``topk`` over the overflowing groups; their number and the candidates' positions are known
+        on the host.
+        """
         device = keys.device
-        over_groups = over.nonzero().squeeze(1)
-        local = torch.full((len(over),), -1, dtype=torch.int64, device=device)
-        local[over_groups] = torch.arange(len(over_groups), device=device)
-        over_slots = slots[over_groups]
-        width = int((fill[over_groups] + per_group[over_groups]).max())
-        cand_keys = torch.full((len(over_groups), width, self.n_columns), EMPTY_KEY, dtype=torch.int64,
+        over_groups = np.flatnonzero(over)
+        local = np.full(len(over), -1, dtype=np.int64)
+        local[over_groups] = np.arange(len(over_groups))
+        over_slots = torch.from_numpy(slots[over_groups]).to(device, non_blocking=True)
+        # an overflowing group has rows == capacity >= k; with none, keep fits the (possibly smaller) buffers
+        keep = self.k if len(over_groups) else min(self.k, self._rows)
+        width = int(max((fill[over_groups] + per_group[over_groups]).max(initial=0), self._rows))
+        shape = (len(over_groups), width, self.n_columns)
+        cand_keys = torch.full(shape, EMPTY_KEY, dtype=torch.int64, device=device)
+        cand_neurons = torch.zeros(shape, dtype=torch.int32, device=device)
+        cand_keys[:, :self._rows] = self._keys.index_select(0, over_slots)
+        cand_neurons[:, :self._rows] = self._neurons.index_select(0, over_slots)
+        g = group[rows]
+        target = local[g] * width + fill[g] + rank[rows]
+        _copy_rows(cand_keys, target, keys, rows)
+        _copy_rows(cand_neurons, target, neurons, rows)
+        top, chosen = cand_keys.topk(keep, dim=1)
+        kept_keys = torch.full((len(over_groups), self._rows, self.n_columns), EMPTY_KEY, dtype=torch.int64,
                                device=device)
-        cand_neurons = torch.zeros((len(over_groups), width, self.n_columns), dtype=torch.int32, device=device)
-        cand_keys[:, :self._rows] = self._keys[over_slots]
-        cand_neurons[:, :self._rows] = self._neurons[over_slots]
-        at = fill[group_of_row] + position
-        cand_keys[local[group_of_row], at] = keys[rows]
-        cand_neurons[local[group_of_row], at] = neurons[rows]
-        top, chosen = cand_keys.topk(self.k, dim=1)
-        self._keys[over_slots, :self.k] = top
-        self._keys[over_slots, self.k:] = EMPTY_KEY
-        self._neurons[over_slots, :self.k] = cand_neurons.gather(1, chosen)
-        self._fill[over_slots] = self.k
+        kept_neurons = torch.zeros_like(kept_keys, dtype=torch.int32)
+        kept_keys[:, :keep] = top
+        kept_neurons[:, :keep] = cand_neurons.gather(1, chosen)
+        self._keys.index_copy_(0, over_slots, kept_keys)
+        self._neurons.index_copy_(0, over_slots, kept_neurons)
+        self._fill[slots[over_groups]] = self.k
+
+
+def _host_ints(values) -> np.ndarray:
+    """``values`` (a tensor, array or sequence of ints) as a numpy array; a device tensor is copied to the host."""
+    if isinstance(values, torch.Tensor):
+        return values.detach().cpu().numpy()
+    return np.asarray(values)
+
+
+def _copy_rows(buffer: torch.Tensor, target: np.ndarray, rows: torch.Tensor, chosen: np.ndarray) -> None:
+    """Write ``rows[chosen]`` to the rows ``target`` of ``buffer`` viewed as ``(-1, C)`` (none if none chosen)."""
+    device = buffer.device
+    rows = rows.index_select(0, torch.from_numpy(chosen).to(device, non_blocking=True))
+    buffer.view(-1, buffer.shape[-1]).index_copy_(0, torch.from_numpy(target).to(device, non_blocking=True), rows)
