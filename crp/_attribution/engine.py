@@ -22,6 +22,7 @@ from crp._attribution.passes import Passes, attrResult, concat_rows, row_groups
 from crp._attribution.probes import check_device, input_grad
 from crp._utils.checks import check_positive_int
 from crp._utils.modules import preserved_tensors
+from crp._utils.transfer import to_device
 
 __all__ = ["CondAttribution", "attrResult"]
 
@@ -134,7 +135,7 @@ class CondAttribution:
         parts = []
         for rows in groups:
             identity = not heatmap and len(rows) == len(data) and np.array_equal(samples[rows], np.arange(len(data)))
-            x = data if identity else data[torch.as_tensor(samples[rows]).to(data.device, non_blocking=True)]
+            x = data if identity else data[to_device(samples[rows], data.device)]
             rows_conditions = [request.conditions[c] for c in conds[rows]]
             parts.append(passes.attribute(data, x, rows_conditions, heatmap=heatmap))
         return concat_rows(parts, np.concatenate(groups))
@@ -303,10 +304,10 @@ def _target_mask(relevance: torch.Tensor, target_list: List) -> torch.Tensor:
     whole = [row for row, targets in enumerate(target_list) if targets is None]
     keep = torch.zeros_like(relevance)
     if columns:
-        index = torch.tensor([rows, columns], dtype=torch.int64).to(keep.device, non_blocking=True)
+        index = to_device(np.asarray([rows, columns], dtype=np.int64), keep.device)
         keep.index_put_((index[0], index[1]), torch.ones((), dtype=keep.dtype, device=keep.device))
     if whole:
-        keep.index_fill_(0, torch.tensor(whole).to(keep.device, non_blocking=True), 1)
+        keep.index_fill_(0, to_device(np.asarray(whole, dtype=np.int64), keep.device), 1)
     return keep
 
 

@@ -40,6 +40,7 @@ from crp._features.zennit_flow import ZennitFlow
 from crp._utils.checks import check_int, check_positive_int
 from crp._utils.lock import FolderLock
 from crp._utils.modules import check_layer_names
+from crp._utils.transfer import to_device
 
 __all__ = ["FeatureVisualization"]
 
@@ -308,7 +309,7 @@ class FeatureVisualization(ZennitFlow, References):
         if len(rows) == len(data) and rows == list(range(len(data))):
             x = data.requires_grad_()
         else:
-            x = data[torch.as_tensor(rows).to(data.device, non_blocking=True)].requires_grad_()
+            x = data[to_device(np.asarray(rows), data.device)].requires_grad_()
         conditions = [{self.attribution.MODEL_OUTPUT_NAME: [t]} for t in row_targets]
         # no input heatmap is needed: the backward pass stops at the lowest layer of the layer map
         result = self.attribution(x, conditions, record_layer=list(self.layer_map), on_device=on_device,
@@ -322,8 +323,7 @@ class FeatureVisualization(ZennitFlow, References):
                                f"the model runs.")
         analysis.update("relevance", result.relevances, row_indices, row_targets_np)
         if len(first) < len(rows):
-            first_t = torch.from_numpy(first)
-            activations = {layer: a[first_t.to(a.device, non_blocking=True)] for layer, a in result.activations.items()}
+            activations = {layer: a[to_device(first, a.device)] for layer, a in result.activations.items()}
             analysis.update("activation", activations, row_indices[first], row_targets_np[first])
         else:
             analysis.update("activation", result.activations, row_indices, row_targets_np)

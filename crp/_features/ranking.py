@@ -21,6 +21,7 @@ import torch
 from crp._attribution.concepts import Concept
 from crp._features.store import FIELDS, MODES, check_mode, stats_offsets
 from crp._features.topk import MAX_INDEX, TopK, encode_keys
+from crp._utils.transfer import to_device
 
 __all__ = ["Rankings", "ModeSettings"]
 
@@ -125,8 +126,7 @@ class Rankings:
         if host_indices.size and (host_indices.min() < 0 or host_indices.max() > MAX_INDEX):
             raise ValueError(f"indices must lie in [0, {MAX_INDEX}], got values in [{int(host_indices.min())}, "
                              f"{int(host_indices.max())}].")
-        keys = encode_keys(values, torch.from_numpy(host_indices.astype(np.int64)).to(values.device,
-                                                                                       non_blocking=True))
+        keys = encode_keys(values, to_device(host_indices.astype(np.int64), values.device))
         neurons = neurons.to(torch.int32)
         overall.add_keys(keys, neurons)
         per_target.add_keys(keys, neurons, targets)
@@ -182,8 +182,7 @@ class Rankings:
             overall, per_target = self.accumulators.get(mode) or (_Empty(self._total()), _Empty(self._total()))
             parts["max"].append(overall.to_tensors([0], [rows_max]))
             parts["stats"].append(per_target.to_tensors(targets, rows_stats))
-        joined = {kind: {name: torch.stack([part[name].cpu() for part in exported]).numpy() for name in FIELDS}
-                  for kind, exported in parts.items()}
+        joined = _to_host(parts)
         return {layer: {kind: {name: field[..., columns] for name, field in fields.items()}
                         for kind, fields in joined.items()}
                 for layer, columns in self._columns().items()}
@@ -253,6 +252,28 @@ class Rankings:
 
     def _slack(self, mode: str) -> int:
         return self.settings[mode].k_stats // 4 if self.slack is None else int(self.slack)
+
+
+def _to_host(parts: Dict[str, List[Dict[str, torch.Tensor]]]) -> Dict[str, Fields]:
+    """Stack the modes' exported fields of every kind, copied to the host in one transfer (one sync a checkpoint).
+
+    Every field holds 4-byte entries; they travel as one int32 tensor and are split and re-typed on the host.
+    """
+    tensors = [part[name] for exported in parts.values() for part in exported for name in FIELDS]
+    device = next((t.device for t in tensors if t.device.type != "cpu"), torch.device("cpu"))
+    flat = torch.cat([t.to(device).reshape(-1).view(torch.int32) for t in tensors]).cpu().numpy()
+    pieces = iter(np.split(flat, np.cumsum([t.numel() for t in tensors])[:-1]))
+    host = [{name: next(pieces).view(_FIELD_DTYPES[name]).reshape(tuple(part[name].shape)) for name in FIELDS}
+            for exported in parts.values() for part in exported]
+    joined, at = {}, 0
+    for kind, exported in parts.items():
+        joined[kind] = {name: np.stack([fields[name] for fields in host[at:at + len(exported)]]) for name in FIELDS}
+        at += len(exported)
+    return joined
+
+
+#: The numpy type of every exported field.
+_FIELD_DTYPES = {"index": np.int32, "value": np.float32, "neuron": np.int32}
 
 
 class _Empty:

@@ -17,6 +17,8 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
+from crp._utils.transfer import to_device
+
 __all__ = ["TopK", "encode_keys", "decode_keys", "EMPTY_KEY", "MAX_INDEX"]
 
 #: Key of an empty slot; it ranks below every real entry.
@@ -168,7 +170,7 @@ class TopK:
             raise ValueError(f"indices must lie in [0, {MAX_INDEX}], got values in [{int(host_indices.min())}, "
                              f"{int(host_indices.max())}].")
         if not (isinstance(indices, torch.Tensor) and indices.device == values.device):
-            indices = torch.from_numpy(host_indices).to(values.device, non_blocking=True)
+            indices = to_device(host_indices, values.device)
         self.add_keys(encode_keys(values, indices), neurons, groups)
 
     def add_keys(self, keys: torch.Tensor, neurons: torch.Tensor,
@@ -211,7 +213,7 @@ class TopK:
         rows = int(fill.sum())
         if rows:  # the filled rows of each slot come first
             first = np.repeat(slots * other._rows - (np.cumsum(fill) - fill), fill) + np.arange(rows)
-            source = torch.from_numpy(first).to(other._keys.device, non_blocking=True)
+            source = to_device(first, other._keys.device)
             device = self._device_for(other._keys)
             keys = other._keys.view(-1, self.n_columns).index_select(0, source).to(device)
             neurons = other._neurons.view(-1, self.n_columns).index_select(0, source).to(device)
@@ -297,8 +299,8 @@ class TopK:
             slot_of_row = np.repeat(slots, counts)
             rank = np.arange(total) - np.repeat(np.cumsum(counts) - counts, counts)
             present = (slot_of_row >= 0) & (rank < self._rows)
-            source = torch.from_numpy(np.where(present, slot_of_row * self._rows + rank, 0)).to(device)
-            present_t = torch.from_numpy(present).to(device)[:, None]
+            source = to_device(np.where(present, slot_of_row * self._rows + rank, 0), device)
+            present_t = to_device(present, device)[:, None]
             keys = torch.where(present_t, self._keys.view(-1, self.n_columns).index_select(0, source), keys)
             neurons = torch.where(present_t, self._neurons.view(-1, self.n_columns).index_select(0, source), neurons)
         values, indices = _decode32(keys)
@@ -425,25 +427,19 @@ class TopK:
         over_groups = np.flatnonzero(over)
         local = np.full(len(over), -1, dtype=np.int64)
         local[over_groups] = np.arange(len(over_groups))
-        over_slots = torch.from_numpy(slots[over_groups]).to(device, non_blocking=True)
+        over_slots = to_device(slots[over_groups], device)
         # an overflowing group has rows == capacity >= k; with none, keep fits the (possibly smaller) buffers
         keep = self.k if len(over_groups) else min(self.k, self._rows)
         width = int(max((fill[over_groups] + per_group[over_groups]).max(initial=0), self._rows))
-        shape = (len(over_groups), width, self.n_columns)
-        cand_keys = torch.full(shape, EMPTY_KEY, dtype=torch.int64, device=device)
-        cand_neurons = torch.zeros(shape, dtype=torch.int32, device=device)
-        cand_keys[:, :self._rows] = self._keys.index_select(0, over_slots)
-        cand_neurons[:, :self._rows] = self._neurons.index_select(0, over_slots)
+        cand_keys = _pad_rows(self._keys.index_select(0, over_slots), width, EMPTY_KEY)
+        cand_neurons = _pad_rows(self._neurons.index_select(0, over_slots), width, 0)
         g = group[rows]
         target = local[g] * width + fill[g] + rank[rows]
         _copy_rows(cand_keys, target, keys, rows)
         _copy_rows(cand_neurons, target, neurons, rows)
         top, chosen = cand_keys.topk(keep, dim=1)
-        kept_keys = torch.full((len(over_groups), self._rows, self.n_columns), EMPTY_KEY, dtype=torch.int64,
-                               device=device)
-        kept_neurons = torch.zeros_like(kept_keys, dtype=torch.int32)
-        kept_keys[:, :keep] = top
-        kept_neurons[:, :keep] = cand_neurons.gather(1, chosen)
+        kept_keys = _pad_rows(top, self._rows, EMPTY_KEY)
+        kept_neurons = _pad_rows(cand_neurons.gather(1, chosen), self._rows, 0)
         self._keys.index_copy_(0, over_slots, kept_keys)
         self._neurons.index_copy_(0, over_slots, kept_neurons)
         self._fill[slots[over_groups]] = self.k
@@ -456,8 +452,15 @@ def _host_ints(values) -> np.ndarray:
     return np.asarray(values)
 
 
+def _pad_rows(block: torch.Tensor, rows: int, fill: int) -> torch.Tensor:
+    """``block`` ``(G, r, C)`` followed by ``rows - r`` rows of ``fill``: always the same two operator calls."""
+    padding = torch.full((block.shape[0], rows - block.shape[1], block.shape[2]), fill, dtype=block.dtype,
+                         device=block.device)
+    return torch.cat([block, padding], 1)
+
+
 def _copy_rows(buffer: torch.Tensor, target: np.ndarray, rows: torch.Tensor, chosen: np.ndarray) -> None:
     """Write ``rows[chosen]`` to the rows ``target`` of ``buffer`` viewed as ``(-1, C)`` (none if none chosen)."""
     device = buffer.device
-    rows = rows.index_select(0, torch.from_numpy(chosen).to(device, non_blocking=True))
-    buffer.view(-1, buffer.shape[-1]).index_copy_(0, torch.from_numpy(target).to(device, non_blocking=True), rows)
+    rows = rows.index_select(0, to_device(chosen, device))
+    buffer.view(-1, buffer.shape[-1]).index_copy_(0, to_device(target, device), rows)
