@@ -242,7 +242,7 @@ def main(args):
         print(f"{name:<8}{c:>8}{_cell(r['syncs']):>12}{_cell(r['reads']):>12}{_spread(r['top']):>22}"
               f"{_spread(r['ops']):>22}")
     for (name, c), r in results.items():
-        print(f"{name} {c} classes: sync ops {r['sync_names']}; host reads {r['read_sites']}")
+        print(f"{name} {c} classes, all batches: sync ops {r['sync_names']}; host reads {r['read_sites']}")
 
 
 if __name__ == "__main__":

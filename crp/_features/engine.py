@@ -316,7 +316,7 @@ class FeatureVisualization(ZennitFlow, References):
                                   exclude_parallel=False, heatmap=False)
         first = np.unique(np.asarray(rows), return_index=True)[1]  # every sample's first row
         # host data from the DataLoader: the rankings' bookkeeping needs nothing from the device
-        row_indices, row_targets_np = indices.numpy()[rows], np.asarray(row_targets, dtype=np.int64)
+        row_indices, row_targets_np = indices.cpu().numpy()[rows], np.asarray(row_targets, dtype=np.int64)
         missing = [layer for layer in self.layer_map if layer not in result.relevances]
         if missing:
             raise RuntimeError(f"layers {missing} of layer_map were not reached by the forward pass; choose layers "
