@@ -85,6 +85,12 @@ class TopK:
     many small groups cheaper at ``(k + slack) / k`` times the memory. The buffers of all groups have the same
     number of slots, which grows (doubling) with the largest group, so groups with few rows cost little.
 
+    The buffers live on the device; which slot a group has and how many of its slots are filled (how a fill
+    evolves follows from the labels alone) are kept on the host. So adding rows never waits for the device:
+    the group labels and indices are host data, and every :meth:`add` issues the same operator calls (one
+    ``index_copy_`` for the rows that fit, one batched ``topk`` for the groups that overflow, each possibly
+    empty), however many groups a batch touches.
+
     Memory: ``n_groups * rows * n_columns * 12`` bytes (an int64 key and an int32 neuron index per slot), where
     ``rows <= k + slack`` is at most twice the largest group's row count; it does not grow beyond that with the
     number of rows added.
