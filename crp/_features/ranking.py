@@ -70,7 +70,9 @@ class Rankings:
     ``slack=0``; with the three linear layers, 9,192 units more, 16.1 GB); the overall ranking is 1,000 times
     smaller. Fewer layers or a smaller ``k`` reduce it proportionally. Writing a checkpoint needs another
     ``2 * N * C * 12`` bytes for the exported arrays (the size of the stored results), where ``N``, the sum over
-    targets of ``min(k, samples of the target)``, is at most the number of samples and at most ``T * k``.
+    targets of ``min(k, samples of the target)``, is at most the number of samples and at most ``T * k``; they
+    are joined into one block on the device and copied to the host in one transfer, which takes that much
+    again on each side while it lasts. Between checkpoints nothing is copied to the host.
 
     Parameters
     ----------
