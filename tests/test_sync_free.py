@@ -227,7 +227,8 @@ class HostReads:
         return counted
 
 
-def test_run_reads_nothing_back_from_the_device_in_the_steady_state(tmp_path, monkeypatch):
+@pytest.mark.parametrize("max_target,abs_norm", [("sum", True), ("max", False)])
+def test_run_reads_nothing_back_from_the_device_in_the_steady_state(tmp_path, monkeypatch, max_target, abs_norm):
     """The CI guard: batches after the first few read no tensor value on the host (at most 1 allowed a batch)."""
     reads = HostReads(monkeypatch)
     per_batch, profiled = [], []
@@ -245,7 +246,7 @@ def test_run_reads_nothing_back_from_the_device_in_the_steady_state(tmp_path, mo
     monkeypatch.setattr(FeatureVisualization, "_analyze_batch", analyze_batch)
     model = TinyNet().double().eval()
     fv = FeatureVisualization(CondAttribution(model), TensorData(), {name: ChannelConcept() for name in LAYERS},
-                              path=tmp_path / "fv", top_k=2)
+                              path=tmp_path / "fv", top_k=2, max_target=max_target, abs_norm=abs_norm)
     fv.run(None, batch_size=4, checkpoint=1000, verbose=False)
     reads.active = False
     per_batch.append(reads.count)  # includes the final save
