@@ -167,6 +167,21 @@ class FeatureVisualization(ZennitFlow, References):
         ranked per concept with the concept's ``reference_sampling``. Results are identical for any
         ``batch_size``, ``checkpoint`` spacing or interruption and resume; ties go to the lower dataset index.
 
+        In a job of several processes (started with ``torchrun --nproc-per-node N``, or any launcher that sets
+        ``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR`` and ``MASTER_PORT``), every process calls ``run`` with the same
+        arguments and the processes share the work: the range is analyzed in rounds of ``N * checkpoint`` batches,
+        each process its contiguous part with its own DataLoader, and at the end of every round process 0 gathers
+        the results, merges them and saves the checkpoint. The process group is the one initialized, else one made
+        here from the environment (``gloo`` for a CPU model, ``nccl`` for CUDA, objects through a ``gloo`` group)
+        and destroyed at the end. The stored results are those of one process, byte for byte (one process with
+        ``checkpoint=N * checkpoint`` writes the same checkpoints); a stopped job resumes with any number of
+        processes. Only process 0 writes into (and locks) ``path``, shows the progress bar, and decides
+        ``resume``; every process returns its file list. The processes' configurations (model, weights, dataset
+        class and length, layer map, composite, settings, data range, ``batch_size``, ``checkpoint``) are compared
+        before any work; a process that fails or ends stops the others at the next checkpoint with a
+        ``RuntimeError`` naming it, and the last checkpoint stays. Without a process group, jobs can analyze
+        shards of the data into folders of their own and :meth:`merge` them.
+
         Parameters
         ----------
         composite : zennit.core.Composite or None
@@ -199,6 +214,11 @@ class FeatureVisualization(ZennitFlow, References):
             If ``path`` holds results of another configuration (or results in zennit-crp's layout).
         crp._features.store.CorruptStoreError
             If a checkpoint to resume from is corrupt (nothing is overwritten).
+        ValueError
+            In a distributed job, on every process, if the processes were given different configurations.
+        RuntimeError
+            In a distributed job, if a process failed or ended (the error names it), or if zennit-crp's flow
+            (see the class notes) would run: it does not split the data among processes.
         """
         data_start, data_end = self._check_data_range(data_start, data_end)
         batch_size = check_positive_int(batch_size, name="batch_size")
