@@ -117,6 +117,22 @@ def test_rounds_cover_every_index_once_in_contiguous_shares(start, stop, batch_s
     assert len(rounds) == -(-(stop - start) // (world_size * checkpoint * batch_size))
 
 
+def job_environment(monkeypatch, world_size):
+    for name, value in {"RANK": "0", "WORLD_SIZE": str(world_size), "MASTER_ADDR": "127.0.0.1",
+                        "MASTER_PORT": "1"}.items():  # no process listens there: joining it would fail
+        monkeypatch.setenv(name, value)
+
+
+def test_distributed_false_runs_alone_inside_a_job(tmp_path, monkeypatch):
+    single_run(tmp_path / "one", batch_size=8, checkpoint=2)
+    job_environment(monkeypatch, 2)
+    fv = build(str(tmp_path / "alone"), 0, {})
+    fv.run(EpsilonPlusFlat(), batch_size=8, checkpoint=2, verbose=False, distributed=False)
+    assert_same_store(tmp_path / "alone", tmp_path / "one")
+    with pytest.raises(TypeError, match="distributed must be True or False, got 'no'"):
+        fv.run(EpsilonPlusFlat(), distributed="no")
+
+
 def test_zennit_crp_seams_refuse_a_distributed_job(tmp_path, monkeypatch):
     class Custom(FeatureVisualization):
         def analyze_activation(self, *args, **kwargs):
@@ -124,10 +140,7 @@ def test_zennit_crp_seams_refuse_a_distributed_job(tmp_path, monkeypatch):
 
     fv = build(str(tmp_path / "fv"), 0, {})
     custom = Custom(fv.attribution, fv.dataset, fv.layer_map, path=tmp_path / "fv")
-    monkeypatch.setenv("RANK", "0")
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
-    monkeypatch.setenv("MASTER_PORT", "1")
+    job_environment(monkeypatch, 2)
     with pytest.raises(RuntimeError, match=r"overrides \['analyze_activation'\] and runs zennit-crp's flow, which "
                                            r"does not split the data among the 2 processes"):
         custom.run(EpsilonPlusFlat(), 0, 8, verbose=False)

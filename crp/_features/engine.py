@@ -46,7 +46,7 @@ from crp._features.store import (
     ResultStore,
 )
 from crp._features.zennit_flow import ZennitFlow
-from crp._utils.checks import check_int, check_positive_int
+from crp._utils.checks import check_bool, check_int, check_positive_int
 from crp._utils.lock import FolderLock
 from crp._utils.modules import check_layer_names
 
@@ -157,7 +157,7 @@ class FeatureVisualization(ZennitFlow, References):
     def run(  # noqa: PLR0917 (zennit-crp's positional signature)
         self, composite: Optional[Composite], data_start: int = 0, data_end: Optional[int] = None,
         batch_size: int = 32, checkpoint: int = 500, on_device: Optional[Union[str, torch.device]] = None, *,
-        resume: bool = False, num_workers: int = 0, verbose: bool = True,
+        resume: bool = False, num_workers: int = 0, verbose: bool = True, distributed: bool = True,
     ) -> Union[List[Path], Dict[str, List[str]]]:
         """Find the top-k samples of every concept by relevance and activation, overall and per target.
 
@@ -201,6 +201,9 @@ class FeatureVisualization(ZennitFlow, References):
             Worker processes of the DataLoader.
         verbose : bool
             Show a progress bar (samples/s).
+        distributed : bool
+            In a job of several processes (see above), share the work with the others. False: this process
+            analyzes the whole range alone (e.g. when only one process of a training job calls ``run``).
 
         Returns
         -------
@@ -226,7 +229,7 @@ class FeatureVisualization(ZennitFlow, References):
         num_workers = check_int(num_workers, name="num_workers", minimum=0)
         check_device(on_device)
         seams = self.overridden_seams()
-        world_size = world_size_from_environment()
+        world_size = world_size_from_environment() if check_bool(distributed, name="distributed") else 1
         if seams:
             if world_size > 1:
                 raise RuntimeError(f"this FeatureVisualization overrides {seams} and runs zennit-crp's flow, which "
@@ -341,7 +344,7 @@ class FeatureVisualization(ZennitFlow, References):
                     mine = cast(Rankings, held["analysis"]) if group.rank == 0 else \
                         Rankings(self.layer_map, self._mode_settings())
                     failure = self._analyze_share(mine, batches, len(part.batches[group.rank]), on_device, bar=bar,
-                                                  world_size=group.world_size)
+                                                  world_size=group.world_size, until=part.stop - data_start)
                     files = self._merge_round(group, part, mine, failure, store=store, config=config,
                                               on_device=on_device)
                     bar.update(part.stop - data_start - bar.n)
@@ -350,13 +353,13 @@ class FeatureVisualization(ZennitFlow, References):
             lock.release()
 
     def _analyze_share(self, analysis: Rankings, batches: Iterator, count: int, on_device, *, bar: tqdm,
-                       world_size: int) -> Optional[Exception]:
+                       world_size: int, until: int) -> Optional[Exception]:
         """Analyze this rank's next ``count`` batches; return the error that stopped it, if any."""
         try:
             for _ in range(count):
                 indices, data, targets = next(batches)
                 self._analyze_batch(analysis, indices, data, targets, on_device)
-                bar.update(min(len(indices) * world_size, bar.total - bar.n))  # the ranks' rate, till the checkpoint
+                bar.update(max(0, min(len(indices) * world_size, until - bar.n)))  # all ranks' rate, estimated
         except Exception as error:  # noqa: BLE001 - reported to every rank at the checkpoint, then raised here
             return error
         return None

@@ -1,9 +1,9 @@
 """Command-line interface: ``python -m crp demo``, ``analyze`` and ``merge`` (also installed as ``crp``).
 
 Only this module prints. User errors end in one line on stderr that names the fix and a non-zero exit code,
-without a traceback: 2 for bad arguments, 1 for a file-system error (a full disk, a missing permission) or an
-output folder another run is writing to, 130 when interrupted (Ctrl-C, at any moment, start-up included),
-after saying how to continue.
+without a traceback: 2 for bad arguments, 1 for a file-system error (a full disk, a missing permission), an
+output folder another run is writing to or a failed process of a distributed job, 130 when interrupted (Ctrl-C,
+at any moment, start-up included), after saying how to continue.
 """
 import argparse
 import json
@@ -303,6 +303,13 @@ def _run_command(args: argparse.Namespace) -> int:
         return 2
     except FolderLockedError as error:
         _say(f"{command}: error: {one_line(error)}", sys.stderr)
+        return 1
+    except RuntimeError as error:
+        from crp._features.distributed import RankFailedError  # loaded already: only a distributed run raises it
+
+        if not isinstance(error, RankFailedError):
+            raise
+        _say(f"{command}: error: {one_line(error)}", sys.stderr)  # another process of the job failed
         return 1
     except OSError as error:
         _say(f"{command}: error: {_file_error(error, args.command)}", sys.stderr)
