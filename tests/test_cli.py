@@ -97,7 +97,7 @@ def test_demo_end_to_end(tmp_path, cache, capsys):
 
 def test_no_command(capsys):
     assert main([]) == 2
-    one_line_error(capsys, "choose a command: demo or analyze", "--help")
+    one_line_error(capsys, "choose a command: demo, analyze or merge", "--help")
 
 
 @pytest.mark.parametrize("command, options", [

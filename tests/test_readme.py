@@ -21,3 +21,7 @@ def test_python_blocks_run_in_order(tmp_path, monkeypatch):
     assert namespace["flipping"].scores.shape == (1, 17)
     assert sorted(namespace["references"]) == sorted(namespace["top"][:2])
     assert len(namespace["targets"]) == 3 and (tmp_path / "fv_results" / "manifest.json").is_file()
+    # the merged shards are the store of the single run, file for file
+    merged, single = ({p.relative_to(tmp_path / name): p.read_bytes() for p in (tmp_path / name).rglob("*")
+                       if p.is_file()} for name in ("fv_merged", "fv_results"))
+    assert len(merged) == 4 and merged == single

@@ -16,7 +16,7 @@ optionally restricted to the receptive field of the concept's most relevant neur
 import logging
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union, cast
 
 import numpy as np
 import torch
@@ -28,16 +28,25 @@ from crp._attribution.engine import CondAttribution
 from crp._attribution.probes import check_device
 from crp._features.cache import Cache
 from crp._features.dataset import SampleRange, collate
-from crp._features.fingerprint import dataset_fingerprint, json_roundtrip, run_config
+from crp._features.distributed import (
+    RankFailedError,
+    RankGroup,
+    Round,
+    plan_rounds,
+    weights_digest,
+    world_size_from_environment,
+)
+from crp._features.fingerprint import dataset_fingerprint, json_roundtrip, run_config, same_items
 from crp._features.ranking import ModeSettings, Rankings
 from crp._features.references import References
 from crp._features.results_objects import Maximization, Statistics
+from crp._features.shards import merge_shards
 from crp._features.store import (
     LegacyStore,
     ResultStore,
 )
 from crp._features.zennit_flow import ZennitFlow
-from crp._utils.checks import check_int, check_positive_int
+from crp._utils.checks import check_bool, check_int, check_positive_int
 from crp._utils.lock import FolderLock
 from crp._utils.modules import check_layer_names
 from crp._utils.transfer import to_device
@@ -149,7 +158,7 @@ class FeatureVisualization(ZennitFlow, References):
     def run(  # noqa: PLR0917 (zennit-crp's positional signature)
         self, composite: Optional[Composite], data_start: int = 0, data_end: Optional[int] = None,
         batch_size: int = 32, checkpoint: int = 500, on_device: Optional[Union[str, torch.device]] = None, *,
-        resume: bool = False, num_workers: int = 0, verbose: bool = True,
+        resume: bool = False, num_workers: int = 0, verbose: bool = True, distributed: bool = True,
     ) -> Union[List[Path], Dict[str, List[str]]]:
         """Find the top-k samples of every concept by relevance and activation, overall and per target.
 
@@ -158,6 +167,21 @@ class FeatureVisualization(ZennitFlow, References):
         lowest layers of the layer map); the relevance and the activation at every layer of the layer map are
         ranked per concept with the concept's ``reference_sampling``. Results are identical for any
         ``batch_size``, ``checkpoint`` spacing or interruption and resume; ties go to the lower dataset index.
+
+        In a job of several processes (started with ``torchrun --nproc-per-node N``, or any launcher that sets
+        ``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR`` and ``MASTER_PORT``), every process calls ``run`` with the same
+        arguments and the processes share the work: the range is analyzed in rounds of ``N * checkpoint`` batches,
+        each process its contiguous part with its own DataLoader, and at the end of every round process 0 gathers
+        the results, merges them and saves the checkpoint. The process group is the one initialized, else one made
+        here from the environment (``gloo`` for a CPU model, ``nccl`` for CUDA, objects through a ``gloo`` group)
+        and destroyed at the end. The stored results are those of one process, byte for byte (one process with
+        ``checkpoint=N * checkpoint`` writes the same checkpoints); a stopped job resumes with any number of
+        processes. Only process 0 writes into (and locks) ``path``, shows the progress bar, and decides
+        ``resume``; every process returns its file list. The processes' configurations (model, weights, dataset
+        class and length, layer map, composite, settings, data range, ``batch_size``, ``checkpoint``) are compared
+        before any work; a process that fails or ends stops the others at the next checkpoint with a
+        ``RuntimeError`` naming it, and the last checkpoint stays. Without a process group, jobs can analyze
+        shards of the data into folders of their own and :meth:`merge` them.
 
         Parameters
         ----------
@@ -178,6 +202,9 @@ class FeatureVisualization(ZennitFlow, References):
             Worker processes of the DataLoader.
         verbose : bool
             Show a progress bar (samples/s).
+        distributed : bool
+            In a job of several processes (see above), share the work with the others. False: this process
+            analyzes the whole range alone (e.g. when only one process of a training job calls ``run``).
 
         Returns
         -------
@@ -191,6 +218,11 @@ class FeatureVisualization(ZennitFlow, References):
             If ``path`` holds results of another configuration (or results in zennit-crp's layout).
         crp._features.store.CorruptStoreError
             If a checkpoint to resume from is corrupt (nothing is overwritten).
+        ValueError
+            In a distributed job, on every process, if the processes were given different configurations.
+        RuntimeError
+            In a distributed job, if a process failed or ended (the error names it), or if zennit-crp's flow
+            (see the class notes) would run: it does not split the data among processes.
         """
         data_start, data_end = self._check_data_range(data_start, data_end)
         batch_size = check_positive_int(batch_size, name="batch_size")
@@ -198,15 +230,62 @@ class FeatureVisualization(ZennitFlow, References):
         num_workers = check_int(num_workers, name="num_workers", minimum=0)
         check_device(on_device)
         seams = self.overridden_seams()
+        world_size = world_size_from_environment() if check_bool(distributed, name="distributed") else 1
         if seams:
+            if world_size > 1:
+                raise RuntimeError(f"this FeatureVisualization overrides {seams} and runs zennit-crp's flow, which "
+                                   f"does not split the data among the {world_size} processes of this distributed "
+                                   f"job; run it in one process, or without the overrides.")
             if resume:
                 raise ValueError(f"resume=True needs the default engine, but this FeatureVisualization overrides "
                                  f"{seams} and runs zennit-crp's flow, which cannot resume; run without resume.")
             checkpoints = self.run_distributed(composite, data_start, data_end, batch_size, checkpoint, on_device)
             return self.collect_results(checkpoints)
+        options: Dict[str, Any] = {"batch_size": batch_size, "checkpoint": checkpoint, "on_device": on_device,
+                                   "resume": resume, "num_workers": num_workers, "verbose": verbose}
+        if world_size > 1:
+            with RankGroup(self.device) as group:
+                return self._run_ranks(group, composite, (data_start, data_end), **options)
         with FolderLock(self.path, description="FeatureVisualization results"):
-            return self._run_default(composite, (data_start, data_end), batch_size=batch_size, checkpoint=checkpoint,
-                                     on_device=on_device, resume=resume, num_workers=num_workers, verbose=verbose)
+            return self._run_default(composite, (data_start, data_end), **options)
+
+    @classmethod
+    def merge(cls, shards: Sequence[Union[str, Path]], path: Union[str, Path]) -> List[Path]:
+        """Merge the results of runs over disjoint parts of a dataset into the results of one run.
+
+        Jobs without a process group (a job array, separate machines) each run a shard, e.g.
+        ``fv.run(composite, data_start, data_end)`` with a ``path`` of their own; ``merge`` writes the store that one
+        run over the whole range writes, byte for byte (up to the manifest's ``generation``, which counts the
+        checkpoints written, as between any two runs with other ``checkpoint`` spacings). The shards are compared
+        with each other, not with a model: no model or dataset is needed. Also ``python -m crp merge OUT SHARD...``.
+
+        Parameters
+        ----------
+        shards : sequence of str or os.PathLike
+            The ``path`` folders of the runs, in any order.
+        path : str or os.PathLike
+            Folder of the merged results: new, empty, or holding results of the same merge (replaced). A
+            FeatureVisualization with this ``path`` reads them.
+
+        Returns
+        -------
+        list of pathlib.Path
+            The manifest and the result files.
+
+        Raises
+        ------
+        ValueError
+            If a shard is not a complete run (still running, stopped, or no store), the shards differ in anything
+            but the data range (model, dataset, layer map, composite, settings), or their ranges overlap or leave a
+            gap. The message names the shard and the fix; nothing is written.
+        FileExistsError
+            If ``path`` is a shard, or holds anything but results of the same merge; nothing is written.
+
+        Examples
+        --------
+        >>> FeatureVisualization.merge(["shard-0", "shard-1", "shard-2"], "results")  # doctest: +SKIP
+        """
+        return merge_shards(shards, path)
 
     def _run_default(self, composite: Optional[Composite], data_range: Tuple[int, int], *, batch_size: int,
                      checkpoint: int, on_device, resume: bool, num_workers: int, verbose: bool) -> List[Path]:
@@ -228,6 +307,113 @@ class FeatureVisualization(ZennitFlow, References):
                 if (batch + 1) % checkpoint == 0 and next_index < data_end:
                     self._save(store, analysis, config, next_index, complete=False)
         return self._save(store, analysis, config, data_end, complete=True)
+
+    def _run_ranks(self, group: RankGroup, composite: Optional[Composite], data_range: Tuple[int, int], *,
+                   batch_size: int, checkpoint: int, on_device, resume: bool, num_workers: int,
+                   verbose: bool) -> List[Path]:
+        """Run the default engine on every rank of a process group (see :mod:`crp._features.distributed`).
+
+        Each rank analyzes its part of a round of ``world_size * checkpoint`` batches; at the end of the round
+        rank 0 gathers the ranks' results, merges them into its own and saves the checkpoint.
+        """
+        data_start, data_end = data_range
+        config = self._config(composite, data_start, data_end)
+        group.check_same({**json_roundtrip(config), "batch_size": batch_size, "checkpoint": checkpoint,
+                          "model weights": weights_digest(self.attribution.model)})
+        store = ResultStore(self.path)
+        lock = FolderLock(self.path, description="FeatureVisualization results")
+        held: Dict[str, Optional[Rankings]] = {}
+
+        def begin() -> Tuple[int, bool]:
+            lock.acquire()
+            held["analysis"], start = self._begin(store, config, resume, on_device)
+            return start, held["analysis"] is None
+
+        try:
+            next_index, complete = self._from_rank_0(group, begin)
+            if complete:
+                return self._from_rank_0(group, store.verify)
+            rounds = plan_rounds(next_index, data_end, batch_size, checkpoint, group.world_size)
+            loader = self._rank_loader([batch for r in rounds for batch in r.batches[group.rank]], num_workers)
+            bar = tqdm(total=data_end - data_start, initial=next_index - data_start, unit="sample",
+                       disable=not verbose or group.rank != 0, desc="FeatureVisualization", dynamic_ncols=True)
+            files: List[Path] = []
+            with bar, self.attribution.context(composite):
+                batches = iter(loader)
+                for part in rounds:
+                    # rank 0 adds its share to the results so far; the others start every round empty
+                    mine = cast(Rankings, held["analysis"]) if group.rank == 0 else \
+                        Rankings(self.layer_map, self._mode_settings())
+                    failure = self._analyze_share(mine, batches, len(part.batches[group.rank]), on_device, bar=bar,
+                                                  world_size=group.world_size, until=part.stop - data_start)
+                    files = self._merge_round(group, part, mine, failure, store=store, config=config,
+                                              on_device=on_device)
+                    bar.update(part.stop - data_start - bar.n)
+            return files
+        finally:
+            lock.release()
+
+    def _analyze_share(self, analysis: Rankings, batches: Iterator, count: int, on_device, *, bar: tqdm,
+                       world_size: int, until: int) -> Optional[Exception]:
+        """Analyze this rank's next ``count`` batches; return the error that stopped it, if any."""
+        try:
+            for _ in range(count):
+                indices, data, targets = next(batches)
+                self._analyze_batch(analysis, indices, data, targets, on_device)
+                bar.update(max(0, min(len(indices) * world_size, until - bar.n)))  # all ranks' rate, estimated
+        except Exception as error:  # noqa: BLE001 - reported to every rank at the checkpoint, then raised here
+            return error
+        return None
+
+    def _merge_round(self, group: RankGroup, part: Round, mine: Rankings, failure: Optional[Exception], *,
+                     store: ResultStore, config: Dict[str, Any], on_device) -> List[Path]:
+        """Gather the ranks' results of a round on rank 0, merge them into its own and save the checkpoint."""
+        group.barrier(f"the checkpoint at dataset index {part.stop}")
+        if failure is not None:
+            payload: Any = ("failed", f"{type(failure).__name__}: {failure}")
+        else:
+            payload = None if group.rank == 0 else ("done", mine.to_arrays(), mine.targets(), mine.counts())
+        parts = group.gather(payload)
+
+        def save() -> List[Path]:  # on rank 0, which gathered the parts
+            failed = [f"rank {rank} ({message[1]})" for rank, message in enumerate(cast(List[Any], parts))
+                      if message is not None and message[0] == "failed"]
+            if failed:
+                kept = f"next index {store.next_index}" if store.exists() else "none was written yet"
+                raise RankFailedError(
+                    f"{', '.join(failed)} failed before the checkpoint at dataset index {part.stop}; the last "
+                    f"checkpoint in {self.path} stays ({kept}). Fix the cause and run again with resume=True (any "
+                    f"number of processes).")
+            device = self._results_device(on_device)
+            for message in cast(List[Any], parts)[1:]:
+                if message[1]:  # a rank without samples in this round has no results
+                    mine.merge(Rankings.from_arrays(self.layer_map, message[1], message[2], message[3],
+                                                    settings=self._mode_settings(), device=device))
+            return self._save(store, mine, config, part.stop, complete=part.stop == config["data_end"])
+
+        try:
+            return self._from_rank_0(group, save)
+        except RankFailedError:
+            if failure is not None:
+                raise failure from None  # this rank's own error, with its traceback
+            raise
+
+    @staticmethod
+    def _from_rank_0(group: RankGroup, step: Callable[[], Any]) -> Any:
+        """Run ``step`` on rank 0 and return its result on every rank; if it raises, every rank raises."""
+        outcome: Any = None
+        error: Optional[Exception] = None
+        if group.rank == 0:
+            try:
+                outcome = ("ok", step())
+            except Exception as caught:  # noqa: BLE001 - told to the other ranks, then raised
+                error, outcome = caught, ("error", f"{type(caught).__name__}: {caught}")
+        outcome = group.broadcast(outcome)
+        if error is not None:
+            raise error
+        if outcome[0] == "error":
+            raise RankFailedError(f"rank 0 stopped the distributed run, so rank {group.rank} stops too: {outcome[1]}")
+        return outcome[1]
 
     def _config(self, composite: Optional[Composite], data_start: int, data_end: int) -> Dict[str, Any]:
         """Everything that determines the results; a store of another configuration is not overwritten."""
@@ -281,7 +467,7 @@ class FeatureVisualization(ZennitFlow, References):
         The configuration only knows the dataset's class and length. A warning, not an error: random transforms
         change items too.
         """
-        if stored and dataset_fingerprint(self.dataset, stored["indices"]) != stored:
+        if stored and not same_items(stored, self.dataset):
             warnings.warn(
                 f"dataset items {stored['indices']} differ from those the interrupted run in {self.path} analyzed; "
                 f"if the dataset changed, the resumed results mix two datasets: run again without resume=True (or "
@@ -289,14 +475,24 @@ class FeatureVisualization(ZennitFlow, References):
 
     def _load_checkpoint(self, store: ResultStore, on_device) -> Rankings:
         layers, targets, counts = store.checkpoint(verify=True)
-        device = torch.device(on_device) if on_device else self.device
+        device = self._results_device(on_device)
         return Rankings.from_arrays(self.layer_map, layers, targets, counts, settings=self._mode_settings(),
                                     device=device)
+
+    def _results_device(self, on_device) -> torch.device:
+        return torch.device(on_device) if on_device else self.device
 
     def _loader(self, start: int, stop: int, batch_size: int, num_workers: int) -> torch.utils.data.DataLoader:
         return torch.utils.data.DataLoader(
             SampleRange(self.dataset, start, stop), batch_size=batch_size, shuffle=False, num_workers=num_workers,
             collate_fn=collate, pin_memory=self.device.type == "cuda",
+        )
+
+    def _rank_loader(self, batches: Sequence[range], num_workers: int) -> torch.utils.data.DataLoader:
+        """Return a loader of the given batches of dataset indices, as ``(indices, samples, targets)``."""
+        return torch.utils.data.DataLoader(
+            SampleRange(self.dataset, 0, len(self.dataset)), batch_sampler=[list(batch) for batch in batches],
+            num_workers=num_workers, collate_fn=collate, pin_memory=self.device.type == "cuda",
         )
 
     def _analyze_batch(self, analysis: Rankings, indices: torch.Tensor, data: torch.Tensor,

@@ -5,7 +5,7 @@ the items analyzed before have changed.
 """
 import hashlib
 import json
-from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -14,7 +14,7 @@ from crp._attribution.concepts import Concept
 from crp._features.cache import describe
 from crp._features.dataset import split_item
 
-__all__ = ["run_config", "dataset_fingerprint", "json_roundtrip"]
+__all__ = ["run_config", "dataset_fingerprint", "combine_fingerprints", "same_items", "json_roundtrip"]
 
 
 def run_config(*, model: torch.nn.Module, dataset: Any, layer_map: Mapping[str, Concept], composite: Any,
@@ -57,13 +57,49 @@ def run_config(*, model: torch.nn.Module, dataset: Any, layer_map: Mapping[str, 
 
 
 def dataset_fingerprint(dataset: Any, indices: Sequence[int]) -> Dict[str, Any]:
-    """SHA-256 of the dataset items at ``indices`` (samples and targets), to recognize the dataset on resume."""
-    digest = hashlib.sha256()
+    """SHA-256 of the dataset items at ``indices`` (samples and targets), to recognize the dataset on resume.
+
+    Returns
+    -------
+    dict
+        ``{"indices": [...], "items": [SHA-256 of each item], "sha256": SHA-256 of the items' digests}``; the
+        per-item digests let shards of one dataset be merged (:func:`combine_fingerprints`).
+    """
+    items = []
     for index in indices:
+        digest = hashlib.sha256()
         sample, target = split_item(index, dataset[index])
         digest.update(np.ascontiguousarray(sample.detach().cpu().numpy()).tobytes())
         digest.update(repr(target.tolist() if isinstance(target, torch.Tensor) else target).encode())
-    return {"indices": [int(i) for i in indices], "sha256": digest.hexdigest()}
+        items.append(digest.hexdigest())
+    return _fingerprint([int(i) for i in indices], items)
+
+
+def combine_fingerprints(fingerprints: Sequence[Optional[Mapping[str, Any]]],
+                         indices: Sequence[int]) -> Optional[Dict[str, Any]]:
+    """Return the fingerprint of the items at ``indices``, made from the per-item digests of other fingerprints.
+
+    Returns None if an index is in none of them (or they were written without per-item digests).
+    """
+    known: Dict[int, str] = {}
+    for fingerprint in fingerprints:
+        if fingerprint and isinstance(fingerprint.get("items"), list):
+            known.update(zip(fingerprint["indices"], fingerprint["items"]))
+    if not all(int(i) in known for i in indices):
+        return None
+    return _fingerprint([int(i) for i in indices], [known[int(i)] for i in indices])
+
+
+def same_items(stored: Mapping[str, Any], dataset: Any) -> bool:
+    """Whether ``dataset`` has the items a stored fingerprint describes (one without per-item digests: True)."""
+    if "items" not in stored:
+        return True  # written before per-item digests: nothing to compare with
+    return dataset_fingerprint(dataset, stored["indices"]) == dict(stored)
+
+
+def _fingerprint(indices: List[int], items: List[str]) -> Dict[str, Any]:
+    combined = hashlib.sha256("".join(items).encode()).hexdigest()
+    return {"indices": indices, "items": items, "sha256": combined}
 
 
 def json_roundtrip(value: Any) -> Any:

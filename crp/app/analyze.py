@@ -21,9 +21,10 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
+from crp._features.distributed import RankGroup, world_size_from_environment
 from crp._utils.checks import check_int, check_positive_int
 from crp._utils.text import one_line
-from crp.app.output import OutputFolder, UserError
+from crp.app.output import FV_FOLDER, OutputFolder, UserError
 
 __all__ = [
     "AnalyzeError", "AnalyzeOptions", "AnalysisResult", "AnalysisSetup", "DataSpec", "run_analysis", "prepare",
@@ -511,6 +512,8 @@ def _device(name: str) -> torch.device:
         raise AnalyzeError(f"--device {name!r} is not a torch device; e.g. cpu, cuda or cuda:1.") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise AnalyzeError(f"--device {name!r}: CUDA is not available on this machine; use --device cpu.")
+    if device.type == "cuda" and device.index is None and world_size_from_environment() > 1:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))  # each process its own GPU
     return device
 
 
@@ -548,7 +551,10 @@ def prepare(options: AnalyzeOptions) -> AnalysisSetup:
     """Check every argument and load model, weights and data; raise AnalyzeError before any output is written."""
     _check_counts(options)
     device = _device(options.device)
-    model, description = load_model(options.model, options.num_classes)
+    with torch.random.fork_rng(devices=[]):
+        if world_size_from_environment() > 1 and not options.weights:
+            torch.manual_seed(0)  # the same random weights in every process of a distributed job
+        model, description = load_model(options.model, options.num_classes)
     if options.weights:
         load_weights(model, options.weights, f"--model {description}" + (
             f" with {options.num_classes} classes" if options.num_classes else ""))
@@ -583,8 +589,19 @@ def _check_forward(model: torch.nn.Module, data: DataSpec, layers: List[str], de
                            f"runs (see --list-layers).")
 
 
-def run_analysis(options: AnalyzeOptions, setup: Optional[AnalysisSetup] = None) -> AnalysisResult:
+def run_analysis(options: AnalyzeOptions, setup: Optional[AnalysisSetup] = None) -> Optional[AnalysisResult]:
     """Write a concept report of a user's model and data into ``options.out`` (see the module docstring).
+
+    In a job of several processes (``torchrun --nproc-per-node N -m crp analyze ...``, or any launcher that sets
+    ``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR`` and ``MASTER_PORT``) every process searches its share of the
+    reference samples (:meth:`crp.visualization.FeatureVisualization.run`); process 0 writes the report and
+    returns the result, the others return None when the search is done. A model without ``weights`` is then
+    initialized with the same seed in every process.
+
+    Returns
+    -------
+    AnalysisResult or None
+        What was written; None in the processes of a distributed job other than process 0.
 
     Raises
     ------
@@ -596,12 +613,22 @@ def run_analysis(options: AnalyzeOptions, setup: Optional[AnalysisSetup] = None)
         If another run writes into ``options.out`` (at once if the folder exists, else before anything is
         written).
     """
+    if world_size_from_environment() > 1:
+        with RankGroup(_device(options.device)) as ranks:
+            if ranks.rank > 0:
+                _search_share(options, setup)
+                return None
+            return _run_analysis(options, setup)
+    return _run_analysis(options, setup)
+
+
+def _run_analysis(options: AnalyzeOptions, setup: Optional[AnalysisSetup]) -> AnalysisResult:
     start = time.perf_counter()
     with OutputFolder(options.out, "crp analyze") as output:
         setup = prepare(options) if setup is None else setup
         fv_data = _fv_dataset(setup, options)
         _verify_images(setup.data, fv_data, options)
-        from crp.app.concept_report import FV_FOLDER, ConceptAnalysis
+        from crp.app.concept_report import ConceptAnalysis
 
         analysis = ConceptAnalysis(setup.model, setup.composite, fv_data, layers=setup.graph_layers,
                                    preprocess=setup.data.preprocess, class_names=setup.data.class_names,
@@ -610,6 +637,24 @@ def run_analysis(options: AnalyzeOptions, setup: Optional[AnalysisSetup] = None)
         result = _report_run(options, setup, analysis, output, start)
     result.seconds = time.perf_counter() - start
     return result
+
+
+def _search_share(options: AnalyzeOptions, setup: Optional[AnalysisSetup]) -> None:
+    """Search this process's share of the reference samples of a distributed job; process 0 writes the results."""
+    from crp.app.concept_report import ConceptAnalysis
+
+    setup = prepare(options) if setup is None else setup
+    analysis = ConceptAnalysis(setup.model, setup.composite, _fv_dataset(setup, options), layers=setup.graph_layers,
+                               preprocess=setup.data.preprocess, class_names=setup.data.class_names,
+                               device=setup.device)
+    store = Path(options.out).expanduser().resolve() / FV_FOLDER / "store"  # process 0's; only it writes there
+    analysis.feature_visualization(store, len(analysis.dataset), **_search_settings(options))
+
+
+def _search_settings(options: AnalyzeOptions) -> Dict[str, Any]:
+    """Return the arguments of the reference-sample search, which every process of a distributed job passes."""
+    return {"batch_size": options.batch_size, "workers": options.workers, "checkpoint": options.checkpoint,
+            "top_k": max(8, options.references), "progress": options.progress}
 
 
 def _fv_dataset(setup: AnalysisSetup, options: AnalyzeOptions) -> Any:
@@ -644,10 +689,8 @@ def _report_run(options: AnalyzeOptions, setup: AnalysisSetup, analysis: Any, ou
 
     key = fingerprint("crp analyze", setup.data.identity, setup.graph_layers, setup.composite_description,
                       len(analysis.dataset), options.references, model=setup.model)
-    status = resumable_feature_visualization(
-        analysis, output, key, len(analysis.dataset), fresh=options.fresh, batch_size=options.batch_size,
-        workers=options.workers, checkpoint=options.checkpoint, top_k=max(8, options.references),
-        progress=options.progress)
+    status = resumable_feature_visualization(analysis, output, key, len(analysis.dataset), fresh=options.fresh,
+                                             **_search_settings(options))
     samples = _write_samples(options, setup, analysis, output)
     graph, graph_png = _write_graph(options, setup, analysis, output, samples[0])
     flipping = _write_flipping(options, setup, analysis, output)

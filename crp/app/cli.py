@@ -1,11 +1,12 @@
-"""Command-line interface: ``python -m crp demo`` and ``python -m crp analyze`` (also installed as ``crp``).
+"""Command-line interface: ``python -m crp demo``, ``analyze`` and ``merge`` (also installed as ``crp``).
 
 Only this module prints. User errors end in one line on stderr that names the fix and a non-zero exit code,
-without a traceback: 2 for bad arguments, 1 for a file-system error (a full disk, a missing permission) or an
-output folder another run is writing to, 130 when interrupted (Ctrl-C, at any moment, start-up included),
-after saying how to continue.
+without a traceback: 2 for bad arguments, 1 for a file-system error (a full disk, a missing permission), an
+output folder another run is writing to or a failed process of a distributed job, 130 when interrupted (Ctrl-C,
+at any moment, start-up included), after saying how to continue.
 """
 import argparse
+import json
 import logging
 import sys
 from pathlib import Path
@@ -139,7 +140,8 @@ def _add_analyze(commands) -> None:
     run = analyze.add_argument_group("run")
     run.add_argument("--out", default="crp_report", metavar="DIR",
                      help="output folder: new, empty, or from an earlier run (default: %(default)s)")
-    run.add_argument("--device", default="cpu", metavar="DEVICE", help="cpu, cuda or cuda:N (default: cpu)")
+    run.add_argument("--device", default="cpu", metavar="DEVICE",
+                     help="cpu, cuda or cuda:N; under torchrun, cuda is each process's own GPU (default: cpu)")
     run.add_argument("--batch-size", type=_positive_int, default=32, metavar="N",
                      help="images per forward/backward pass (default: %(default)s)")
     run.add_argument("--workers", type=_whole_number(0), default=0, metavar="N",
@@ -155,12 +157,27 @@ def _add_analyze(commands) -> None:
     run.add_argument("--no-progress", action="store_true", help="show no progress bars and no log messages")
 
 
+def _add_merge(commands) -> None:
+    merge = commands.add_parser(
+        "merge", help="merge the reference-sample searches of shards of a dataset into the results of one run",
+        description="Merge the results of FeatureVisualization runs over disjoint parts of a dataset (e.g. the jobs "
+                    "of a job array, each with its own data_start, data_end and path) into OUT: the results one run "
+                    "over the whole range writes. Shards of other configurations, overlapping or missing index "
+                    "ranges and unfinished shards are refused, and nothing is written. Example: "
+                    f"{PROG} merge results shard-0 shard-1 shard-2",
+    )
+    merge.add_argument("out", metavar="OUT", help="folder of the merged results: new, empty, or an earlier merge of "
+                                                  "the same shards")
+    merge.add_argument("shards", nargs="+", metavar="SHARD", help="the path folders of the runs, in any order")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser of ``python -m crp`` with its sub-commands."""
     parser = _Parser(prog=PROG, description="Concept Relevance Propagation (CRP) for PyTorch.")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     _add_demo(commands)
     _add_analyze(commands)
+    _add_merge(commands)
     return parser
 
 
@@ -203,7 +220,21 @@ def _run_analyze(args: argparse.Namespace) -> int:
         raise AnalyzeError("--data is required: an image folder DIR/<class>/<image>.png or module:callable.")
     with torch_threads(args.threads):
         result = run_analysis(_analyze_options(args))
-    _say(format_analysis_summary(result))
+    if result is not None:  # None: a process of a distributed job other than process 0, which reports
+        _say(format_analysis_summary(result))
+    return 0
+
+
+def _run_merge(args: argparse.Namespace) -> int:
+    from crp.visualization import FeatureVisualization
+
+    try:
+        files = FeatureVisualization.merge(args.shards, args.out)
+    except FileExistsError as error:  # an output folder that is not the merge's: the user's to choose another
+        raise UserError(str(error)) from None
+    config = json.loads(files[0].read_text())["config"]  # the manifest
+    _say(f"crp merge: wrote {args.out}: dataset indices [{config['data_start']}, {config['data_end']}) from "
+         f"{len(args.shards)} shards")
     return 0
 
 
@@ -244,7 +275,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         try:
             args = parser.parse_args(args_list)
             if args.command is None:
-                raise _UsageError(f"choose a command: demo or analyze (see `{PROG} --help`)")
+                raise _UsageError(f"choose a command: demo, analyze or merge (see `{PROG} --help`)")
         except _UsageError as error:
             _say(f"{PROG}: error: {error}", sys.stderr)
             return 2
@@ -258,12 +289,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 def _run_command(args: argparse.Namespace) -> int:
     command = f"{PROG} {args.command}"
-    handler = _log_to_stderr(not args.no_progress)
+    handler = _log_to_stderr(not getattr(args, "no_progress", False))
     previous_level = logging.getLogger("crp").level
     try:
-        return _run_demo(args) if args.command == "demo" else _run_analyze(args)
+        return {"demo": _run_demo, "analyze": _run_analyze, "merge": _run_merge}[args.command](args)
     except KeyboardInterrupt:
-        _say(f"{command}: {_interrupted(args.out)}", sys.stderr)
+        done = "nothing was written; run the same command again." if args.command == "merge" else \
+            _interrupted(args.out)
+        _say(f"{command}: {done}", sys.stderr)
         return 130
     except UserError as error:
         _say(f"{command}: error: {one_line(error)}", sys.stderr)
@@ -271,12 +304,22 @@ def _run_command(args: argparse.Namespace) -> int:
     except FolderLockedError as error:
         _say(f"{command}: error: {one_line(error)}", sys.stderr)
         return 1
+    except RuntimeError as error:
+        from crp._features.distributed import RankFailedError  # loaded already: only a distributed run raises it
+
+        if not isinstance(error, RankFailedError):
+            raise
+        _say(f"{command}: error: {one_line(error)}", sys.stderr)  # another process of the job failed
+        return 1
     except OSError as error:
         _say(f"{command}: error: {_file_error(error, args.command)}", sys.stderr)
         return 1
     except ValueError as error:
         from crp.visualization import CorruptStoreError  # loaded already: only the reference-sample search raises it
 
+        if args.command == "merge":  # the shards' errors name the shard and the fix
+            _say(f"{command}: error: {one_line(error)}", sys.stderr)
+            return 2
         if not isinstance(error, CorruptStoreError):
             raise
         # the store of an interrupted run may be corrupt: that is the user's to fix
