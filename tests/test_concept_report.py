@@ -5,12 +5,14 @@ import torch
 from PIL import Image
 from zennit.composites import EpsilonPlusFlat
 
+from crp._image.render import pad_to_common
 from crp.app.concept_report import (
     ConceptAnalysis,
     _Preprocessed,
     fingerprint,
     heatmap_image,
     input_image,
+    padded_references,
     references_mosaic,
     region_size_for,
     resumable_feature_visualization,
@@ -148,7 +150,24 @@ def test_pictures():
     assert heat[1, 1, 0] > heat[1, 1, 2] and heat[0, 0, 2] > heat[0, 0, 0]  # red positive, blue negative
     red, blue = Image.new("RGB", (10, 5), "red"), Image.new("RGB", (5, 5), "blue")
     mosaic = references_mosaic([red, red], [blue, blue], cell=20, gap=2)
-    assert mosaic.size == (42, 42)
+    # every crop is padded to the common 10 x 5 and scaled by the same factor 2: one row is 20 x 10 pixels
+    assert mosaic.size == (2 * 20 + 2, 2 * 10 + 2)
     pixels = np.asarray(mosaic)
-    assert pixels[10, 10].tolist() == [255, 0, 0] and pixels[2, 10].tolist() == [255, 255, 255]  # centred
-    assert pixels[32, 32].tolist() == [0, 0, 255] and pixels[21, 10].tolist() == [255, 255, 255]  # gap
+    assert (pixels[:10, :20] == [255, 0, 0]).all() and (pixels[:10, 22:] == [255, 0, 0]).all()  # not stretched
+    assert (pixels[:, 20:22] == 255).all() and (pixels[10:12] == 255).all()  # the gaps
+    heat = pixels[12:22, :20]  # the 5 x 5 blue square centred (columns 2..6 of 10) on grey, scaled by 2
+    assert (heat[:, 4:14] == [0, 0, 255]).all()
+    assert (heat[:, :4] == 224).all() and (heat[:, 14:] == 224).all()
+
+
+def test_padded_references_keep_every_pixel_at_one_scale():
+    wide, tall = Image.new("RGB", (6, 2), "red"), Image.new("L", (3, 5), 9)
+    images, heatmaps = padded_references([wide], [tall])
+    assert images[0].size == heatmaps[0].size == (6, 5)
+    image, heat = np.asarray(images[0]), np.asarray(heatmaps[0])
+    assert (image[1:3] == [255, 0, 0]).all() and (image[[0, 3, 4]] == 224).all()  # centred: rows 1-2 of 0..4
+    assert (heat[:, 1:4] == 9).all() and (heat[:, [0, 4, 5]] == 224).all()  # columns 1-3 of 0..5
+    cut = pad_to_common([Image.new("RGB", (7, 3), "red")], size=(3, 3), fill=(0, 255, 0))[0]
+    assert cut.size == (3, 3) and (np.asarray(cut) == [255, 0, 0]).all()  # larger than the canvas: cut, not scaled
+    with pytest.raises(TypeError, match="images must be a sequence of PIL images"):
+        pad_to_common([np.zeros((2, 2))])
