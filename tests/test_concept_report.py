@@ -171,3 +171,43 @@ def test_padded_references_keep_every_pixel_at_one_scale():
     assert cut.size == (3, 3) and (np.asarray(cut) == [255, 0, 0]).all()  # larger than the canvas: cut, not scaled
     with pytest.raises(TypeError, match="images must be a sequence of PIL images"):
         pad_to_common([np.zeros((2, 2))])
+
+
+class _Flipped(torch.nn.Module):
+    """conv (negative weights: negative activations) -> linear -I (flips the sign) -> ReLU -> linear (class 0 only).
+
+    Channel 0 of "conv" is positively relevant for class 0, but its activation is negative everywhere.
+    """
+
+    def __init__(self, side=24):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 1, 3, padding=1, bias=False)
+        self.flip = torch.nn.Linear(side * side, side * side, bias=False)
+        self.out = torch.nn.Linear(side * side, 2, bias=False)
+        with torch.no_grad():
+            self.conv.weight.fill_(-0.1)
+            self.flip.weight.copy_(-torch.eye(side * side))
+            self.out.weight.zero_()
+            self.out.weight[0] = 1.0
+
+    def forward(self, x):
+        return self.out(torch.relu(self.flip(self.conv(x).flatten(1))))
+
+
+def test_relmax_heatmaps_come_from_the_full_backward_pass(tmp_path):
+    torch.manual_seed(0)
+    data = [(torch.rand(1, 24, 24), 0) for _ in range(4)]
+    analysis = ConceptAnalysis(_Flipped().eval(), EpsilonPlusFlat, data, layers=["conv"])
+    analysis.feature_visualization(tmp_path / "fv", len(data), top_k=2, progress=False)
+    _, heatmaps = analysis.references("conv", [0], "relevance", 2)[0]
+    for heatmap in heatmaps:  # red (positive relevance) on the neuron's receptive field, nothing blue
+        red, _, blue = np.asarray(heatmap.convert("RGB")).astype(int).reshape(-1, 3).T
+        assert (red - blue > 100).sum() >= 4 and (blue - red <= 2).all()  # white (zero) is (253, 253, 255)
+    # zennit-crp's start at the activation gives the same concept negative heatmaps: its activation is negative
+    raw = analysis.fv.get_max_reference([0], "conv", mode="relevance", r_range=(0, 2), composite=EpsilonPlusFlat(),
+                                        rf=True, plot_fn=None)[0][1]
+    assert len(raw) == 2 and all((heatmap <= 0).all() and (heatmap < 0).sum() >= 4 for heatmap in raw)
+    _, activation = analysis.references("conv", [0], "activation", 2)[0]  # ActMax keeps the start at the layer
+    for heatmap in activation:
+        red, _, blue = np.asarray(heatmap.convert("RGB")).astype(int).reshape(-1, 3).T
+        assert (blue - red > 100).sum() >= 4 and (red - blue <= 0).all()
