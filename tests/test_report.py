@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from crp.app.report import HEATMAP_NOTE, THUMB_WIDTH, Report, _png_base64, colorbar_image
+from crp.app.report import HEATMAP_NOTE, THUMB_WIDTH, Report, _png_base64, colorbar_image, thumbnail_uri
 
 from helpers import chromium, render
 
@@ -120,3 +120,18 @@ def test_browser_check_finds_overlaps_and_measures_thumbnails(tmp_path):
     assert check["thumbs"] == 3 and check["thumbWidth"] == pytest.approx(THUMB_WIDTH + 2)  # with its border
     assert ["covering text", "covered text"] in check["overlaps"]
     assert ["under an image", "img covering image"] in check["overlaps"] and len(check["overlaps"]) == 2
+
+
+def test_large_thumbnails_are_scaled_down_and_photos_become_jpeg():
+    rng = np.random.default_rng(0)
+    noise = Image.fromarray(np.clip(rng.normal(128, 10, (300, 200, 3)) + np.arange(200)[None, :, None] / 2, 0, 255)
+                            .astype(np.uint8))
+    kind, data = thumbnail_uri(noise).split(",")
+    thumb = Image.open(io.BytesIO(base64.b64decode(data)))
+    assert kind == "data:image/jpeg;base64" and thumb.size == (85, THUMB_WIDTH)  # 200 x 300 -> 85 x 128
+    heatmap = Image.new("P", (256, 256))
+    kind, data = thumbnail_uri(heatmap).split(",")
+    assert kind == "data:image/png;base64" and Image.open(io.BytesIO(base64.b64decode(data))).size == (128, 128)
+    small = _image("red", (THUMB_WIDTH, 5))
+    kind, data = thumbnail_uri(small).split(",")
+    assert kind == "data:image/png;base64" and Image.open(io.BytesIO(base64.b64decode(data))).size == (128, 5)

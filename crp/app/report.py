@@ -16,7 +16,7 @@ from PIL import Image
 
 from crp._utils.files import write_atomic
 
-__all__ = ["Report", "THUMB_WIDTH", "HEATMAP_NOTE", "colorbar_image"]
+__all__ = ["Report", "THUMB_WIDTH", "HEATMAP_NOTE", "colorbar_image", "thumbnail_uri"]
 
 #: Width in CSS pixels of every thumbnail (inputs, heatmaps, reference samples) in a report.
 THUMB_WIDTH = 128
@@ -123,7 +123,8 @@ class Report:
     def thumbnails(self, images: Sequence[ImageLike], captions: Sequence[str]) -> "Report":
         """Add a row of pixel images (inputs, heatmaps), each :data:`THUMB_WIDTH` pixels wide, with captions.
 
-        Images are embedded at their own resolution and scaled up by the browser without smoothing.
+        Small images are embedded at their own resolution and scaled up by the browser without smoothing; larger
+        ones are scaled down (:func:`thumbnail_uri`).
         """
         if len(captions) != len(images):
             raise ValueError(f"captions must match images: got {len(captions)} captions for {len(images)} images.")
@@ -212,7 +213,28 @@ def colorbar_image(width: int = 256, height: int = 8) -> Image.Image:
 
 
 def _thumb(image: ImageLike, alt: str) -> str:
-    return f'<img class="thumb" alt="{html.escape(alt)}" src="data:image/png;base64,{_png_base64(image)}">'
+    return f'<img class="thumb" alt="{html.escape(alt)}" src="{thumbnail_uri(image)}">'
+
+
+def thumbnail_uri(image: ImageLike) -> str:
+    """Return a data URI of a thumbnail: small images as they are (PNG), larger ones at :data:`THUMB_WIDTH`.
+
+    An image whose longer side exceeds :data:`THUMB_WIDTH` is scaled down to it (Lanczos); a scaled photo
+    (RGB) is embedded as a JPEG where that is at most three quarters of the PNG's size, to keep reports of
+    large images small.
+    """
+    if not isinstance(image, Image.Image) or max(image.size) <= THUMB_WIDTH:
+        return f"data:image/png;base64,{_png_base64(image)}"
+    factor = THUMB_WIDTH / max(image.size)
+    size = (max(1, round(image.size[0] * factor)), max(1, round(image.size[1] * factor)))
+    small = image.convert("RGB").resize(size, Image.Resampling.LANCZOS)
+    png = _png_base64(small)
+    if image.mode != "RGB":
+        return f"data:image/png;base64,{png}"
+    buffer = io.BytesIO()
+    small.save(buffer, format="JPEG", quality=90)
+    jpeg = base64.b64encode(buffer.getvalue()).decode("ascii")
+    return f"data:image/jpeg;base64,{jpeg}" if len(jpeg) <= 0.75 * len(png) else f"data:image/png;base64,{png}"
 
 
 def _png_base64(image: ImageLike) -> str:
