@@ -40,6 +40,7 @@ figure.refs { display: flex; flex-direction: column; gap: 2px; }
 img.thumb { width: THUMBpx; height: auto; image-rendering: pixelated; border: 1px solid #ccc; display: block; }
 figure.refs figcaption, figure.thumb figcaption { width: THUMBpx; }
 .refrow { margin: 0.4em 0 1.2em 0; }
+.refrow .grid { gap: 6px; }
 .refrow > p.caption { font-size: 0.85em; color: #555; margin: 0.3em 0 0 0; }
 .legend { display: flex; flex-wrap: wrap; align-items: center; gap: 0.6em; font-size: 0.85em; color: #333;
           background: #fafafa; border: 1px solid #e4e4e4; padding: 0.4em 0.7em; margin: 0.6em 0; }
