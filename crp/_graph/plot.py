@@ -295,7 +295,7 @@ class _TextMeasure:
         artist = self.figure.text(0, 0, text, fontsize=_FONT, ha="center", va="center")
         box = artist.get_window_extent(renderer=self.renderer)
         artist.remove()
-        return box.width / 72 / self.unit, box.height / 72 / self.unit
+        return float(box.width) / 72 / self.unit, float(box.height) / 72 / self.unit
 
 
 def _check_result(result: Any) -> "attrGraphResult":
