@@ -3,6 +3,7 @@
 Tests import them from here (``from helpers import ...``); ``conftest.py`` only turns some into fixtures. The
 command-line tests load ``helpers:tiny_model`` and ``helpers:tiny_data`` as ``module:callable`` specs.
 """
+import html
 import json
 import re
 import shutil
@@ -165,8 +166,33 @@ window.addEventListener('load', function () {
   var width = document.documentElement.clientWidth;
   var wide = Array.prototype.slice.call(document.querySelectorAll('body *')).filter(function (e) {
     var r = e.getBoundingClientRect(); return r.right > width + 1; }).length;
+  // boxes of every visible run of text (one per line) and of every image; no two may intersect
+  var boxes = [], item = 0, walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
+  while (walker.nextNode()) {
+    var node = walker.currentNode, text = node.textContent.trim();
+    if (!text || node.parentElement.closest('script, style')) continue;
+    var range = document.createRange();
+    range.selectNodeContents(node);
+    Array.prototype.forEach.call(range.getClientRects(), function (r) {
+      if (r.width > 0 && r.height > 0) boxes.push({r: r, item: item, what: text.slice(0, 40)}); });
+    item += 1;
+  }
+  images.forEach(function (i) { boxes.push({r: i.getBoundingClientRect(), item: item++, what: 'img ' + i.alt}); });
+  var overlaps = [];
+  for (var a = 0; a < boxes.length; a++) {
+    for (var b = a + 1; b < boxes.length; b++) {
+      var p = boxes[a], q = boxes[b];
+      var dx = Math.min(p.r.right, q.r.right) - Math.max(p.r.left, q.r.left);
+      var dy = Math.min(p.r.bottom, q.r.bottom) - Math.max(p.r.top, q.r.top);
+      if (p.item !== q.item && dx > 0.5 && dy > 0.5 && overlaps.length < 20) overlaps.push([p.what, q.what]);
+    }
+  }
+  var thumbs = Array.prototype.slice.call(document.querySelectorAll('img.thumb')).map(function (i) {
+    return i.getBoundingClientRect().width; });
   document.body.setAttribute('data-check', JSON.stringify({images: images.length, broken: broken,
-    overflowing: wide, scrollWidth: document.documentElement.scrollWidth, clientWidth: width}));
+    overflowing: wide, scrollWidth: document.documentElement.scrollWidth, clientWidth: width,
+    texts: item - images.length, overlaps: overlaps, thumbs: thumbs.length,
+    thumbWidth: thumbs.length ? Math.min.apply(null, thumbs) : null}));
 });
 </script>"""
 
@@ -184,7 +210,13 @@ def chromium() -> Optional[str]:
 
 
 def render(html_path: Path, screenshot: Path, *, width: int = 1280, height: int = 2400) -> dict:
-    """Screenshot ``html_path`` and return the image/overflow check measured in the page after load."""
+    """Screenshot ``html_path`` and return the checks measured in the page after load.
+
+    ``images`` and ``broken`` count the images and those that did not load, ``overflowing`` the elements reaching
+    past the right edge, ``texts`` the visible runs of text, ``overlaps`` (at most 20) pairs of texts or images
+    whose boxes intersect, ``thumbs`` and ``thumbWidth`` the number of thumbnails (``img.thumb``) and the smallest
+    rendered width among them.
+    """
     browser = chromium()
     with tempfile.TemporaryDirectory() as profile:
         page = Path(profile) / "checked.html"
@@ -199,4 +231,4 @@ def render(html_path: Path, screenshot: Path, *, width: int = 1280, height: int 
     match = re.search(r"data-check=\"([^\"]*)\"", dom)
     if not match:
         raise RuntimeError(f"the page check did not run; Chromium printed: {dom[:500]!r}")
-    return json.loads(match.group(1).replace("&quot;", '"'))
+    return json.loads(html.unescape(match.group(1)))

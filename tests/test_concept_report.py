@@ -5,12 +5,14 @@ import torch
 from PIL import Image
 from zennit.composites import EpsilonPlusFlat
 
+from crp._image.render import pad_to_common
 from crp.app.concept_report import (
     ConceptAnalysis,
     _Preprocessed,
     fingerprint,
     heatmap_image,
     input_image,
+    padded_references,
     references_mosaic,
     region_size_for,
     resumable_feature_visualization,
@@ -148,7 +150,64 @@ def test_pictures():
     assert heat[1, 1, 0] > heat[1, 1, 2] and heat[0, 0, 2] > heat[0, 0, 0]  # red positive, blue negative
     red, blue = Image.new("RGB", (10, 5), "red"), Image.new("RGB", (5, 5), "blue")
     mosaic = references_mosaic([red, red], [blue, blue], cell=20, gap=2)
-    assert mosaic.size == (42, 42)
+    # every crop is padded to the common 10 x 5 and scaled by the same factor 2: one row is 20 x 10 pixels
+    assert mosaic.size == (2 * 20 + 2, 2 * 10 + 2)
     pixels = np.asarray(mosaic)
-    assert pixels[10, 10].tolist() == [255, 0, 0] and pixels[2, 10].tolist() == [255, 255, 255]  # centred
-    assert pixels[32, 32].tolist() == [0, 0, 255] and pixels[21, 10].tolist() == [255, 255, 255]  # gap
+    assert (pixels[:10, :20] == [255, 0, 0]).all() and (pixels[:10, 22:] == [255, 0, 0]).all()  # not stretched
+    assert (pixels[:, 20:22] == 255).all() and (pixels[10:12] == 255).all()  # the gaps
+    heat = pixels[12:22, :20]  # the 5 x 5 blue square centred (columns 2..6 of 10) on grey, scaled by 2
+    assert (heat[:, 4:14] == [0, 0, 255]).all()
+    assert (heat[:, :4] == 224).all() and (heat[:, 14:] == 224).all()
+
+
+def test_padded_references_keep_every_pixel_at_one_scale():
+    wide, tall = Image.new("RGB", (6, 2), "red"), Image.new("L", (3, 5), 9)
+    images, heatmaps = padded_references([wide], [tall])
+    assert images[0].size == heatmaps[0].size == (6, 5)
+    image, heat = np.asarray(images[0]), np.asarray(heatmaps[0])
+    assert (image[1:3] == [255, 0, 0]).all() and (image[[0, 3, 4]] == 224).all()  # centred: rows 1-2 of 0..4
+    assert (heat[:, 1:4] == 9).all() and (heat[:, [0, 4, 5]] == 224).all()  # columns 1-3 of 0..5
+    cut = pad_to_common([Image.new("RGB", (7, 3), "red")], size=(3, 3), fill=(0, 255, 0))[0]
+    assert cut.size == (3, 3) and (np.asarray(cut) == [255, 0, 0]).all()  # larger than the canvas: cut, not scaled
+    with pytest.raises(TypeError, match="images must be a sequence of PIL images"):
+        pad_to_common([np.zeros((2, 2))])
+
+
+class _Flipped(torch.nn.Module):
+    """conv (negative weights: negative activations) -> linear -I (flips the sign) -> ReLU -> linear (class 0 only).
+
+    Channel 0 of "conv" is positively relevant for class 0, but its activation is negative everywhere.
+    """
+
+    def __init__(self, side=24):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 1, 3, padding=1, bias=False)
+        self.flip = torch.nn.Linear(side * side, side * side, bias=False)
+        self.out = torch.nn.Linear(side * side, 2, bias=False)
+        with torch.no_grad():
+            self.conv.weight.fill_(-0.1)
+            self.flip.weight.copy_(-torch.eye(side * side))
+            self.out.weight.zero_()
+            self.out.weight[0] = 1.0
+
+    def forward(self, x):
+        return self.out(torch.relu(self.flip(self.conv(x).flatten(1))))
+
+
+def test_relmax_heatmaps_come_from_the_full_backward_pass(tmp_path):
+    torch.manual_seed(0)
+    data = [(torch.rand(1, 24, 24), 0) for _ in range(4)]
+    analysis = ConceptAnalysis(_Flipped().eval(), EpsilonPlusFlat, data, layers=["conv"])
+    analysis.feature_visualization(tmp_path / "fv", len(data), top_k=2, progress=False)
+    _, heatmaps = analysis.references("conv", [0], "relevance", 2)[0]
+    for heatmap in heatmaps:  # red (positive relevance) on the neuron's receptive field, nothing blue
+        red, _, blue = np.asarray(heatmap.convert("RGB")).astype(int).reshape(-1, 3).T
+        assert (red - blue > 100).sum() >= 4 and (blue - red <= 2).all()  # white (zero) is (253, 253, 255)
+    # zennit-crp's start at the activation gives the same concept negative heatmaps: its activation is negative
+    raw = analysis.fv.get_max_reference([0], "conv", mode="relevance", r_range=(0, 2), composite=EpsilonPlusFlat(),
+                                        rf=True, plot_fn=None)[0][1]
+    assert len(raw) == 2 and all((heatmap <= 0).all() and (heatmap < 0).sum() >= 4 for heatmap in raw)
+    _, activation = analysis.references("conv", [0], "activation", 2)[0]  # ActMax keeps the start at the layer
+    for heatmap in activation:
+        red, _, blue = np.asarray(heatmap.convert("RGB")).astype(int).reshape(-1, 3).T
+        assert (blue - red > 100).sum() >= 4 and (red - blue <= 0).all()

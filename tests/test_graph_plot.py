@@ -1,4 +1,5 @@
 """Tests of crp.graph: layout, drawing, atomic saving and reference images for attribution graphs."""
+import itertools
 import subprocess
 import sys
 from pathlib import Path
@@ -28,9 +29,95 @@ def _texts(fig):
 def test_layout_is_one_row_per_level():
     positions = layout_attribution_graph(RESULT)
     assert positions[("fc", 3)] == (0.0, 0.0)
-    assert [positions[n] for n in [("conv2", 1), ("conv2", 4), ("skip", 0)]] == [
-        (-1.45, -2.1), (0.0, -2.1), (1.45, -2.1)]
-    assert [positions[n] for n in [("conv1", 2), ("conv1", 5)]] == [(-0.725, -4.2), (0.725, -4.2)]
+    level1 = [positions[n] for n in [("conv2", 1), ("conv2", 4), ("skip", 0)]]
+    level2 = [positions[n] for n in [("conv1", 2), ("conv1", 5)]]
+    assert [x for x, _ in level1] == [-1.45, 0.0, 1.45] and [x for x, _ in level2] == [-0.725, 0.725]
+    (y1, *others1), (y2, other2) = [y for _, y in level1], [y for _, y in level2]
+    assert others1 == [y1, y1] and other2 == y2
+    # a box is 1 high; between levels there is the node labels' and the edges' band of at least 0.6
+    assert y1 < -(1.0 + 0.6) and y2 - y1 == pytest.approx(y1)
+
+
+def test_levels_are_longest_paths_so_every_edge_points_down():
+    result = attrGraphResult([("a", 0), ("b", 0), ("c", 0), ("d", 0)],
+                             {("a", 0): [("b", 0, 0.5), ("c", 0, 0.5)], ("c", 0): [("b", 0, 1.0)]})
+    positions = layout_attribution_graph(result)
+    ys = {node: y for node, (_, y) in positions.items()}
+    assert ys[("a", 0)] > ys[("c", 0)] > ys[("b", 0)] > ys[("d", 0)]  # d is not reached: last level
+    assert positions[("c", 0)][0] == positions[("b", 0)][0] == 0.0
+
+
+def test_long_layer_names_widen_the_rows():
+    long = "encoder.stages.3.blocks.11.conv"
+    result = attrGraphResult([("out", 0), (long, 1), (long, 2)], {("out", 0): [(long, 1, 0.5), (long, 2, 0.5)]})
+    (x1, _), (x2, _) = layout_attribution_graph(result)[(long, 1)], layout_attribution_graph(result)[(long, 2)]
+    assert x2 - x1 > 1.45
+    assert_no_label_overlaps(plot_attribution_graph(result))
+
+
+def _dense_graph(children=3, grandchildren=4, name="model.layer3.0.conv1", seed=0):
+    """A root, ``children`` nodes below it, each connected to all ``grandchildren`` below, and one skip edge."""
+    rng = np.random.default_rng(seed)
+    root, middle = ("model.layer4.1.conv2", 3), [(name, c) for c in range(children)]
+    bottom = [("layer2", c) for c in range(grandchildren)]
+    connections = {root: [(*node, float(rng.uniform(-0.5, 0.5))) for node in middle]}
+    for node in middle:
+        connections[node] = [(*child, float(rng.uniform(-0.5, 0.5))) for child in bottom]
+    connections[root].append((*bottom[-1], 0.333))
+    return attrGraphResult([root, *middle, *bottom], connections)
+
+
+def _boxes(fig):
+    """Display boxes of every text (with its background box) and of every node box, after drawing the figure."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    texts, patches = [], []
+    for ax in fig.axes:
+        for text in [*ax.texts, ax.title]:
+            if text.get_text():
+                patch = text.get_bbox_patch()
+                box = (patch or text).get_window_extent(renderer)
+                texts.append((text.get_text(), box))
+        patches += [patch.get_window_extent(renderer) for patch in ax.patches]
+    return texts, patches
+
+
+def _intersect(a, b):
+    return min(a.x1, b.x1) - max(a.x0, b.x0) > 0 and min(a.y1, b.y1) - max(a.y0, b.y0) > 0
+
+
+def assert_no_label_overlaps(fig):
+    texts, patches = _boxes(fig)
+    assert len(texts) > 2
+    for (text_a, a), (text_b, b) in itertools.combinations(texts, 2):
+        assert not _intersect(a, b), f"labels {text_a!r} and {text_b!r} overlap: {a} and {b}"
+    for text, box in texts:
+        centre = ((box.x0 + box.x1) / 2, (box.y0 + box.y1) / 2)
+        for patch in patches:
+            if not patch.contains(*centre):  # a concept id drawn inside its own box
+                assert not _intersect(box, patch), f"label {text!r} overlaps a node box"
+
+
+@pytest.mark.parametrize("children, grandchildren, seed", [(3, 4, 0), (2, 2, 1), (5, 6, 2), (6, 3, 3), (4, 8, 4)])
+def test_labels_never_overlap(children, grandchildren, seed):
+    result = _dense_graph(children, grandchildren, seed=seed)
+    fig = plot_attribution_graph(result, title="a title as long as a concept's description in a report")
+    texts, _ = _boxes(fig)
+    edges = sum(len(outgoing) for outgoing in result.connections.values())
+    assert len(texts) == 1 + len(result.nodes) * 2 + edges  # title, node labels and ids, edge labels
+    assert_no_label_overlaps(fig)
+
+
+def test_labels_never_overlap_in_given_axes():
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6, 4))
+    plot_attribution_graph(_dense_graph(4, 5), ax=fig.add_subplot(1, 2, 1))
+    plot_attribution_graph(RESULT, ax=fig.add_subplot(1, 2, 2))
+    assert_no_label_overlaps(fig)
 
 
 def test_drawing_labels_nodes_and_edges():

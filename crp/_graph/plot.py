@@ -3,10 +3,11 @@
 :func:`plot_attribution_graph` lays the result of :class:`crp.graph.AttributionGraph` out level by
 level, the decomposed concept on top, and draws each concept as a box (optionally with a reference image,
 e.g. from :func:`collect_reference_images` and a FeatureVisualization) and each edge with a width and label
-given by its relevance share. It writes PNG, SVG or PDF without a system graphviz. matplotlib is imported
-only when drawing.
+given by its relevance share; no two labels overlap. It writes PNG, SVG or PDF without a system graphviz.
+matplotlib is imported only when drawing.
 """
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -29,13 +30,36 @@ ReferenceImages = Union[Mapping[Node, Any], Callable[[str, int], Any]]
 #: File suffixes :func:`plot_attribution_graph` can write.
 SAVE_FORMATS = (".png", ".svg", ".pdf")
 
-_CELL = 1.0  # side of a node box, in data units
-_DX, _DY = 1.45, 2.1  # distance between neighbouring nodes and between levels
+_CELL = 1.0  # side of a node box, in data units (inches in a figure of plot_attribution_graph's own)
+_DX = 1.45  # least distance between neighbouring nodes
+_BAND = 0.6  # least height of the band between two levels, where the edges run and their labels sit
+_FONT = 7  # points, of node and edge labels
+_LABEL_PAD = 0.15  # padding of the edge labels' boxes, in units of the font size
+_GAP = 0.05  # least space between two labels (inches in a figure of its own)
 _POSITIVE, _NEGATIVE = "#c0392b", "#2e6fba"
+_TITLE_SPACE = 0.4  # inches above the axes for the title
+
+
+@dataclass
+class _Layout:
+    """Where everything goes: node centres, edge ends, edge-label centres and sizes, the extent of the drawing."""
+
+    positions: Dict[Node, Tuple[float, float]]
+    edges: List[Tuple[Node, Tuple[str, int, float]]]
+    tails: List[Tuple[float, float]]
+    heads: List[Tuple[float, float]]
+    labels: List[Tuple[float, float]]
+    label_size: List[Tuple[float, float]]
+    extent: Tuple[float, float, float, float]  # x0, x1, y0, y1 of all nodes and labels
 
 
 def layout_attribution_graph(result: "attrGraphResult") -> Dict[Node, Tuple[float, float]]:
     """Place every node of an attribution graph: one row per level, the decomposed concept on top.
+
+    The levels are the longest paths from the first node, so that every edge points down; the rows are centred
+    around ``x = 0``. Neighbours are at least 1.45 apart (more where their labels are wider), and the bands
+    between two levels are high enough that the labels of the edges crossing them do not overlap (see
+    :func:`plot_attribution_graph`).
 
     Parameters
     ----------
@@ -45,15 +69,10 @@ def layout_attribution_graph(result: "attrGraphResult") -> Dict[Node, Tuple[floa
     Returns
     -------
     dict of (str, int) to (float, float)
-        The centre of every node; level ``i`` lies at ``y = -i * 2.1``, its nodes centred around ``x = 0``,
-        1.45 apart, in the order of ``result.nodes``.
+        The centre of every node, in the units of :func:`plot_attribution_graph`'s figure (inches).
     """
-    levels = _levels(_check_result(result))
-    positions = {}
-    for depth, row in enumerate(levels):
-        for k, node in enumerate(row):
-            positions[node] = ((k - (len(row) - 1) / 2) * _DX, -depth * _DY)
-    return positions
+    result = _check_result(result)
+    return _layout(result, _default_format(_shares(result)), 1.0).positions
 
 
 def plot_attribution_graph(
@@ -62,6 +81,11 @@ def plot_attribution_graph(
     share_format: Optional[str] = None, dpi: int = 150,
 ) -> "Figure":
     """Draw an attribution graph and optionally save it.
+
+    The layout (:func:`layout_attribution_graph`) leaves room for every label: neighbours are spaced by their
+    labels' width, and each edge label takes a free row of the band between two levels, as close to the middle
+    of its edge as it can (a band gets more rows where needed), so no two labels overlap. Drawn into given
+    ``ax`` smaller than the graph's own figure, the labels shrink with the graph.
 
     Parameters
     ----------
@@ -92,17 +116,19 @@ def plot_attribution_graph(
     if path is not None:
         path = _check_path(path)
         _check_dpi(dpi)
-    positions = layout_attribution_graph(result)
-    edges = [(parent, edge) for parent, outgoing in result.connections.items() for edge in outgoing]
-    share_format = share_format or _default_format([edge[2] for _, edge in edges])
-    fig, ax = _axes(ax, positions)
-    largest = max((abs(edge[2]) for _, edge in edges), default=0.0) or 1.0
-    for parent, (layer, concept, share) in edges:
-        _draw_edge(ax, positions[parent], positions[(layer, concept)], share=share, largest=largest,
-                   share_format=share_format)
-    for node, (x, y) in positions.items():
-        _draw_node(ax, node, x, y, _reference_for(reference_images, node))
-    _frame(ax, positions, title)
+    share_format = share_format or _default_format(_shares(result))
+    if ax is None:
+        layout, scale = _layout(result, share_format, 1.0), 1.0
+        fig, ax = _own_axes(layout.extent)
+    else:
+        fig, (layout, scale) = ax.figure, _fit_to_axes(ax, result, share_format)
+    largest = max((abs(edge[2]) for _, edge in layout.edges), default=0.0) or 1.0
+    for (_, edge), tail, head, label in zip(layout.edges, layout.tails, layout.heads, layout.labels):
+        _draw_edge(ax, tail, head, label, share=edge[2], largest=largest, share_format=share_format,
+                   fontsize=_FONT * scale)
+    for node, (x, y) in layout.positions.items():
+        _draw_node(ax, node, x, y, _reference_for(reference_images, node), fontsize=_FONT * scale)
+    _frame(ax, layout.extent, title)
     if path is not None:
         _save_atomic(fig, path, dpi)
     return fig
@@ -146,22 +172,130 @@ def collect_reference_images(
 
 
 def _levels(result: "attrGraphResult") -> List[List[Node]]:
-    """Nodes by breadth-first depth from the first node; nodes not reached go to the last level."""
-    root = tuple(result.nodes[0])
-    depth, frontier = {root: 0}, [root]
-    while frontier:
-        found = []
-        for node in frontier:
-            for layer, concept, _ in result.connections.get(node, ()):
-                if (layer, concept) not in depth:
-                    depth[(layer, concept)] = depth[node] + 1
-                    found.append((layer, concept))
-        frontier = found
+    """Nodes by their longest path from the first node, so that every edge points down.
+
+    Nodes not reached go to the last level. A cycle (not possible in a model's graph) stops the depths at the
+    number of nodes.
+    """
+    nodes = list(dict.fromkeys(tuple(n) for n in result.nodes))
+    depth = {nodes[0]: 0}
+    for _ in range(len(nodes)):
+        changed = False
+        for parent, outgoing in result.connections.items():
+            start = depth.get(tuple(parent))
+            if start is None:
+                continue
+            for layer, concept, _ in outgoing:
+                if depth.get((layer, concept), -1) < start + 1 < len(nodes):
+                    depth[(layer, concept)] = start + 1
+                    changed = True
+        if not changed:
+            break
     last = max(depth.values()) + 1
     levels: Dict[int, List[Node]] = {}
-    for node in dict.fromkeys(tuple(n) for n in result.nodes):
+    for node in nodes:
         levels.setdefault(depth.get(node, last), []).append(node)
     return [levels[d] for d in sorted(levels)]
+
+
+def _layout(result: "attrGraphResult", share_format: str, unit: float) -> _Layout:
+    """Lay out nodes and edge labels for labels drawn at :data:`_FONT` points, ``unit`` inches per data unit.
+
+    The edge labels sit in rows of the bands between levels. Each label takes the free row closest to the middle
+    of its edge; where none is free, the band gets one more row and everything is placed again. A band with as
+    many rows as edges crossing it always has a free row, so the labels never overlap.
+    """
+    levels = _levels(result)
+    level_of = {node: k for k, row in enumerate(levels) for node in row}
+    edges = [(tuple(parent), edge) for parent, outgoing in result.connections.items() for edge in outgoing]
+    for parent, (layer, concept, _) in edges:
+        if (layer, concept) not in level_of or parent not in level_of:
+            raise ValueError(f"result has an edge {parent} -> {(layer, concept)} to a node that is not in "
+                             f"result.nodes; list every node of the connections in nodes.")
+    measure = _TextMeasure(unit)
+    node_w, node_h = map(max, zip(*(measure(f"{layer}\n#{concept}") for layer, concept in level_of)))
+    pad = 2 * _LABEL_PAD * _FONT / 72 / unit
+    sizes = [(w + pad, h + pad) for w, h in (measure(share_format.format(edge[2])) for _, edge in edges)]
+    dx = max(_DX, node_w + 2 * _GAP, max((w for w, _ in sizes), default=0.0) + 2 * _GAP)
+    pitch = max((h for _, h in sizes), default=0.0) + _GAP
+    crossing = [sum(level_of[p] <= k < level_of[(e[0], e[1])] for p, e in edges) for k in range(len(levels))]
+    rows = [min(count, max(1, int((_BAND - 2 * _GAP) // pitch))) for count in crossing]
+    positions: Dict[Node, Tuple[float, float]] = {}
+    while True:
+        tops, tails, bands = _level_heights(levels, rows, pitch, 0.08 + node_h)
+        for depth, row in enumerate(levels):
+            for k, node in enumerate(row):
+                positions[node] = ((k - (len(row) - 1) / 2) * dx, tops[depth] - _CELL / 2)
+        ends = [((positions[p][0], tails[level_of[p]]), (positions[(e[0], e[1])][0], tops[level_of[(e[0], e[1])]]
+                                                         + 0.06)) for p, e in edges]
+        placed, full = _place_labels(ends, [(level_of[p], level_of[(e[0], e[1])]) for p, e in edges], sizes, bands)
+        if full is None:
+            break
+        rows[full] += 1
+    return _Layout(positions, edges, [tail for tail, _ in ends], [head for _, head in ends], placed, sizes,
+                   _extent(positions, placed, sizes, node_w, 0.08 + node_h))
+
+
+def _level_heights(levels: List[List[Node]], rows: List[int], pitch: float, drop: float):
+    """Return the top of every level's boxes, the y where its edges start, and the label rows of every band."""
+    tops, tails, bands = [_CELL / 2], [], []
+    for depth in range(len(levels)):
+        tails.append(tops[depth] - _CELL - drop - 0.03)
+        height = max(_BAND, rows[depth] * pitch + 2 * _GAP)
+        step = (height - 2 * _GAP) / max(rows[depth], 1)
+        bands.append([tails[depth] - _GAP - (r + 0.5) * step for r in range(rows[depth])])
+        tops.append(tails[depth] - height - 0.06)
+    return tops, tails, bands
+
+
+def _place_labels(ends, spans, sizes, bands) -> Tuple[List[Tuple[float, float]], Optional[int]]:
+    """Centre of every edge label, or the band that lacked a free row for one of them."""
+    placed: List[Tuple[float, float]] = []
+    for ((x0, y0), (x1, y1)), (first, last), (w, h) in zip(ends, spans, sizes):
+        if last <= first:  # an edge that does not point down (only in a cycle): its middle
+            placed.append(((x0 + x1) / 2, (y0 + y1) / 2))
+            continue
+        candidates = []
+        for band, y in ((k, y) for k in range(first, last) for y in bands[k]):
+            t = (y0 - y) / (y0 - y1)
+            candidates.append((abs(t - 0.5), band, x0 + t * (x1 - x0), y))
+        free = [(x, y) for _, _, x, y in sorted(candidates) if not any(
+            _overlap((x, y, w, h), (px, py, *size)) for (px, py), size in zip(placed, sizes))]
+        if not free:
+            return placed, min(range(first, last), key=lambda k: len(bands[k]))
+        placed.append(free[0])
+    return placed, None
+
+
+def _overlap(a: Tuple[float, float, float, float], b: Tuple[float, float, float, float]) -> bool:
+    """Whether two boxes ``(x, y, width, height)`` (centred) come closer than :data:`_GAP`."""
+    return abs(a[0] - b[0]) < (a[2] + b[2]) / 2 + _GAP and abs(a[1] - b[1]) < (a[3] + b[3]) / 2 + _GAP
+
+
+def _extent(positions, labels, sizes, node_w: float, drop: float) -> Tuple[float, float, float, float]:
+    """x0, x1, y0, y1 holding every box, node label and edge label, with a margin."""
+    half = max(_CELL, node_w) / 2 + 0.1
+    xs = [x - half for x, _ in positions.values()] + [x + half for x, _ in positions.values()]
+    xs += [x + sign * w / 2 for (x, _), (w, _) in zip(labels, sizes) for sign in (-1, 1)]
+    ys = [y - _CELL / 2 - drop for _, y in positions.values()] + [y + _CELL / 2 for _, y in positions.values()]
+    return min(xs) - 0.1, max(xs) + 0.1, min(ys) - 0.1, max(ys) + 0.15
+
+
+class _TextMeasure:
+    """Size of a label at :data:`_FONT` points in data units of ``unit`` inches, from matplotlib's Agg renderer."""
+
+    def __init__(self, unit: float) -> None:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+
+        self.unit, self.figure = unit, Figure(dpi=72)
+        self.renderer = FigureCanvasAgg(self.figure).get_renderer()
+
+    def __call__(self, text: str) -> Tuple[float, float]:
+        artist = self.figure.text(0, 0, text, fontsize=_FONT, ha="center", va="center")
+        box = artist.get_window_extent(renderer=self.renderer)
+        artist.remove()
+        return float(box.width) / 72 / self.unit, float(box.height) / 72 / self.unit
 
 
 def _check_result(result: Any) -> "attrGraphResult":
@@ -187,6 +321,10 @@ def _check_path(path: Union[str, os.PathLike]) -> Path:
     return path
 
 
+def _shares(result: "attrGraphResult") -> List[float]:
+    return [edge[2] for outgoing in result.connections.values() for edge in outgoing]
+
+
 def _default_format(shares: Sequence[float]) -> str:
     return "{:.1%}" if all(-1.0 <= s <= 1.0 for s in shares) else "{:.3g}"
 
@@ -195,20 +333,29 @@ def _default_format(shares: Sequence[float]) -> str:
 # drawing
 
 
-def _axes(ax: Optional["Axes"], positions: Dict[Node, Tuple[float, float]]):
-    if ax is not None:
-        return ax.figure, ax
+def _own_axes(extent: Tuple[float, float, float, float]):
+    """Return a figure of one inch per data unit holding ``extent``, with room for a title above, and its axes."""
     from matplotlib.figure import Figure
 
-    xs = [x for x, _ in positions.values()]
-    ys = [y for _, y in positions.values()]
-    width = max(4.0, (max(xs) - min(xs) + 2 * _DX) * 1.1)
-    height = max(3.0, (max(ys) - min(ys) + _DY) * 1.1)
-    fig = Figure(figsize=(width, height))
-    return fig, fig.add_subplot()
+    width, height = extent[1] - extent[0], extent[3] - extent[2]
+    fig = Figure(figsize=(width, height + _TITLE_SPACE))
+    return fig, fig.add_axes((0.0, 0.0, 1.0, height / (height + _TITLE_SPACE)))
 
 
-def _draw_node(ax: "Axes", node: Node, x: float, y: float, image: Any) -> None:
+def _fit_to_axes(ax: "Axes", result: "attrGraphResult", share_format: str) -> Tuple[_Layout, float]:
+    """Lay the graph out as for a figure of its own; return the layout and the factor its labels' font is scaled by.
+
+    In axes smaller than that figure the labels shrink with everything else, so they still do not overlap.
+    """
+    layout = _layout(result, share_format, 1.0)
+    _frame(ax, layout.extent, None)
+    ax.apply_aspect()
+    (x0, _), (x1, _) = ax.transData.transform([(0.0, 0.0), (1.0, 0.0)])
+    inches = abs(x1 - x0) / ax.figure.dpi
+    return layout, min(1.0, inches) if inches > 0 else 1.0
+
+
+def _draw_node(ax: "Axes", node: Node, x: float, y: float, image: Any, *, fontsize: float) -> None:
     from matplotlib.patches import FancyBboxPatch
 
     half = _CELL / 2
@@ -217,33 +364,29 @@ def _draw_node(ax: "Axes", node: Node, x: float, y: float, image: Any) -> None:
     ax.add_patch(box)
     layer, concept = node
     if image is None:
-        ax.text(x, y, f"{concept}", ha="center", va="center", fontsize=14, fontweight="bold", zorder=3)
+        ax.text(x, y, f"{concept}", ha="center", va="center", fontsize=2 * fontsize, fontweight="bold",
+                zorder=3)
     else:
         array = _as_image(image, node)
         left, right, bottom, top = _fit(array.shape[1], array.shape[0], x, y, _CELL * 0.92)
         cmap, limits = _colormap(array)
         ax.imshow(array, extent=(left, right, bottom, top), cmap=cmap, vmin=limits[0], vmax=limits[1],
                   interpolation="nearest", zorder=3)
-    ax.text(x, y - half - 0.08, f"{layer}\n#{concept}", ha="center", va="top", fontsize=7, zorder=3)
+    ax.text(x, y - half - 0.08, f"{layer}\n#{concept}", ha="center", va="top", fontsize=fontsize, zorder=3)
 
 
-def _draw_edge(ax: "Axes", start: Tuple[float, float], end: Tuple[float, float], *, share: float, largest: float,
-               share_format: str) -> None:
-    tail = (start[0], start[1] - _CELL / 2 - 0.42)  # below the parent's label
-    head = (end[0], end[1] + _CELL / 2 + 0.06)
+def _draw_edge(ax: "Axes", tail: Tuple[float, float], head: Tuple[float, float], label: Tuple[float, float], *,
+               share: float, largest: float, share_format: str, fontsize: float) -> None:
     color = _POSITIVE if share >= 0 else _NEGATIVE
     ax.annotate("", xy=head, xytext=tail, zorder=1, arrowprops=dict(
         arrowstyle="-|>", color=color, linewidth=0.6 + 3.4 * abs(share) / largest, shrinkA=0, shrinkB=0))
-    mid = (tail[0] + 0.7 * (head[0] - tail[0]), tail[1] + 0.7 * (head[1] - tail[1]))
-    ax.text(mid[0], mid[1], share_format.format(share), ha="center", va="center", fontsize=7, color=color,
-            zorder=4, bbox=dict(boxstyle="round,pad=0.15", facecolor="white", edgecolor="none", alpha=0.85))
+    ax.text(label[0], label[1], share_format.format(share), ha="center", va="center", fontsize=fontsize, color=color,
+            zorder=4, bbox=dict(boxstyle=f"round,pad={_LABEL_PAD}", facecolor="white", edgecolor="none", alpha=0.85))
 
 
-def _frame(ax: "Axes", positions: Dict[Node, Tuple[float, float]], title: Optional[str]) -> None:
-    xs = [x for x, _ in positions.values()]
-    ys = [y for _, y in positions.values()]
-    ax.set_xlim(min(xs) - _DX / 2 - 0.2, max(xs) + _DX / 2 + 0.2)
-    ax.set_ylim(min(ys) - _CELL / 2 - 0.6, max(ys) + _CELL / 2 + 0.2)
+def _frame(ax: "Axes", extent: Tuple[float, float, float, float], title: Optional[str]) -> None:
+    ax.set_xlim(extent[0], extent[1])
+    ax.set_ylim(extent[2], extent[3])
     ax.set_aspect("equal")
     ax.axis("off")
     if title:

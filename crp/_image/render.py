@@ -24,7 +24,7 @@ from crp._utils.checks import check_int, check_kind, check_number, check_positiv
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-__all__ = ["get_crop_range", "crop_box", "imgify", "plot_grid", "vis_img_heatmap", "vis_opaque_img"]
+__all__ = ["get_crop_range", "crop_box", "imgify", "pad_to_common", "plot_grid", "vis_img_heatmap", "vis_opaque_img"]
 
 ArrayLike = Union[torch.Tensor, np.ndarray]
 #: ``(row_start, row_stop, col_start, col_stop)``, half-open: ``array[..., r0:r1, c0:c1]`` is the crop.
@@ -223,6 +223,36 @@ def imgify(  # noqa: PLR0917 - zennit-crp's signature, all positional
     if padding:
         result = _pad_square(result)
     return result
+
+
+def pad_to_common(images: Sequence[Image.Image], size: tuple[int, int] | None = None,
+                  fill: tuple[int, int, int] = (224, 224, 224)) -> list[Image.Image]:
+    """Centre every image on a canvas of one common size, never scaling it (receptive-field crops of one concept).
+
+    Parameters
+    ----------
+    images : sequence of PIL.Image.Image
+        Images of any sizes and modes (converted to RGB).
+    size : (int, int), optional
+        ``(width, height)`` of the canvas; default the largest width and the largest height among ``images``.
+    fill : (int, int, int), optional
+        RGB colour of the padding; the default light grey differs from the white of zero relevance.
+
+    Returns
+    -------
+    list of PIL.Image.Image
+        RGB images of ``size``; an image larger than ``size`` is cut to it around its centre.
+    """
+    pictures = [check_type(image, Image.Image, name="images", expected="a sequence of PIL images").convert("RGB")
+                for image in images]
+    if size is None:
+        size = (max((p.size[0] for p in pictures), default=1), max((p.size[1] for p in pictures), default=1))
+    padded = []
+    for picture in pictures:
+        canvas = Image.new("RGB", size, fill)
+        canvas.paste(picture, ((size[0] - picture.size[0]) // 2, (size[1] - picture.size[1]) // 2))
+        padded.append(canvas)
+    return padded
 
 
 def crop_box(heatmap: torch.Tensor, crop_th: float) -> CropBox:

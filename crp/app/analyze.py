@@ -782,11 +782,17 @@ def _write_summary(output: OutputFolder, result: AnalysisResult) -> None:
 
 
 def _assemble(result: AnalysisResult, setup: AnalysisSetup, samples: List[Any], graph: Tuple[Any, Any], flipping):
-    from crp.app.concept_report import add_flipping_section, add_graph_section, add_sample_section
+    from crp.app.concept_report import add_flipping_section, add_graph_section, add_reading_guide, add_sample_section
     from crp.app.report import Report
 
     report = Report("CRP concept report", lead=f"{result.model}; {result.data}; {result.composite}.")
-    report.section("Summary").preformatted(format_analysis_summary(result))
+    report.section("Summary")
+    report.table(_analysis_summary_rows(result), css_class="summary")
+    report.table([(str(rank), str(sample["index"]), sample["label"], sample["prediction"], layer,
+                   ", ".join(f"#{c} {100 * v:.1f}%" for c, v in zip(found["concepts"], found["shares"])))
+                  for rank, sample in enumerate(result.samples, start=1) for layer, found in sample["layers"].items()],
+                 header=["sample", "item", "class", "predicted", "layer", "top concepts (share of relevance)"])
+    add_reading_guide(report)
     for rank, sample in enumerate(samples, start=1):
         add_sample_section(report, f"Sample {rank}: {sample.title}", sample)
     layer = setup.layers[-1]
@@ -798,8 +804,26 @@ def _assemble(result: AnalysisResult, setup: AnalysisSetup, samples: List[Any], 
         add_flipping_section(report, flipping[1], flipping[0])
     report.section("Files", f"Written to {result.out_dir}; FeatureVisualization results in {result.out_dir / 'fv'} "
                             f"({result.fv_status}).")
-    report.table([(name,) for name in sorted(set(result.files))], header=["file"])
+    names = sorted(set(result.files))
+    report.table([(name,) for name in names], header=["file"], collapsed=f"{len(names)} files (click to show)")
     return report
+
+
+def _analysis_summary_rows(result: AnalysisResult) -> List[Tuple[str, str]]:
+    """Return the summary of :func:`format_analysis_summary` as (measure, value) rows, without the per-sample lines."""
+    rows = [("run", f"{len(result.files)} files written to {result.out_dir} in {result.seconds:.0f} s"),
+            ("model", f"{result.model}; {result.composite}"),
+            ("data", f"{result.data}; reference samples from {result.fv_samples} of them"
+                     f"{'' if result.fv_status == 'computed' else f' ({result.fv_status})'}")]
+    if result.graph:
+        parent = f"{result.graph[0][0]} #{result.graph[0][1]}"
+        children = ", ".join(f"{layer} #{c} {100 * s:.1f}%" for p0, p1, layer, c, s in result.graph
+                             if (p0, p1) == (result.graph[0][0], result.graph[0][1]))
+        rows.append(("graph", f"{parent} <- {children}"))
+    if result.flipping_auc:
+        aucs = ", ".join(f"{order} {auc:.3g}" for order, auc in result.flipping_auc.items())
+        rows.append(("pixel flipping", f"{aucs} (area under the logit curves; lowest for morf if faithful)"))
+    return rows
 
 
 def format_analysis_summary(result: AnalysisResult) -> str:

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from crp._image.render import pad_to_common
 from crp._utils.files import write_atomic
 from crp.app.output import FV_FOLDER, fv_state
 from crp.attribution import CondAttribution
@@ -47,7 +48,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = [
     "ConceptAnalysis", "SampleExplanation", "LayerConcepts", "ClassStatistics", "FlippingSummary",
-    "references_mosaic", "overview_figure", "statistics_figure", "flipping_figure", "heatmap_image",
+    "references_mosaic", "padded_references", "add_reading_guide", "REFERENCES_NOTE", "ReferencePictures",
+    "overview_figure", "statistics_figure", "flipping_figure", "heatmap_image",
     "input_image", "region_size_for", "fingerprint", "figure_saver", "png_saver", "add_sample_section",
     "add_references_section", "add_graph_section", "add_flipping_section", "resumable_feature_visualization",
     "fv_state", "write_sample", "sample_files", "WrittenSample", "FV_FOLDER", "FLIP_ORDERS", "FV_COMPUTED",
@@ -56,7 +58,7 @@ __all__ = [
 
 #: Orders of the pixel-flipping curves.
 FLIP_ORDERS = ("morf", "lrf", "random")
-_CELL = 72  # side of one reference image in a mosaic, in pixels
+_CELL = 128  # longer side of one reference image in a mosaic, in pixels
 
 
 @dataclass
@@ -235,22 +237,30 @@ class ConceptAnalysis:
                    count: int = 6) -> Dict[int, Tuple[List[Image.Image], List[Image.Image]]]:
         """Top ``count`` reference samples of concepts (RelMax or ActMax) and their conditional heatmaps.
 
-        Both are cropped to the receptive field of the concept's most relevant (most active) neuron.
+        Both are cropped to the receptive field of the concept's most relevant (most active) neuron. RelMax
+        heatmaps come from the full backward pass (``full_backward=True``: the concept's relevance for the
+        sample's own class, propagated from the model output); ActMax heatmaps start at the concept's activation
+        (what makes it fire, whatever the class).
         """
         from crp.image import vis_img_heatmap
 
         return self._fv().get_max_reference(list(concepts), layer, mode=mode, r_range=(0, count),
-                                            composite=self.composite(), rf=True, plot_fn=vis_img_heatmap)
+                                            composite=self.composite(), rf=True, plot_fn=vis_img_heatmap,
+                                            full_backward=mode == "relevance")
 
     def class_statistics(self, layer: str, concept: int, classes: int = 3, count: int = 4) -> ClassStatistics:
-        """Find the ``classes`` classes for which ``concept`` is most relevant, and its references within each."""
+        """Find the ``classes`` classes for which ``concept`` is most relevant, and its references within each.
+
+        The references' heatmaps come from the full backward pass for their class (``full_backward=True``).
+        """
         from crp.image import vis_img_heatmap
 
         fv = self._fv()
         found, values = fv.compute_stats(concept, layer, mode="relevance", top_N=classes, mean_N=10)
         targets = [int(t) for t in found]
         refs = fv.get_stats_reference(concept, layer, targets, mode="relevance", r_range=(0, count),
-                                      composite=self.composite(), rf=True, plot_fn=vis_img_heatmap) if targets else {}
+                                      composite=self.composite(), rf=True, plot_fn=vis_img_heatmap,
+                                      full_backward=True) if targets else {}
         by_class = {int(key.rsplit(":", 1)[1]): value for key, value in refs.items()}
         return ClassStatistics(layer, int(concept), targets, [float(v) for v in values], by_class)
 
@@ -271,7 +281,8 @@ class ConceptAnalysis:
             x, self.composite(), int(concept), layer, target=int(target), width=list(width), verbose=False)
         refs = {}
         if self.fv is not None:
-            refs = collect_reference_images(self.fv, result, self.composite(), rf=True, plot_fn=vis_opaque_img)
+            refs = collect_reference_images(self.fv, result, self.composite(), rf=True, plot_fn=vis_opaque_img,
+                                            full_backward=True)
         return result, refs
 
     def pixel_flipping(self, images: torch.Tensor, steps: int = 32, region: Optional[int] = None, *,
@@ -341,24 +352,29 @@ def _upscale(picture: Image.Image, size: Optional[int]) -> Image.Image:
                           Image.Resampling.NEAREST)
 
 
-def _fit_cell(picture: Image.Image, cell: int) -> Image.Image:
-    """Scale a picture into a ``cell x cell`` square (nearest neighbours), centred on white."""
-    picture = picture.convert("RGB")
-    factor = cell / max(picture.size)
-    size = (max(1, round(picture.size[0] * factor)), max(1, round(picture.size[1] * factor)))
-    canvas = Image.new("RGB", (cell, cell), "white")
-    canvas.paste(picture.resize(size, Image.Resampling.NEAREST), ((cell - size[0]) // 2, (cell - size[1]) // 2))
-    return canvas
+def padded_references(images: Sequence[Image.Image],
+                      heatmaps: Sequence[Image.Image]) -> Tuple[List[Image.Image], List[Image.Image]]:
+    """Centre reference crops and their heatmaps on grey canvases of one size (the largest crop), never scaled."""
+    padded = pad_to_common([*images, *heatmaps])
+    return padded[:len(images)], padded[len(images):]
 
 
 def references_mosaic(images: Sequence[Image.Image], heatmaps: Sequence[Image.Image], cell: int = _CELL,
                       gap: int = 3) -> Image.Image:
-    """Two rows: reference images (receptive-field crops) above their conditional heatmaps."""
+    """Two rows: reference images (receptive-field crops) above their conditional heatmaps.
+
+    The crops are padded to one size (:func:`padded_references`) and scaled alike (nearest neighbours) so that
+    the longer side of that size is ``cell`` pixels: one pixel of every crop has the same size in the mosaic.
+    """
+    images, heatmaps = padded_references(images, heatmaps)
+    width, height = images[0].size if images else (cell, cell)
+    factor = cell / max(width, height)
+    size = (max(1, round(width * factor)), max(1, round(height * factor)))
     columns = max(1, len(images))
-    mosaic = Image.new("RGB", (columns * (cell + gap) - gap, 2 * cell + gap), "white")
+    mosaic = Image.new("RGB", (columns * (size[0] + gap) - gap, 2 * size[1] + gap), "white")
     for column, (picture, heat) in enumerate(zip(images, heatmaps)):
-        mosaic.paste(_fit_cell(picture, cell), (column * (cell + gap), 0))
-        mosaic.paste(_fit_cell(heat, cell), (column * (cell + gap), cell + gap))
+        mosaic.paste(picture.resize(size, Image.Resampling.NEAREST), (column * (size[0] + gap), 0))
+        mosaic.paste(heat.resize(size, Image.Resampling.NEAREST), (column * (size[0] + gap), size[1] + gap))
     return mosaic
 
 
@@ -488,6 +504,11 @@ class WrittenSample:
     overviews: Dict[str, Path]
     references: Dict[str, Dict[int, Path]]
     files: List[str]
+    #: Per layer, the pictures of the report's row: the input, the heatmap, the concept heatmaps, with captions.
+    thumbnails: Dict[str, List[Tuple[Image.Image, str]]] = field(default_factory=dict)
+    #: Per layer and concept, the reference crops and their heatmaps, padded to one size.
+    reference_pictures: Dict[str, Dict[int, Tuple[List[Image.Image], List[Image.Image]]]] = field(
+        default_factory=dict)
 
 
 def sample_files(rank: int, layer: str, concepts: Sequence[int]) -> List[str]:
@@ -511,7 +532,7 @@ def write_sample(output: "OutputFolder", analysis: ConceptAnalysis, image: torch
     folder, first = f"sample_{rank + 1}", len(output.written)
     output.write(f"{folder}/input.png", png_saver(input_image(image, size)))
     output.write(f"{folder}/heatmap.png", png_saver(heatmap_image(explanation.heatmap, size)))
-    overviews, mosaics = {}, {}
+    overviews, mosaics, thumbnails, pictures = {}, {}, {}, {}
     for layer in layers:
         found = explanation.layers[layer]
         names = sample_files(rank, layer, found.concepts)
@@ -521,40 +542,84 @@ def write_sample(output: "OutputFolder", analysis: ConceptAnalysis, image: torch
         refs = analysis.references(layer, found.concepts, "relevance", references) if analysis.fv else {}
         mosaics[layer] = {c: output.write(name, png_saver(references_mosaic(*refs[c])))
                           for name, c in zip(names[count:2 * count], found.concepts) if c in refs}
+        pictures[layer] = {c: padded_references(*refs[c]) for c in found.concepts if c in refs}
         mark = highlight if layer == layers[0] else None
+        thumbnails[layer] = _row_pictures(image, explanation, layer, analysis.class_name(explanation.prediction),
+                                          highlight=mark, highlight_label=highlight_label)
         figure = overview_figure(image, explanation, layer, title=title, highlight=mark,
                                  highlight_label=highlight_label)
         overviews[layer] = output.write(names[-1], figure_saver(figure))
-    return WrittenSample(int(index), int(label), title, explanation, overviews, mosaics, output.written[first:])
+    return WrittenSample(int(index), int(label), title, explanation, overviews, mosaics, output.written[first:],
+                         thumbnails, pictures)
+
+
+def _row_pictures(image: torch.Tensor, explanation: SampleExplanation, layer: str, predicted: str, *,
+                  highlight: Optional[int], highlight_label: str) -> List[Tuple[Image.Image, str]]:
+    """Return the input, the heatmap of the prediction and the concept heatmaps of ``layer``, with captions."""
+    found = explanation.layers[layer]
+    row = [(input_image(image), "input"), (heatmap_image(explanation.heatmap), f"heatmap for {predicted!r}")]
+    for concept, share, heat in zip(found.concepts, found.shares, found.heatmaps):
+        mark = f" ({highlight_label})" if concept == highlight and highlight_label else ""
+        row.append((heatmap_image(heat), f"{layer} #{concept}{mark}: {100 * share:.1f}% of the relevance"))
+    return row
 
 
 # ----------------------------------------------------------------------------------------------------------
 # report sections
 
 
+#: A reference row: the receptive-field crops and their heatmaps (padded to one size, see :func:`padded_references`).
+ReferencePictures = Tuple[Sequence[Image.Image], Sequence[Image.Image]]
+
+#: How the report's reference samples and their heatmaps are made (:func:`add_reading_guide`).
+REFERENCES_NOTE = (
+    "Reference samples are the images in which a concept is most relevant (Relevance Maximization, RelMax) or most "
+    "active (Activation Maximization, ActMax), cropped to the receptive field of the concept's most relevant (most "
+    "active) neuron; the crops of one concept are padded with grey to one size, so they are shown at one scale. "
+    "Under each RelMax reference is its heatmap from the full backward pass (get_max_reference(..., "
+    "full_backward=True)): the concept's relevance for the sample's own class, propagated from the model output "
+    "through the concept down to the pixels. zennit-crp starts these heatmaps at the concept's activation in its "
+    "layer instead, which ignores how the layers above use the concept: where that activation is negative (e.g. a "
+    "convolution whose sign a batch normalization flips), a concept that is positively relevant for the class is "
+    "drawn all blue. ActMax references start at the activation, as they show what makes the concept fire, "
+    "whatever the class."
+)
+
+
+def add_reading_guide(report: "Report") -> None:
+    """Add a section on how to read the pictures: the heatmaps' colour legend and how references are made."""
+    report.section("How to read the pictures")
+    report.legend()
+    report.text(REFERENCES_NOTE)
+
+
 def add_sample_section(report: "Report", heading: str, sample: WrittenSample, text: Optional[str] = None) -> None:
-    """Add a sample: per layer its overview row, and for each top concept its RelMax references."""
+    """Add a sample: per layer its input, heatmap and concept heatmaps, and each top concept's RelMax references."""
     report.section(heading, text)
-    for layer, overview in sample.overviews.items():
-        report.images([overview], wide=True)
+    for layer, row in sample.thumbnails.items():
+        report.thumbnails([picture for picture, _ in row], [caption for _, caption in row])
         found = sample.explanation.layers[layer]
         for concept, share in zip(found.concepts, found.shares):
-            mosaic = sample.references.get(layer, {}).get(concept)
-            if mosaic is not None:
-                report.images([mosaic], [f"{layer} #{concept} ({100 * share:.1f}% of the relevance): top reference "
-                                         f"samples by relevance, cropped to the receptive field, above their "
-                                         f"conditional heatmaps"])
+            pictures = sample.reference_pictures.get(layer, {}).get(concept)
+            if pictures is not None:
+                report.references(*pictures, f"{layer} #{concept} ({100 * share:.1f}% of the relevance): top "
+                                             f"reference samples by relevance (RelMax), above their heatmaps from "
+                                             f"the full backward pass")
 
 
-def add_references_section(report: "Report", layer: str, concept: int, *, relmax: Any, actmax: Any,
-                           stats_png: Any = None, stats_refs: Sequence[Tuple[str, Any]] = ()) -> None:
+def add_references_section(report: "Report", layer: str, concept: int, *, relmax: ReferencePictures,
+                           actmax: ReferencePictures, stats_png: Any = None,
+                           stats_refs: Sequence[Tuple[str, ReferencePictures]] = ()) -> None:
     """RelMax and ActMax references of one concept, and its per-class statistics with their references."""
-    report.images([relmax, actmax], [f"{layer} #{concept}: Relevance Maximization",
-                                     f"{layer} #{concept}: Activation Maximization"])
+    report.references(*relmax, f"{layer} #{concept}: Relevance Maximization, heatmaps from the full backward pass "
+                               f"for each sample's class")
+    report.references(*actmax, f"{layer} #{concept}: Activation Maximization, heatmaps from the concept's "
+                               f"activation")
     if stats_png is not None:
         report.images([stats_png], [f"{layer} #{concept}: classes with the largest mean relevance"], wide=True)
-    if stats_refs:
-        report.images([png for _, png in stats_refs], [caption for caption, _ in stats_refs])
+    for caption, pictures in stats_refs:
+        report.references(*pictures, f"{layer} #{concept}: {caption}, heatmaps from the full backward pass for "
+                                     f"that class")
 
 
 def add_graph_section(report: "Report", graph_png: Any, result: "attrGraphResult", text: str) -> None:

@@ -40,6 +40,7 @@ from crp.app.concept_report import (
     WrittenSample,
     add_flipping_section,
     add_graph_section,
+    add_reading_guide,
     add_references_section,
     add_sample_section,
     figure_saver,
@@ -47,6 +48,7 @@ from crp.app.concept_report import (
     flipping_figure,
     heatmap_image,
     input_image,
+    padded_references,
     png_saver,
     references_mosaic,
     resumable_feature_visualization,
@@ -387,6 +389,7 @@ class _Run:
                                         class_names=self.names)
         self.fv_status = FV_COMPUTED
         self.start = start
+        self.artifact_pictures: Tuple[List[Any], List[Any]] = ([], [])
 
     def feature_visualization(self, fresh: bool = False) -> None:
         """Run it, or reuse (or continue) the results an earlier run of the same model left in the output folder."""
@@ -401,6 +404,9 @@ class _Run:
         finding, marked, maps = _find_artifact_channel(self.analysis.attribution, self.layer, channels,
                                                        self.info.settings, quick)
         self.output.write("artifact_channel.png", figure_saver(_artifact_figure(marked, maps, finding)))
+        count = min(len(marked), 8)
+        self.artifact_pictures = ([input_image(image) for image in marked[:count]],
+                                  [heatmap_image(heat) for heat in maps[:count]])
         return finding
 
     def explain_sample(self, index: int, rank: int, artifact: ArtifactFinding) -> WrittenSample:
@@ -419,17 +425,18 @@ class _Run:
         relmax = analysis.references(self.layer, [channel], "relevance", count)[channel]
         actmax = analysis.references(self.layer, [channel], "activation", count)[channel]
         stats = analysis.class_statistics(self.layer, channel, self.demo.stats_classes, count)
-        classes: List[Tuple[str, Path]] = []
+        classes: List[Tuple[str, Any]] = []
+        write(files[1], png_saver(references_mosaic(*relmax)))
+        write(files[2], png_saver(references_mosaic(*actmax)))
         pictures: Dict[str, Any] = {
-            "relmax": write(files[1], png_saver(references_mosaic(*relmax))),
-            "actmax": write(files[2], png_saver(references_mosaic(*actmax))),
+            "relmax": padded_references(*relmax), "actmax": padded_references(*actmax),
             "stats": write(files[3], figure_saver(statistics_figure(stats, analysis.class_name))),
-            "classes": classes,
+            "classes": classes, "artifact": self.artifact_pictures,
         }
         for target in stats.classes:
-            path = write(f"references/{channel}_class_{target}.png", png_saver(references_mosaic(
-                *stats.references[target])))
-            classes.append((f"references among the images of class {self.names[target]!r}", path))
+            write(f"references/{channel}_class_{target}.png", png_saver(references_mosaic(*stats.references[target])))
+            classes.append((f"references among the images of class {self.names[target]!r}",
+                            padded_references(*stats.references[target])))
         pictures["statistics"] = [(self.names[t], v) for t, v in zip(stats.classes, stats.values)]
         return pictures
 
@@ -641,7 +648,12 @@ def _report(result: DemoResult, pictures: Dict[str, Any], explained: List[Writte
     report = Report("CRP demo: a shortcut found by concepts",
                     lead="Concept Relevance Propagation explains a small CNN trained on toy shapes whose training "
                          "images of 'cross' carry a magenta corner mark.")
-    report.section("Summary").preformatted(format_summary(result))
+    report.section("Summary")
+    report.table(_summary_rows(result), css_class="summary")
+    report.table(_sample_rows(result), header=["sample", "test image", "class", "mark", "predicted",
+                                               f"top channels of {result.layer} (share of relevance)",
+                                               f"mark channel #{art.channel}"])
+    add_reading_guide(report)
     report.section("The model and its shortcut",
                    "The validation split is drawn like the training split, so the shortcut goes unnoticed there; "
                    "on the test split the mark is painted on any shape.")
@@ -660,7 +672,10 @@ def _report(result: DemoResult, pictures: Dict[str, Any], explained: List[Writte
         f"show what it detects; its Relevance Maximization references what it is used for; among the images of "
         f"one class, its references show whether it drives that class through the mark.",
     )
-    report.images([result.out_dir / "artifact_channel.png"], wide=True)
+    marked, maps = pictures["artifact"]
+    report.references(marked, maps, f"{art.layer} #{art.channel}, the channel that responds most to the mark: images "
+                                    f"of other shapes with the mark, above the channel's relevance for "
+                                    f"{art.class_name!r}")
     add_references_section(report, art.layer, art.channel, relmax=pictures["relmax"], actmax=pictures["actmax"],
                            stats_png=pictures["stats"], stats_refs=pictures["classes"])
     for rank, sample in enumerate(explained, start=1):
@@ -673,5 +688,47 @@ def _report(result: DemoResult, pictures: Dict[str, Any], explained: List[Writte
     add_flipping_section(report, flipping[1], flipping[0])
     report.section("Files", f"Written to {result.out_dir}; FeatureVisualization results in "
                             f"{result.out_dir / FV_FOLDER} ({result.fv_status}).")
-    report.table([(name,) for name in sorted(set(result.files))], header=["file"])
+    names = sorted(set(result.files))
+    report.table([(name,) for name in names], header=["file"], collapsed=f"{len(names)} files (click to show)")
     return report
+
+
+def _summary_rows(result: DemoResult) -> List[Tuple[str, str]]:
+    """Return the summary of :func:`format_summary` as (measure, value) rows, without the per-sample lines."""
+    info, art = result.info, result.artifact
+    name = repr(art.class_name)
+    source = f"loaded from {info.cache_file}" if info.from_cache else \
+        f"trained in {info.train_seconds:.0f} s, cached in {info.cache_file}"
+    rows = [
+        ("run", f"{len(result.files)} files written to {result.out_dir} in {result.seconds:.0f} s"),
+        ("model", f"ShapesNet, {source}"),
+        ("validation accuracy", f"{_percent(info.validation_accuracy)} (held-out images drawn like the training "
+                                f"images)"),
+        ("test accuracy", f"{_percent(info.test_accuracy)} (the mark on any shape): "
+                          f"{_percent(info.accuracy_without_artifact)} without the mark, "
+                          f"{_percent(info.accuracy_with_artifact)} with it"),
+        ("shortcut", f"{_percent(info.shortcut_rate_with_artifact)} of the other shapes with the mark are called "
+                     f"{name} ({_percent(info.shortcut_rate_without_artifact)} without it); the mark moves their "
+                     f"{name} output from {art.logit_without_artifact:.2f} to {art.logit_with_artifact:.2f}"),
+        ("heatmaps", f"{_percent(art.heatmap_on_patch)} of the positive relevance for {name} lies on the mark "
+                     f"({_percent(art.patch_area)} of the pixels)"),
+        ("mark channel", f"{art.layer} #{art.channel}: activation {art.response:+.2f} sd with the mark (next: "
+                         f"{', '.join(f'#{c} {r:+.2f}' for c, r in art.ranking[1:])}); it carries "
+                         f"{_percent(art.patch_part)} of the {name} relevance on the mark; its share of all {name} "
+                         f"relevance: {_percent(art.share_with_artifact)} with the mark, "
+                         f"{_percent(art.share_without_artifact)} without"),
+    ]
+    if result.artifact_classes:
+        rows.append(("mark channel per class", ", ".join(f"{n} {v:.3f}" for n, v in result.artifact_classes)
+                     + " (mean relevance)"))
+    if result.flipping_auc:
+        rows.append(("pixel flipping", ", ".join(f"{order} {auc:.2f}" for order, auc in result.flipping_auc.items())
+                     + " (area under the logit curves; lowest for morf if faithful)"))
+    return rows
+
+
+def _sample_rows(result: DemoResult) -> List[Tuple[str, ...]]:
+    """One row per explained test image: its class, mark, prediction, top channels and the mark channel's share."""
+    return [(str(rank), f"#{s.index}", s.label, "yes" if s.has_artifact else "no", s.prediction,
+             ", ".join(f"#{c} {_percent(v)}" for c, v in zip(s.concepts, s.shares)), _percent(s.artifact_share))
+            for rank, s in enumerate(result.samples, start=1)]
