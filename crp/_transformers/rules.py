@@ -1,0 +1,334 @@
+"""AttnLRP rules for the operations of a transformer that zennit has no rule for, in zennit's convention.
+
+In zennit's convention the gradient that arrives at a tensor is its relevance. Each rule is a
+:class:`torch.autograd.Function` whose forward computes the usual value and whose backward turns the relevance
+``R`` of its output ``y`` into the relevance of its inputs, following Achtibat et al., "AttnLRP:
+Attention-Aware Layer-Wise Relevance Propagation for Transformers" (ICML 2024, Sec. 3):
+
+``softmax``
+    ``R_x = x * (R - y * sum(R))``: the linearization of the softmax at its input ``x`` with the bias term
+    left out, i.e. ``x * J^T (R / y)`` (AttnLRP Prop. 3.1). Non-finite inputs (masked positions) get none.
+``matmul``, ``multiply``
+    The uniform rule for a product of two input-dependent factors: every term ``a_ik b_kj`` of an output
+    ``y_ij`` gets ``a_ik b_kj / y_ij * R_ij`` (the epsilon rule over the sum), split in equal halves between
+    its two factors (AttnLRP Prop. 3.2). For an elementwise product each factor gets ``R / 2``. A factor that
+    does not require gradients (a constant, as the attention weights in CP-LRP) takes no share: the other
+    factor gets all of it.
+``add``, ``affine``, ``layer_norm``
+    The epsilon rule (with a tiny epsilon, i.e. the z-rule) for affine maps ``y = f(x)``:
+    ``R_x = x * J_f^T (R / y)``; a constant summand (a position embedding, a bias) absorbs its share. The
+    LayerNorm is treated as affine by holding its standard deviation constant (AttnLRP Sec. 3.3.3).
+``identity``
+    ``R_x = R`` for elementwise nonlinearities (GELU, SiLU, ...) and for the RMSNorm with its root mean
+    square held constant (AttnLRP Eq. 9).
+
+:class:`GradientOps` and :class:`LRPOps` are the two sets of operations the supported forwards
+(:mod:`crp._transformers.forwards`) are written in: with plain gradients, and with these rules.
+"""
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+from torch.autograd import Function
+
+from crp._utils.checks import check_choice, check_type
+
+__all__ = [
+    "VARIANTS", "stabilize", "softmax_value", "softmax", "matmul", "multiply", "add", "affine", "identity",
+    "layer_norm", "GradientOps", "LRPOps",
+]
+
+#: The rule variants: AttnLRP, and CP-LRP (attention weights and MLP gates treated as constants).
+VARIANTS = ("attnlrp", "cp-lrp")
+
+
+def stabilize(value: torch.Tensor, epsilon: float) -> torch.Tensor:
+    """``value`` moved away from zero by ``epsilon`` in the direction of its sign (zero counts as positive).
+
+    ``epsilon`` is raised to the smallest normal number of ``value``'s dtype, so that it never rounds to zero.
+    """
+    epsilon = max(float(epsilon), torch.finfo(value.dtype).tiny)
+    return value + torch.where(value >= 0, epsilon, -epsilon).to(value.dtype)
+
+
+def _sum_to(tensor: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """Sum ``tensor`` over the axes along which a tensor of ``shape`` was broadcast to it."""
+    if tensor.shape == shape:
+        return tensor
+    extra = tensor.dim() - len(shape)
+    tensor = tensor.sum(dim=tuple(range(extra))) if extra > 0 else tensor
+    axes = tuple(axis for axis, size in enumerate(shape) if size == 1 and tensor.shape[axis] != 1)
+    return tensor.sum(dim=axes, keepdim=True) if axes else tensor
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.promote_types(dtype, torch.float32)
+
+
+def softmax_value(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """The softmax of ``x`` along ``dim``, computed in at least float32 and returned in ``x``'s dtype."""
+    return torch.softmax(x, dim=dim, dtype=_compute_dtype(x.dtype)).to(x.dtype)
+
+
+class _Softmax(Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, dim: int) -> torch.Tensor:
+        y = softmax_value(x, dim)
+        ctx.save_for_backward(x, y)
+        ctx.dim = dim
+        return y
+
+    @staticmethod
+    def backward(ctx, relevance: torch.Tensor):
+        x, y = ctx.saved_tensors
+        x = torch.where(torch.isfinite(x), x, torch.zeros_like(x))
+        return x * (relevance - y * relevance.sum(ctx.dim, keepdim=True)), None
+
+
+class _Product(Function):
+    @staticmethod
+    def forward(ctx, a: torch.Tensor, b: torch.Tensor, elementwise: bool, epsilon: float) -> torch.Tensor:
+        y = a * b if elementwise else torch.matmul(a, b)
+        ctx.save_for_backward(a, b, y)
+        ctx.elementwise, ctx.epsilon = elementwise, epsilon
+        return y
+
+    @staticmethod
+    def backward(ctx, relevance: torch.Tensor):
+        a, b, y = ctx.saved_tensors
+        need_a, need_b = ctx.needs_input_grad[:2]
+        share = 0.5 if need_a and need_b else 1.0
+        if ctx.elementwise:
+            rel_a = _sum_to(share * relevance, a.shape) if need_a else None
+            rel_b = _sum_to(share * relevance, b.shape) if need_b else None
+            return rel_a, rel_b, None, None
+        ratio = relevance / stabilize(y, ctx.epsilon)
+        rel_a = _sum_to(share * a * torch.matmul(ratio, b.transpose(-1, -2)), a.shape) if need_a else None
+        rel_b = _sum_to(share * b * torch.matmul(a.transpose(-1, -2), ratio), b.shape) if need_b else None
+        return rel_a, rel_b, None, None
+
+
+class _Add(Function):
+    @staticmethod
+    def forward(ctx, a: torch.Tensor, b: torch.Tensor, epsilon: float) -> torch.Tensor:
+        y = a + b
+        ctx.save_for_backward(a, b, y)
+        ctx.epsilon = epsilon
+        return y
+
+    @staticmethod
+    def backward(ctx, relevance: torch.Tensor):
+        a, b, y = ctx.saved_tensors
+        ratio = relevance / stabilize(y, ctx.epsilon)
+        need_a, need_b = ctx.needs_input_grad[:2]
+        return (_sum_to(a * ratio, a.shape) if need_a else None,
+                _sum_to(b * ratio, b.shape) if need_b else None, None)
+
+
+class _Affine(Function):
+    @staticmethod
+    def forward(ctx, fn: Callable[..., torch.Tensor], epsilon: float, *inputs: torch.Tensor) -> torch.Tensor:
+        y = fn(*inputs)
+        ctx.save_for_backward(*inputs, y)
+        ctx.fn, ctx.epsilon = fn, epsilon
+        return y
+
+    @staticmethod
+    def backward(ctx, relevance: torch.Tensor):
+        *inputs, y = ctx.saved_tensors
+        needs = ctx.needs_input_grad[2:]
+        ratio = relevance / stabilize(y, ctx.epsilon)
+        with torch.enable_grad():
+            leaves = [x.detach().requires_grad_(need) for x, need in zip(inputs, needs)]
+            wanted = [leaf for leaf, need in zip(leaves, needs) if need]
+            grads = iter(torch.autograd.grad(ctx.fn(*leaves), wanted, ratio)) if wanted else iter(())
+        relevances = [x * next(grads) if need else None for x, need in zip(inputs, needs)]
+        return (None, None, *relevances)
+
+
+class _Identity(Function):
+    @staticmethod
+    def forward(ctx, fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        y = fn(x)
+        if y.shape != x.shape:
+            raise ValueError(f"the identity rule needs an elementwise function, but it maps shape {tuple(x.shape)} "
+                             f"to {tuple(y.shape)}.")
+        return y.clone() if y is x else y
+
+    @staticmethod
+    def backward(ctx, relevance: torch.Tensor):
+        return None, relevance
+
+
+class _LayerNorm(Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor], eps: float,
+                epsilon: float) -> torch.Tensor:
+        y = F.layer_norm(x, x.shape[-1:], weight, bias, eps)
+        ctx.save_for_backward(x, weight, y)
+        ctx.eps, ctx.epsilon = eps, epsilon
+        return y
+
+    @staticmethod
+    def backward(ctx, relevance: torch.Tensor):
+        x, weight, y = ctx.saved_tensors
+        dtype = _compute_dtype(x.dtype)
+        xc = x.to(dtype)
+        sigma = torch.sqrt(xc.var(-1, unbiased=False, keepdim=True) + ctx.eps)
+        u = relevance.to(dtype) / stabilize(y.to(dtype), ctx.epsilon) / sigma
+        if weight is not None:
+            u = u * weight.to(dtype)
+        return (xc * (u - u.mean(-1, keepdim=True))).to(x.dtype), None, None, None, None
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the rules as functions
+
+
+def softmax(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """Softmax of ``x`` along ``dim`` with the AttnLRP softmax rule ``R_x = x * (R - y * sum(R))``."""
+    return _Softmax.apply(x, dim)
+
+
+def matmul(a: torch.Tensor, b: torch.Tensor, *, epsilon: float = 1e-12) -> torch.Tensor:
+    """``a @ b`` with the uniform rule: every term's relevance split in halves between its two factors.
+
+    A factor that does not require gradients takes no share. ``epsilon`` stabilizes the division by the output.
+    """
+    return _Product.apply(a, b, False, epsilon)
+
+
+def multiply(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a * b`` (elementwise, broadcasting) with the uniform rule: each factor gets half of the relevance
+    (all of it if the other does not require gradients)."""
+    return _Product.apply(a, b, True, 0.0)
+
+
+def add(a: torch.Tensor, b: torch.Tensor, *, epsilon: float = 1e-12) -> torch.Tensor:
+    """``a + b`` with the epsilon rule: ``R_a = a * R / (a + b)``, ``R_b = b * R / (a + b)``."""
+    return _Add.apply(a, b, epsilon)
+
+
+def affine(fn: Callable[..., torch.Tensor], *inputs: torch.Tensor, epsilon: float = 1e-12) -> torch.Tensor:
+    """``fn(*inputs)`` with the epsilon rule ``R_x = x * J^T (R / y)`` for a function affine in its inputs.
+
+    Parameters
+    ----------
+    fn : callable
+        Affine in every input (e.g. a rotation with constant angles, a projection with a bias); it is called
+        again in the backward pass to take its vector-Jacobian product.
+    *inputs : torch.Tensor
+        Its inputs.
+    epsilon : float
+        Stabilizer of the division by the output.
+    """
+    return _Affine.apply(fn, epsilon, *inputs)
+
+
+def identity(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """``fn(x)`` for an elementwise ``fn`` with the identity rule ``R_x = R``."""
+    return _Identity.apply(fn, x)
+
+
+def layer_norm(x: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor], eps: float, *,
+               epsilon: float = 1e-12) -> torch.Tensor:
+    """LayerNorm over the last axis with its standard deviation held constant and the epsilon rule for the rest.
+
+    ``y = w * (x - mean(x)) / std(x) + b`` is affine in ``x`` once ``std(x)`` is a constant, so
+    ``R_x = x * (u - mean(u))`` with ``u = w * R / (y * std(x))``.
+    """
+    return _LayerNorm.apply(x, weight, bias, eps, epsilon)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the operations the supported forwards are written in
+
+
+class GradientOps:
+    """The operations of the supported forwards, with their plain autograd gradients.
+
+    The forwards in :mod:`crp._transformers.forwards` compute every operation that needs a rule through one of
+    these methods; :class:`LRPOps` gives them the AttnLRP rules. Both compute the same values.
+    """
+
+    #: Treat the attention weights as constants (CP-LRP).
+    constant_attention = False
+    #: Treat the gate of a gated MLP as a constant (CP-LRP).
+    constant_gate = False
+
+    def add(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """A sum of two tensors (residual connections, position embeddings)."""
+        return a + b
+
+    def affine(self, fn: Callable[..., torch.Tensor], *inputs: torch.Tensor) -> torch.Tensor:
+        """A function affine in its inputs (rotary embeddings, projections without a module)."""
+        return fn(*inputs)
+
+    def identity(self, fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        """An elementwise function (activations, RMSNorm, scaling and masking of attention scores)."""
+        return fn(x)
+
+    def matmul(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """A matrix product of two input-dependent tensors."""
+        return torch.matmul(a, b)
+
+    def multiply(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """An elementwise product (the gate of a gated MLP)."""
+        return a * b
+
+    def softmax(self, x: torch.Tensor, dim: int = -1) -> torch.Tensor:
+        """The softmax of the attention scores."""
+        return softmax_value(x, dim)
+
+    def layer_norm(self, x: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor],
+                   eps: float) -> torch.Tensor:
+        """LayerNorm over the last axis."""
+        return F.layer_norm(x, x.shape[-1:], weight, bias, eps)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+class LRPOps(GradientOps):
+    """The operations of the supported forwards with the AttnLRP (or CP-LRP) rules of this module.
+
+    Parameters
+    ----------
+    variant : {"attnlrp", "cp-lrp"}
+        ``"attnlrp"`` propagates through the softmax and both factors of every product; ``"cp-lrp"`` treats the
+        attention weights and the gates of gated MLPs as constants (Ali et al., "XAI for Transformers: Better
+        Explanations through Conservative Propagation", ICML 2022), so all relevance takes the value path.
+    epsilon : float
+        Stabilizer of the epsilon rules of sums, products and affine maps (not of the Linear layers, whose rules
+        come from the zennit composite).
+    """
+
+    def __init__(self, variant: str = "attnlrp", *, epsilon: float = 1e-12) -> None:
+        self.variant = check_choice(variant, VARIANTS, name="variant")
+        self.epsilon = float(check_type(epsilon, (int, float), name="epsilon", expected="a small positive float"))
+        self.constant_attention = self.constant_gate = variant == "cp-lrp"
+
+    def add(self, a, b):  # noqa: D102 (documented in GradientOps)
+        return add(a, b, epsilon=self.epsilon)
+
+    def affine(self, fn, *inputs):  # noqa: D102
+        return affine(fn, *inputs, epsilon=self.epsilon)
+
+    def identity(self, fn, x):  # noqa: D102
+        return identity(fn, x)
+
+    def matmul(self, a, b):  # noqa: D102
+        return matmul(a, b, epsilon=self.epsilon)
+
+    def multiply(self, a, b):  # noqa: D102
+        return multiply(a, b)
+
+    def softmax(self, x, dim=-1):  # noqa: D102
+        return softmax(x, dim)
+
+    def layer_norm(self, x, weight, bias, eps):  # noqa: D102
+        return layer_norm(x, weight, bias, eps, epsilon=self.epsilon)
+
+    def __repr__(self) -> str:
+        return f"LRPOps(variant={self.variant!r}, epsilon={self.epsilon!r})"
+
