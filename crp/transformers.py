@@ -14,6 +14,7 @@ The implementation lives in :mod:`crp._transformers`.
 from crp._transformers.adapters import LAYER_KINDS, LanguageModel, Tap, VisionModel
 from crp._transformers.attribution import CPLRP, AttnLRP, TokenAttribution
 from crp._transformers.concepts import AxisMask, HeadConcept, TokenConcept, TokenMask
+from crp._transformers.hooks import FastEpsilon
 from crp._transformers.rules import (
     VARIANTS,
     GradientOps,
@@ -29,7 +30,7 @@ from crp._transformers.rules import (
 from crp._transformers.support import ROLES, SUPPORTED_MODELS, TransformerRules, check_supported
 
 __all__ = [
-    "AttnLRP", "CPLRP", "TransformerRules", "LanguageModel", "VisionModel", "Tap", "LAYER_KINDS",
+    "AttnLRP", "CPLRP", "TransformerRules", "FastEpsilon", "LanguageModel", "VisionModel", "Tap", "LAYER_KINDS",
     "TokenAttribution", "TokenConcept", "HeadConcept", "AxisMask", "TokenMask",
     "softmax", "matmul", "multiply", "add", "affine", "identity", "layer_norm", "GradientOps", "LRPOps", "VARIANTS",
     "ROLES", "SUPPORTED_MODELS", "check_supported",

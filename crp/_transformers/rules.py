@@ -43,12 +43,13 @@ VARIANTS = ("attnlrp", "cp-lrp")
 
 
 def stabilize(value: torch.Tensor, epsilon: float) -> torch.Tensor:
-    """``value`` moved away from zero by ``epsilon`` in the direction of its sign (zero counts as positive).
+    """``value`` moved away from zero by ``epsilon`` in the direction of its sign (``+0.0`` counts as positive).
 
     ``epsilon`` is raised to the smallest normal number of ``value``'s dtype, so that it never rounds to zero.
     """
     epsilon = max(float(epsilon), torch.finfo(value.dtype).tiny)
-    return value + torch.where(value >= 0, epsilon, -epsilon).to(value.dtype)
+    shift = torch.copysign(torch.tensor(epsilon, dtype=value.dtype, device=value.device), value)
+    return shift.add_(value)
 
 
 def _sum_to(tensor: torch.Tensor, shape: torch.Size) -> torch.Tensor:
@@ -70,41 +71,51 @@ def softmax_value(x: torch.Tensor, dim: int) -> torch.Tensor:
     return torch.softmax(x, dim=dim, dtype=_compute_dtype(x.dtype)).to(x.dtype)
 
 
+def _reciprocal(value: torch.Tensor, epsilon: float) -> torch.Tensor:
+    return stabilize(value, epsilon).reciprocal_()
+
+
+# Every rule prepares in its forward what does not depend on the relevance (reciprocals of outputs, weights of
+# inputs), so that the backward is a few passes: generate() runs many backward passes after one forward.
+
+
 class _Softmax(Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, dim: int) -> torch.Tensor:
         y = softmax_value(x, dim)
-        ctx.save_for_backward(x, y)
+        ctx.save_for_backward(torch.where(torch.isfinite(x), x, torch.zeros_like(x)), y)
         ctx.dim = dim
         return y
 
     @staticmethod
     def backward(ctx, relevance: torch.Tensor):
         x, y = ctx.saved_tensors
-        x = torch.where(torch.isfinite(x), x, torch.zeros_like(x))
-        return x * (relevance - y * relevance.sum(ctx.dim, keepdim=True)), None
+        return (relevance - y * relevance.sum(ctx.dim, keepdim=True)).mul_(x), None
 
 
 class _Product(Function):
     @staticmethod
     def forward(ctx, a: torch.Tensor, b: torch.Tensor, elementwise: bool, epsilon: float) -> torch.Tensor:
         y = a * b if elementwise else torch.matmul(a, b)
-        ctx.save_for_backward(a, b, y)
-        ctx.elementwise, ctx.epsilon = elementwise, epsilon
+        ctx.elementwise, ctx.shapes = elementwise, (a.shape, b.shape)
+        if elementwise:
+            ctx.save_for_backward()
+        else:
+            ctx.save_for_backward(a, b, _reciprocal(y, epsilon))
         return y
 
     @staticmethod
     def backward(ctx, relevance: torch.Tensor):
-        a, b, y = ctx.saved_tensors
         need_a, need_b = ctx.needs_input_grad[:2]
         share = 0.5 if need_a and need_b else 1.0
+        shape_a, shape_b = ctx.shapes
         if ctx.elementwise:
-            rel_a = _sum_to(share * relevance, a.shape) if need_a else None
-            rel_b = _sum_to(share * relevance, b.shape) if need_b else None
-            return rel_a, rel_b, None, None
-        ratio = relevance / stabilize(y, ctx.epsilon)
-        rel_a = _sum_to(share * a * torch.matmul(ratio, b.transpose(-1, -2)), a.shape) if need_a else None
-        rel_b = _sum_to(share * b * torch.matmul(a.transpose(-1, -2), ratio), b.shape) if need_b else None
+            return (_sum_to(share * relevance, shape_a) if need_a else None,
+                    _sum_to(share * relevance, shape_b) if need_b else None, None, None)
+        a, b, inverse = ctx.saved_tensors
+        ratio = relevance * inverse
+        rel_a = _sum_to(torch.matmul(ratio, b.transpose(-1, -2)).mul_(a).mul_(share), shape_a) if need_a else None
+        rel_b = _sum_to(torch.matmul(a.transpose(-1, -2), ratio).mul_(b).mul_(share), shape_b) if need_b else None
         return rel_a, rel_b, None, None
 
 
@@ -112,37 +123,38 @@ class _Add(Function):
     @staticmethod
     def forward(ctx, a: torch.Tensor, b: torch.Tensor, epsilon: float) -> torch.Tensor:
         y = a + b
-        ctx.save_for_backward(a, b, y)
-        ctx.epsilon = epsilon
+        inverse = _reciprocal(y, epsilon)
+        need_a, need_b = ctx.needs_input_grad[:2]
+        ctx.shapes = a.shape, b.shape
+        ctx.save_for_backward(a * inverse if need_a else None, b * inverse if need_b else None)
         return y
 
     @staticmethod
     def backward(ctx, relevance: torch.Tensor):
-        a, b, y = ctx.saved_tensors
-        ratio = relevance / stabilize(y, ctx.epsilon)
-        need_a, need_b = ctx.needs_input_grad[:2]
-        return (_sum_to(a * ratio, a.shape) if need_a else None,
-                _sum_to(b * ratio, b.shape) if need_b else None, None)
+        share_a, share_b = ctx.saved_tensors
+        shape_a, shape_b = ctx.shapes
+        return (None if share_a is None else _sum_to(relevance * share_a, shape_a),
+                None if share_b is None else _sum_to(relevance * share_b, shape_b), None)
 
 
 class _Affine(Function):
     @staticmethod
     def forward(ctx, fn: Callable[..., torch.Tensor], epsilon: float, *inputs: torch.Tensor) -> torch.Tensor:
         y = fn(*inputs)
-        ctx.save_for_backward(*inputs, y)
-        ctx.fn, ctx.epsilon = fn, epsilon
+        ctx.save_for_backward(*inputs, _reciprocal(y, epsilon))
+        ctx.fn = fn
         return y
 
     @staticmethod
     def backward(ctx, relevance: torch.Tensor):
-        *inputs, y = ctx.saved_tensors
+        *inputs, inverse = ctx.saved_tensors
         needs = ctx.needs_input_grad[2:]
-        ratio = relevance / stabilize(y, ctx.epsilon)
         with torch.enable_grad():
             leaves = [x.detach().requires_grad_(need) for x, need in zip(inputs, needs)]
             wanted = [leaf for leaf, need in zip(leaves, needs) if need]
-            grads = iter(torch.autograd.grad(ctx.fn(*leaves), wanted, ratio)) if wanted else iter(())
-        relevances = [x * next(grads) if need else None for x, need in zip(inputs, needs)]
+            grads = torch.autograd.grad(ctx.fn(*leaves), wanted, relevance * inverse) if wanted else ()
+        grads = iter(grads)
+        relevances = [next(grads).mul_(x) if need else None for x, need in zip(inputs, needs)]
         return (None, None, *relevances)
 
 
@@ -164,21 +176,18 @@ class _LayerNorm(Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor], eps: float,
                 epsilon: float) -> torch.Tensor:
-        y = F.layer_norm(x, x.shape[-1:], weight, bias, eps)
-        ctx.save_for_backward(x, weight, y)
-        ctx.eps, ctx.epsilon = eps, epsilon
+        y, _, rstd = torch.native_layer_norm(x, x.shape[-1:], weight, bias, eps)
+        scale = _reciprocal(y, epsilon).mul_(rstd)  # rstd = 1 / std, held constant
+        if weight is not None:
+            scale = scale.mul_(weight)
+        ctx.save_for_backward(x, scale)
         return y
 
     @staticmethod
     def backward(ctx, relevance: torch.Tensor):
-        x, weight, y = ctx.saved_tensors
-        dtype = _compute_dtype(x.dtype)
-        xc = x.to(dtype)
-        sigma = torch.sqrt(xc.var(-1, unbiased=False, keepdim=True) + ctx.eps)
-        u = relevance.to(dtype) / stabilize(y.to(dtype), ctx.epsilon) / sigma
-        if weight is not None:
-            u = u * weight.to(dtype)
-        return (xc * (u - u.mean(-1, keepdim=True))).to(x.dtype), None, None, None, None
+        x, scale = ctx.saved_tensors
+        u = relevance * scale
+        return u.sub_(u.mean(-1, keepdim=True)).mul_(x), None, None, None, None
 
 
 # ----------------------------------------------------------------------------------------------------------------
