@@ -9,7 +9,17 @@ from zennit.rules import Epsilon
 
 from crp.attribution import CondAttribution
 from crp.transformers import (
-    FastEpsilon, GradientOps, LRPOps, TokenConcept, add, affine, identity, layer_norm, matmul, multiply, softmax,
+    FastEpsilon,
+    GradientOps,
+    LRPOps,
+    TokenConcept,
+    add,
+    affine,
+    identity,
+    layer_norm,
+    matmul,
+    multiply,
+    softmax,
 )
 
 torch.manual_seed(0)

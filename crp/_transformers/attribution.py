@@ -22,7 +22,6 @@ from crp._transformers.adapters import LanguageModel, masked_embeddings
 from crp._transformers.concepts import TokenConcept
 from crp._transformers.hooks import FastEpsilon
 from crp._transformers.support import TransformerRules
-from crp._utils.checks import check_type
 
 __all__ = ["TokenAttribution", "AttnLRP", "CPLRP"]
 
@@ -56,8 +55,9 @@ class TokenAttribution(CondAttribution):
 
     def __init__(self, model: LanguageModel, device: Optional[torch.device] = None,
                  overwrite_data_grad: bool = True, no_param_grad: bool = True) -> None:
-        check_type(model, LanguageModel, name="model", expected="a crp.transformers.LanguageModel",
-                   fix="Wrap the Hugging Face model: TokenAttribution(LanguageModel(model)).")
+        if not isinstance(model, LanguageModel):
+            raise TypeError(f"model must be a crp.transformers.LanguageModel, got {type(model).__name__}. Wrap the "
+                            f"Hugging Face model: TokenAttribution(LanguageModel(model)).")
         super().__init__(model, device, overwrite_data_grad, no_param_grad)
 
     def __call__(

@@ -1,0 +1,23 @@
+"""crp.transformers: a thin public face over crp._transformers that does not import Hugging Face transformers."""
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import crp.transformers as face
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_the_face_is_thin_and_exports_what_it_imports():
+    tree = ast.parse((ROOT / "crp" / "transformers.py").read_text())
+    assert [node.name for node in tree.body if isinstance(node, (ast.FunctionDef, ast.ClassDef))] == []
+    assert sorted(face.__all__) == sorted(set(face.__all__))
+    assert all(hasattr(face, name) for name in face.__all__)
+
+
+def test_importing_it_does_not_import_hugging_face_transformers():
+    code = "import sys, crp.transformers; print(sorted(m for m in sys.modules if m.split('.')[0] == 'transformers'))"
+    output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT,
+                            env={"PYTHONPATH": str(ROOT), "PATH": ""}).stdout
+    assert output.strip() == "[]"
