@@ -4,6 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import crp.transformers as face
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -21,3 +23,14 @@ def test_importing_it_does_not_import_hugging_face_transformers():
     output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT,
                             env={"PYTHONPATH": str(ROOT), "PATH": ""}).stdout
     assert output.strip() == "[]"
+
+
+def test_the_readme_example_runs_as_written():
+    pytest.importorskip("transformers")
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## Transformers"):readme.index("\n## ", readme.index("## Transformers") + 1)]
+    (block,) = [part.split("```")[0] for part in section.split("```python\n")[1:]]
+    namespace = {}
+    exec(compile(block, "README Transformers block", "exec"), namespace)
+    assert namespace["per_token"].shape == (1, 6)
+    assert namespace["per_neuron"].shape == (64, 6) and namespace["per_head"].shape == (2, 6)
