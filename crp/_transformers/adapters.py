@@ -170,8 +170,8 @@ class LanguageModel(_Adapter):
     def positions(self, padding: torch.Tensor) -> torch.Tensor:
         """The position whose logits are returned, per row of a ``(N, T)`` padding mask (True: a real token)."""
         rows, length = padding.shape
-        if self.position is None:
-            return length - 1 - padding.flip(1).to(torch.int8).argmax(1)
+        if self.position is None:  # the largest position of a real token
+            return (padding * torch.arange(length, device=padding.device)).argmax(1)
         check_value(-length <= self.position < length, self.position, name="position",
                     expected=f"a token position in [{-length}, {length - 1}] for sequences of {length} tokens",
                     fix="Use None for the last real token of every row.")

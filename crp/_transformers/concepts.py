@@ -28,7 +28,7 @@ def _ids(values) -> List[int]:
 class _AxisRowMask(RowMask):
     """A row mask along the concept axis of a row with a token axis (row axis 0)."""
 
-    def __init__(self, batch_id: int, axis: int, groups: Optional[int], layer_name: Optional[str],
+    def __init__(self, batch_id: int, *, axis: int, groups: Optional[int], layer_name: Optional[str],
                  noun: str) -> None:
         super().__init__(batch_id, layer_name)
         self.axis, self.groups, self.noun = axis, groups, noun
@@ -60,7 +60,7 @@ class AxisMask(_AxisRowMask):
 
     def __init__(self, batch_id: int, concept_ids: ConceptIds, *, axis: int = -1, groups: Optional[int] = None,
                  layer_name: Optional[str] = None, noun: str = "concept") -> None:
-        super().__init__(batch_id, axis, groups, layer_name, noun)
+        super().__init__(batch_id, axis=axis, groups=groups, layer_name=layer_name, noun=noun)
         self.concept_ids = _ids(concept_ids)
 
     def row_mask(self, row_shape: torch.Size, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -80,7 +80,7 @@ class TokenMask(_AxisRowMask):
 
     def __init__(self, batch_id: int, c_n_map: TokenMap, *, axis: int = -1, groups: Optional[int] = None,
                  layer_name: Optional[str] = None, noun: str = "concept") -> None:
-        super().__init__(batch_id, axis, groups, layer_name, noun)
+        super().__init__(batch_id, axis=axis, groups=groups, layer_name=layer_name, noun=noun)
         self.c_n_map = {int(concept): _ids(tokens) for concept, tokens in c_n_map.items()}
 
     def row_mask(self, row_shape: torch.Size, dtype: torch.dtype, device: torch.device) -> torch.Tensor:

@@ -90,7 +90,7 @@ def _scale_and_mask(scores: torch.Tensor, *, scaling: float, mask: Optional[torc
     return scores if mask is None else scores + mask
 
 
-def attend(ops: GradientOps, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, *, scaling: float,
+def attend(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, *, ops: GradientOps, scaling: float,
            mask: Optional[torch.Tensor]) -> torch.Tensor:
     """Scaled dot-product attention of ``(N, H, T, D)`` queries, keys and values; returns ``(N, T, H, D)``.
 
@@ -110,7 +110,7 @@ def attend(ops: GradientOps, query: torch.Tensor, key: torch.Tensor, value: torc
 
 def layer_norm_forward(module: nn.LayerNorm, setup: Setup, hidden: torch.Tensor) -> torch.Tensor:
     """``nn.LayerNorm`` over the last axis (the standard deviation held constant under the rules)."""
-    return setup.ops.layer_norm(hidden, module.weight, module.bias, module.eps)
+    return setup.ops.layer_norm(hidden, module.weight, module.bias, eps=module.eps)
 
 
 def identity_forward(module: nn.Module, setup: Setup, hidden: torch.Tensor) -> torch.Tensor:

@@ -41,7 +41,7 @@ def attention_forward(attention: nn.Module, setup: Setup, hidden: torch.Tensor, 
     """``GPT2Attention``: the packed projection ``c_attn``, causal attention, the heads' tap, ``c_proj``."""
     query, key, value = attention.c_attn(hidden).split(attention.split_size, dim=2)
     query, key, value = (split_heads(t, attention.head_dim) for t in (query, key, value))
-    heads = attend(setup.ops, query, key, value, scaling=attention_scaling(attention),
+    heads = attend(query, key, value, ops=setup.ops, scaling=attention_scaling(attention),
                    mask=context.mask(query.dtype))
     heads = setup.head_tap(attention)(heads)
     return attention.resid_dropout(attention.c_proj(heads.reshape(*heads.shape[:2], -1)))

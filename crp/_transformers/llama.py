@@ -59,7 +59,7 @@ def attention_forward(attention: nn.Module, setup: Setup, hidden: torch.Tensor, 
     query, key = setup.ops.affine(rotation, query), setup.ops.affine(rotation, key)
     key, value = (_repeat_kv(t, attention.num_key_value_groups) for t in (key, value))
     mask = context.mask(query.dtype, getattr(attention, "sliding_window", None))
-    heads = attend(setup.ops, query, key, value, scaling=attention.scaling, mask=mask)
+    heads = attend(query, key, value, ops=setup.ops, scaling=attention.scaling, mask=mask)
     heads = setup.head_tap(attention)(heads)
     return attention.o_proj(heads.reshape(*hidden.shape[:-1], -1))
 

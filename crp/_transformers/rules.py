@@ -154,7 +154,7 @@ class _Affine(Function):
             wanted = [leaf for leaf, need in zip(leaves, needs) if need]
             grads = torch.autograd.grad(ctx.fn(*leaves), wanted, relevance * inverse) if wanted else ()
         grads = iter(grads)
-        relevances = [next(grads).mul_(x) if need else None for x, need in zip(inputs, needs)]
+        relevances = [next(grads) * x if need else None for x, need in zip(inputs, needs)]  # grads may be shared
         return (None, None, *relevances)
 
 
@@ -239,7 +239,7 @@ def identity(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> tor
     return _Identity.apply(fn, x)
 
 
-def layer_norm(x: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor], eps: float, *,
+def layer_norm(x: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor], *, eps: float = 1e-5,
                epsilon: float = 1e-12) -> torch.Tensor:
     """LayerNorm over the last axis with its standard deviation held constant and the epsilon rule for the rest.
 
@@ -289,7 +289,7 @@ class GradientOps:
         """The softmax of the attention scores."""
         return softmax_value(x, dim)
 
-    def layer_norm(self, x: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor],
+    def layer_norm(self, x: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor], *,
                    eps: float) -> torch.Tensor:
         """LayerNorm over the last axis."""
         return F.layer_norm(x, x.shape[-1:], weight, bias, eps)
@@ -335,8 +335,8 @@ class LRPOps(GradientOps):
     def softmax(self, x, dim=-1):  # noqa: D102
         return softmax(x, dim)
 
-    def layer_norm(self, x, weight, bias, eps):  # noqa: D102
-        return layer_norm(x, weight, bias, eps, epsilon=self.epsilon)
+    def layer_norm(self, x, weight, bias, *, eps):  # noqa: D102
+        return layer_norm(x, weight, bias, eps=eps, epsilon=self.epsilon)
 
     def __repr__(self) -> str:
         return f"LRPOps(variant={self.variant!r}, epsilon={self.epsilon!r})"

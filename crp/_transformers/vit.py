@@ -36,7 +36,7 @@ def attention_forward(attention: nn.MultiheadAttention, setup: Setup, hidden: to
     projection = functools.partial(F.linear, weight=attention.in_proj_weight, bias=attention.in_proj_bias)
     packed = setup.ops.affine(projection, hidden)
     query, key, value = (split_heads(t, head_dim) for t in packed.chunk(3, dim=-1))
-    heads = attend(setup.ops, query, key, value, scaling=head_dim ** -0.5, mask=None)
+    heads = attend(query, key, value, ops=setup.ops, scaling=head_dim ** -0.5, mask=None)
     heads = setup.head_tap(attention)(heads)
     return attention.out_proj(heads.reshape(*hidden.shape[:-1], -1))
 
