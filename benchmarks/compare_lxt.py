@@ -78,8 +78,8 @@ def crp_gpt2(model, ids, variant: str, target: int) -> torch.Tensor:
     return TokenAttribution(LanguageModel(model))(ids, [{"y": [target]}], composite).heatmap[0]
 
 
-def _lxt_mha_attnlrp(self, query, key, value, need_weights=False, **kwargs):
-    """nn.MultiheadAttention (batch first, self-attention) with lxt's uniform rule on queries, keys and values."""
+def _lxt_mha_attnlrp(self, query, *_args, **_kwargs):
+    """nn.MultiheadAttention (batch first, self-attention: key and value are the query) with lxt's uniform rule."""
     from lxt.efficient.rules import divide_gradient
 
     n, t, e = query.shape

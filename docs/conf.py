@@ -38,6 +38,7 @@ PUBLIC_MODULES = [
     "crp.graph",
     "crp.evaluation",
     "crp.evaluation.plot",
+    "crp.transformers",
 ]
 
 project = "crp"

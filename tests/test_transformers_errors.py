@@ -131,7 +131,7 @@ def test_a_model_in_training_mode(gpt2):
 def test_zennit_patched_by_lxt_is_refused(gpt2, monkeypatch):
     from zennit.core import BasicHook
 
-    def backward(self, module, grad_input, grad_output):
+    def backward(_self, _module, grad_input, _grad_output):
         return grad_input
 
     backward.__module__ = "lxt.efficient.zennit_patches"

@@ -19,7 +19,7 @@ from typing import ContextManager, List, Optional
 import torch
 from torch import nn
 
-from crp._transformers.forwards import Setup
+from crp._transformers.forwards import HostModule, Setup
 from crp._transformers.rules import GradientOps
 from crp._transformers.support import (
     LANGUAGE_MODELS,
@@ -60,12 +60,12 @@ class _Adapter(Explainable):
         self.train(model.training)
 
     def setup(self, ops) -> Setup:
-        """The set-up of the installed forwards: ``ops`` and this adapter's taps."""
+        """Return the set-up of the installed forwards: ``ops`` and this adapter's taps."""
         attention, mlps = self._tapped
         return Setup(ops, dict(zip(attention, self.heads)), dict(zip(mlps, self.neurons)))
 
     def installed(self) -> ContextManager:
-        """The scope of one forward: crp's forwards with plain gradients, unless a composite installed the rules."""
+        """Return the scope of one forward: crp's forwards with plain gradients, unless a composite installed rules."""
         if any(is_installed(module) for module in self.model.modules()):
             return contextlib.nullcontext()
         return installed(self.model, self.setup(GradientOps()))
@@ -94,8 +94,7 @@ class _Adapter(Explainable):
         if kind == "mlp":
             return module_names(self, "mlp")
         modules = dict(self.named_modules())
-        return [f"{name}.{role_of(modules[name]).output}" if role_of(modules[name]).output else name
-                for name in module_names(self, "attention")]
+        return [_attention_output(name, modules[name]) for name in module_names(self, "attention")]
 
 
 class LanguageModel(_Adapter):
@@ -124,6 +123,9 @@ class LanguageModel(_Adapter):
     >>> embeddings = lm.embed(tokens["input_ids"], tokens["attention_mask"])
     >>> logits = lm(embeddings)  # (N, vocabulary), at the last real token of every row
     """
+
+    #: The Hugging Face model (typed by duck: ``transformers`` is not imported here).
+    model: HostModule
 
     def __init__(self, model: nn.Module, *, position: Optional[int] = None) -> None:
         check_supported(model)
@@ -168,7 +170,7 @@ class LanguageModel(_Adapter):
         return embeddings.detach().requires_grad_()
 
     def positions(self, padding: torch.Tensor) -> torch.Tensor:
-        """The position whose logits are returned, per row of a ``(N, T)`` padding mask (True: a real token)."""
+        """Return the position whose logits are returned, per row of a ``(N, T)`` padding mask (True: a real token)."""
         rows, length = padding.shape
         if self.position is None:  # the largest position of a real token
             return (padding * torch.arange(length, device=padding.device)).argmax(1)
@@ -182,7 +184,7 @@ class LanguageModel(_Adapter):
         return positions
 
     def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
-        """The logits ``(N, V)`` at :attr:`position` of token embeddings ``(N, T, E)`` (zero rows: padding)."""
+        """Return the logits ``(N, V)`` at :attr:`position` of token embeddings ``(N, T, E)`` (zero rows: padding)."""
         self._check_embeddings(embeddings)
         padding = embeddings.ne(0).any(-1)
         with self.installed():
@@ -222,9 +224,15 @@ class VisionModel(_Adapter):
         super().__init__(model)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """The model's logits ``(N, classes)`` of images ``(N, 3, H, W)``."""
+        """Return the model's logits ``(N, classes)`` of images ``(N, 3, H, W)``."""
         with self.installed():
             return self.model(images)
+
+
+def _attention_output(name: str, module: nn.Module) -> str:
+    """Return the name of the module whose output is the output of the attention ``name``."""
+    role = role_of(module)
+    return f"{name}.{role.output}" if role is not None and role.output else name
 
 
 def masked_embeddings(embeddings: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

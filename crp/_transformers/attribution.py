@@ -1,5 +1,4 @@
-"""Conditional attributions of language models: token ids or embeddings in, one heatmap per token out;
-and the AttnLRP composites.
+"""Conditional attributions of language models (token ids or embeddings in, one value per token out), composites.
 
 :class:`TokenAttribution` is :class:`crp.attribution.CondAttribution` for a
 :class:`crp.transformers.LanguageModel`: it takes token ids (embedding them) or embeddings, an optional attention
@@ -53,6 +52,8 @@ class TokenAttribution(CondAttribution):
     >>> result.heatmap  # (N, T): the relevance of every token for the next-token logit
     """
 
+    model: LanguageModel
+
     def __init__(self, model: LanguageModel, device: Optional[torch.device] = None,
                  overwrite_data_grad: bool = True, no_param_grad: bool = True) -> None:
         if not isinstance(model, LanguageModel):
@@ -60,18 +61,20 @@ class TokenAttribution(CondAttribution):
                             f"Hugging Face model: TokenAttribution(LanguageModel(model)).")
         super().__init__(model, device, overwrite_data_grad, no_param_grad)
 
-    def __call__(
+    def __call__(  # noqa: PLR0917 (CondAttribution's positional signature)
         self, data: torch.Tensor, conditions: List[Dict], composite: Optional[Composite] = None,
         record_layer: Sequence[str] = (), mask_map: MaskMap = _TOKEN_MASK, start_layer: Optional[str] = None,
         init_rel: InitRel = None, on_device: Optional[Union[str, torch.device]] = None, exclude_parallel: bool = True,
         *, heatmap: bool = True, attention_mask: Optional[torch.Tensor] = None,
-    ) -> attrResult:  # noqa: PLR0917 (CondAttribution's positional signature)
-        """As :meth:`crp.attribution.CondAttribution.__call__`; ``data`` may be token ids, ``attention_mask`` marks
-        the padding, and the heatmap has one value per token."""
+    ) -> attrResult:
+        """Compute conditional attributions as :meth:`crp.attribution.CondAttribution.__call__` does.
+
+        ``data`` may be token ids, ``attention_mask`` marks the padding, and the heatmap has one value per token.
+        """
         return super().__call__(self._embedded(data, attention_mask), conditions, composite, record_layer, mask_map,
                                 start_layer, init_rel, on_device, exclude_parallel, heatmap=heatmap)
 
-    def generate(
+    def generate(  # noqa: PLR0917 (CondAttribution's positional signature)
         self, data: torch.Tensor, conditions: List[Dict], composite: Optional[Composite] = None,
         record_layer: Sequence[str] = (), mask_map: MaskMap = _TOKEN_MASK, start_layer: Optional[str] = None,
         init_rel: InitRel = None, batch_size: int = 10, on_device: Optional[Union[str, torch.device]] = None,
@@ -83,7 +86,9 @@ class TokenAttribution(CondAttribution):
 
     def heatmap_modifier(self, data: torch.Tensor,
                          on_device: Optional[Union[str, torch.device]] = None) -> torch.Tensor:
-        """The input relevance summed over the embedding: one value per token, ``(rows, T)``."""
+        """Sum the input relevance over the embedding: one value per token, ``(rows, T)``."""
+        if data.grad is None:
+            raise RuntimeError("the embeddings received no gradient; the backward pass did not reach the input.")
         heatmap = data.grad.detach()
         heatmap = heatmap.to(on_device) if on_device else heatmap
         return heatmap.sum(-1)

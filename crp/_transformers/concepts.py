@@ -34,7 +34,7 @@ class _AxisRowMask(RowMask):
         self.axis, self.groups, self.noun = axis, groups, noun
 
     def _shape(self, row_shape: torch.Size) -> Tuple[Tuple[int, ...], int]:
-        """The row's shape with the concept axis split off where concepts group the last axis, and that axis."""
+        """Return the row's shape with the concept axis split off where concepts group the last axis, and that axis."""
         shape = tuple(row_shape)
         if self.groups is not None:
             if shape[-1] % self.groups:
@@ -64,7 +64,7 @@ class AxisMask(_AxisRowMask):
         self.concept_ids = _ids(concept_ids)
 
     def row_mask(self, row_shape: torch.Size, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-        """A mask broadcastable to ``row_shape``: 1 at the kept concepts."""
+        """Return a mask broadcastable to ``row_shape``: 1 at the kept concepts."""
         shape, axis = self._shape(row_shape)
         self._check(self.concept_ids, shape[axis], self.noun)
         mask = torch.zeros(shape[axis], dtype=dtype, device=device)
@@ -84,7 +84,7 @@ class TokenMask(_AxisRowMask):
         self.c_n_map = {int(concept): _ids(tokens) for concept, tokens in c_n_map.items()}
 
     def row_mask(self, row_shape: torch.Size, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-        """A mask broadcastable to ``row_shape``: 1 at the kept (token, concept) pairs."""
+        """Return a mask broadcastable to ``row_shape``: 1 at the kept (token, concept) pairs."""
         shape, axis = self._shape(row_shape)
         if axis == 0:
             raise IndexError(f"the concepts of {self._name()} are its tokens; restrict them with mask, not mask_rf.")
@@ -146,8 +146,9 @@ class TokenConcept(Concept):
         if not isinstance(relevance, torch.Tensor) or relevance.dim() < 3:
             shape = tuple(relevance.shape) if isinstance(relevance, torch.Tensor) else type(relevance).__name__
             raise ValueError(f"relevance must be a tensor of shape (N, T, ...) with a token axis, got {shape}.")
-        if self._groups() is not None:
-            relevance = relevance.reshape(*relevance.shape[:-1], self._groups(), -1)
+        groups = self._groups()
+        if groups is not None:
+            relevance = relevance.reshape(*relevance.shape[:-1], groups, -1)
             axis = relevance.dim() - 2
         else:
             axis = self.axis % relevance.dim()
@@ -157,8 +158,9 @@ class TokenConcept(Concept):
         return moved.reshape(moved.shape[0], moved.shape[1], -1, moved.shape[-1]).sum(2)
 
     def attribute(self, relevance: torch.Tensor, mask: Optional[torch.Tensor] = None,
-                  layer_name: Optional[str] = None, abs_norm: bool = True) -> torch.Tensor:
-        """The relevance of every concept summed over tokens, ``(N, n_concepts)``.
+                  layer_name: Optional[str] = None,  # noqa: ARG002 - part of the Concept interface
+                  abs_norm: bool = True) -> torch.Tensor:
+        """Sum the relevance of every concept over tokens, ``(N, n_concepts)``.
 
         Parameters
         ----------
@@ -176,7 +178,8 @@ class TokenConcept(Concept):
         values = self.per_token(relevance).sum(1)
         return values / (values.abs().sum(-1, keepdim=True) + 1e-10) if abs_norm else values
 
-    def reference_sampling(self, relevance: torch.Tensor, layer_name: Optional[str] = None,
+    def reference_sampling(self, relevance: torch.Tensor,
+                           layer_name: Optional[str] = None,  # noqa: ARG002 - part of the Concept interface
                            max_target: str = "sum", abs_norm: bool = True
                            ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Sort the samples of a batch by their relevance (or activation) for every concept.
@@ -208,8 +211,10 @@ class TokenConcept(Concept):
         values, order = torch.sort(values, dim=0, descending=True, stable=True)
         return order, values, tokens.gather(0, order)
 
-    def get_rf_indices(self, output_shape: Sequence[int], layer_name: Optional[str] = None) -> np.ndarray:
-        """The "neurons" of a concept: the token positions ``0 .. T - 1`` of an output of shape ``(T, ...)``."""
+    def get_rf_indices(self, output_shape: Sequence[int],
+                       layer_name: Optional[str] = None,  # noqa: ARG002 - part of the Concept interface
+                       ) -> np.ndarray:
+        """Return the "neurons" of a concept: the token positions ``0 .. T - 1`` of an output of shape ``(T, ...)``."""
         return np.arange(int(output_shape[0]))
 
 

@@ -8,14 +8,21 @@ The family modules (:mod:`~crp._transformers.gpt2`, :mod:`~crp._transformers.lla
 """
 import functools
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 import torch
 from torch import nn
 
 from crp._transformers.rules import GradientOps
 
-__all__ = ["Setup", "TokenContext", "attend", "split_heads", "layer_norm_forward", "identity_forward"]
+__all__ = [
+    "HostModule", "Setup", "TokenContext", "attend", "split_heads", "layer_norm_forward", "identity_forward",
+]
+
+#: A module of Hugging Face ``transformers`` or ``torchvision`` whose attributes the forwards read by name
+#: (``module.c_attn``, ``module.head_dim``, ...). Neither package is imported here, and torch types every
+#: attribute of an ``nn.Module`` as ``Tensor | Module``, so these modules are typed by duck.
+HostModule = Any
 
 
 def _same(tensor: torch.Tensor) -> torch.Tensor:
@@ -41,11 +48,11 @@ class Setup:
     neurons: Mapping[nn.Module, Callable] = field(default_factory=dict)
 
     def head_tap(self, module: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
-        """The tap of ``module``'s heads (the identity where there is none)."""
+        """Return the tap of ``module``'s heads (the identity where there is none)."""
         return self.heads.get(module, _same)
 
     def neuron_tap(self, module: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
-        """The tap of ``module``'s neurons (the identity where there is none)."""
+        """Return the tap of ``module``'s neurons (the identity where there is none)."""
         return self.neurons.get(module, _same)
 
 
@@ -65,8 +72,11 @@ class TokenContext:
         self._masks: Dict[tuple, torch.Tensor] = {}
 
     def mask(self, dtype: torch.dtype, window: Optional[int] = None) -> torch.Tensor:
-        """The additive causal mask ``(N, 1, T, T)``: 0 where a query may attend to a key, the dtype's minimum
-        elsewhere (later tokens, padded keys, keys ``window`` or more tokens back)."""
+        """Return the additive causal mask ``(N, 1, T, T)`` (cached per dtype and window).
+
+        It is 0 where a query may attend to a key, the dtype's minimum elsewhere (later tokens, padded keys, keys
+        ``window`` or more tokens back).
+        """
         key = (dtype, window)
         if key not in self._masks:
             length = self.padding.shape[1]
@@ -114,5 +124,5 @@ def layer_norm_forward(module: nn.LayerNorm, setup: Setup, hidden: torch.Tensor)
 
 
 def identity_forward(module: nn.Module, setup: Setup, hidden: torch.Tensor) -> torch.Tensor:
-    """An elementwise module (activation, RMSNorm): its class's own forward, with the identity rule."""
+    """Run an elementwise module (activation, RMSNorm) with its class's own forward and the identity rule."""
     return setup.ops.identity(functools.partial(type(module).forward, module), hidden)

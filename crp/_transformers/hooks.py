@@ -63,20 +63,21 @@ class FastEpsilon:
     def __init__(self, epsilon: float = 1e-6) -> None:
         self.epsilon = float(epsilon)
 
-    def pre_forward(self, module: torch.nn.Module, args: tuple) -> Optional[tuple]:
+    def pre_forward(self, module: torch.nn.Module, args: tuple) -> Optional[tuple]:  # noqa: ARG002 (torch's hook)
         """Route the input through ``_TimesInput``."""
         if not args or not isinstance(args[0], torch.Tensor) or not args[0].requires_grad:
             return None
         return (_TimesInput.apply(args[0]), *args[1:])
 
-    def post_forward(self, module: torch.nn.Module, args: tuple, output) -> Optional[torch.Tensor]:
+    def post_forward(self, module: torch.nn.Module, args: tuple,  # noqa: ARG002 (torch's hook signature)
+                     output) -> Optional[torch.Tensor]:
         """Route the output through ``_OverOutput``."""
         if not isinstance(output, torch.Tensor) or output.grad_fn is None:
             return None
         return _OverOutput.apply(output, self.epsilon)
 
     def copy(self) -> "FastEpsilon":
-        """A hook with the same epsilon."""
+        """Return a hook with the same epsilon."""
         return FastEpsilon(self.epsilon)
 
     def remove(self) -> None:

@@ -67,7 +67,7 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def softmax_value(x: torch.Tensor, dim: int) -> torch.Tensor:
-    """The softmax of ``x`` along ``dim``, computed in at least float32 and returned in ``x``'s dtype."""
+    """Compute the softmax of ``x`` along ``dim`` in at least float32; return it in ``x``'s dtype."""
     return torch.softmax(x, dim=dim, dtype=_compute_dtype(x.dtype)).to(x.dtype)
 
 
@@ -153,14 +153,15 @@ class _Affine(Function):
             leaves = [x.detach().requires_grad_(need) for x, need in zip(inputs, needs)]
             wanted = [leaf for leaf, need in zip(leaves, needs) if need]
             grads = torch.autograd.grad(ctx.fn(*leaves), wanted, relevance * inverse) if wanted else ()
-        grads = iter(grads)
-        relevances = [next(grads) * x if need else None for x, need in zip(inputs, needs)]  # grads may be shared
+        pending = iter(grads)
+        relevances = [next(pending) * x if need else None for x, need in zip(inputs, needs)]  # grads may be shared
         return (None, None, *relevances)
 
 
 class _Identity(Function):
     @staticmethod
-    def forward(ctx, fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    def forward(ctx, fn: Callable[[torch.Tensor], torch.Tensor],  # noqa: ARG004 (torch's Function signature)
+                x: torch.Tensor) -> torch.Tensor:
         y = fn(x)
         if y.shape != x.shape:
             raise ValueError(f"the identity rule needs an elementwise function, but it maps shape {tuple(x.shape)} "
@@ -168,13 +169,14 @@ class _Identity(Function):
         return y.clone() if y is x else y
 
     @staticmethod
-    def backward(ctx, relevance: torch.Tensor):
+    def backward(ctx, relevance: torch.Tensor):  # noqa: ARG004 (torch's Function signature)
         return None, relevance
 
 
 class _LayerNorm(Function):
     @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor], eps: float,
+    def forward(ctx, x: torch.Tensor, weight: Optional[torch.Tensor],  # noqa: PLR0917 (Function.apply is positional)
+                bias: Optional[torch.Tensor], eps: float,
                 epsilon: float) -> torch.Tensor:
         y, _, rstd = torch.native_layer_norm(x, x.shape[-1:], weight, bias, eps)
         scale = _reciprocal(y, epsilon).mul_(rstd)  # rstd = 1 / std, held constant
@@ -200,7 +202,7 @@ def softmax(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
 
 
 def matmul(a: torch.Tensor, b: torch.Tensor, *, epsilon: float = 1e-12) -> torch.Tensor:
-    """``a @ b`` with the uniform rule: every term's relevance split in halves between its two factors.
+    """Multiply ``a @ b`` with the uniform rule: every term's relevance split in halves between its factors.
 
     A factor that does not require gradients takes no share. ``epsilon`` stabilizes the division by the output.
     """
@@ -208,13 +210,15 @@ def matmul(a: torch.Tensor, b: torch.Tensor, *, epsilon: float = 1e-12) -> torch
 
 
 def multiply(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``a * b`` (elementwise, broadcasting) with the uniform rule: each factor gets half of the relevance
-    (all of it if the other does not require gradients)."""
+    """Multiply ``a * b`` (elementwise, broadcasting) with the uniform rule: each factor gets half the relevance.
+
+    A factor gets all of it if the other does not require gradients.
+    """
     return _Product.apply(a, b, True, 0.0)
 
 
 def add(a: torch.Tensor, b: torch.Tensor, *, epsilon: float = 1e-12) -> torch.Tensor:
-    """``a + b`` with the epsilon rule: ``R_a = a * R / (a + b)``, ``R_b = b * R / (a + b)``."""
+    """Add ``a + b`` with the epsilon rule: ``R_a = a * R / (a + b)``, ``R_b = b * R / (a + b)``."""
     return _Add.apply(a, b, epsilon)
 
 
@@ -266,27 +270,27 @@ class GradientOps:
     constant_gate = False
 
     def add(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        """A sum of two tensors (residual connections, position embeddings)."""
+        """Add two tensors (residual connections, position embeddings)."""
         return a + b
 
     def affine(self, fn: Callable[..., torch.Tensor], *inputs: torch.Tensor) -> torch.Tensor:
-        """A function affine in its inputs (rotary embeddings, projections without a module)."""
+        """Apply a function affine in its inputs (rotary embeddings, projections without a module)."""
         return fn(*inputs)
 
     def identity(self, fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-        """An elementwise function (activations, RMSNorm, scaling and masking of attention scores)."""
+        """Apply an elementwise function (activations, RMSNorm, scaling and masking of attention scores)."""
         return fn(x)
 
     def matmul(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        """A matrix product of two input-dependent tensors."""
+        """Multiply two input-dependent tensors as matrices."""
         return torch.matmul(a, b)
 
     def multiply(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        """An elementwise product (the gate of a gated MLP)."""
+        """Multiply two tensors elementwise (the gate of a gated MLP)."""
         return a * b
 
     def softmax(self, x: torch.Tensor, dim: int = -1) -> torch.Tensor:
-        """The softmax of the attention scores."""
+        """Compute the softmax of the attention scores."""
         return softmax_value(x, dim)
 
     def layer_norm(self, x: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor], *,

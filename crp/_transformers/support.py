@@ -16,7 +16,7 @@ from torch import nn
 from zennit.canonizers import Canonizer
 
 from crp._transformers import gpt2, llama, vit
-from crp._transformers.forwards import Setup, identity_forward, layer_norm_forward
+from crp._transformers.forwards import HostModule, Setup, identity_forward, layer_norm_forward
 from crp._transformers.rules import LRPOps
 
 __all__ = [
@@ -50,21 +50,21 @@ class Role:
     check: Optional[Callable[[nn.Module], Optional[str]]] = None
 
 
-def _layer_norm_check(module: nn.Module) -> Optional[str]:
+def _layer_norm_check(module: HostModule) -> Optional[str]:
     if len(module.normalized_shape) != 1:
         return f"normalizes over {len(module.normalized_shape)} axes; only the last axis is supported"
     return None
 
 
-def _gpt2_attention_check(module: nn.Module) -> Optional[str]:
+def _gpt2_attention_check(module: HostModule) -> Optional[str]:
     return "is a cross-attention (add_cross_attention=True)" if module.is_cross_attention else None
 
 
-def _gpt2_block_check(module: nn.Module) -> Optional[str]:
+def _gpt2_block_check(module: HostModule) -> Optional[str]:
     return "has cross-attention (add_cross_attention=True)" if hasattr(module, "crossattention") else None
 
 
-def _mha_check(module: nn.Module) -> Optional[str]:
+def _mha_check(module: HostModule) -> Optional[str]:
     if not module.batch_first or not module._qkv_same_embed_dim:
         return "is not a batch-first self-attention with one packed input projection"
     if module.bias_k is not None or module.add_zero_attn:
@@ -72,7 +72,7 @@ def _mha_check(module: nn.Module) -> Optional[str]:
     return None
 
 
-def _mlp_block_check(module: nn.Module) -> Optional[str]:
+def _mlp_block_check(module: HostModule) -> Optional[str]:
     kinds = [type(child).__name__ for child in module]
     if kinds != ["Linear", "GELU", "Dropout", "Linear", "Dropout"]:
         return f"has the layers {kinds} instead of Linear, GELU, Dropout, Linear, Dropout"
@@ -152,7 +152,7 @@ def class_path(module: nn.Module) -> str:
 
 
 def role_of(module: nn.Module) -> Optional[Role]:
-    """The role of ``module``'s class, or None if crp does not support it.
+    """Return the role of ``module``'s class, or None if crp does not support it.
 
     A class works as the nearest registered base class it derives from if it does not override ``forward``
     (e.g. a ``Linear`` subclass, or crp's own taps).
@@ -163,7 +163,8 @@ def role_of(module: nn.Module) -> Optional[Role]:
     for base in type(module).__mro__[1:]:
         role = ROLES.get(f"{base.__module__}.{base.__qualname__}")
         if role is not None:
-            return role if type(module).forward is base.forward and role.forward is None else None
+            own_forward = type(module).forward is getattr(base, "forward", None)
+            return role if own_forward and role.forward is None else None
     return None
 
 
@@ -235,7 +236,7 @@ _ALIASES: Dict[type, type] = {}
 
 
 def _linear_alias(cls: type) -> type:
-    """A subclass of ``cls`` and ``nn.Linear`` (with ``cls``'s forward), so zennit's composites map it as Linear."""
+    """Return a subclass of ``cls`` and ``nn.Linear`` (``cls``'s forward) that zennit's composites map as Linear."""
     if cls not in _ALIASES:
         _ALIASES[cls] = type(f"{cls.__name__}AsLinear", (cls, nn.Linear), {"__module__": __name__})
     return _ALIASES[cls]
@@ -243,8 +244,10 @@ def _linear_alias(cls: type) -> type:
 
 @contextlib.contextmanager
 def linear_aliases(model: nn.Module) -> Iterator[None]:
-    """Let zennit's composites see linear layers that are no ``nn.Linear`` (GPT-2's ``Conv1D``) as Linear layers
-    for the ``with`` block: their class is swapped for a subclass of both, and swapped back on exit."""
+    """Let zennit's composites see linear layers that are no ``nn.Linear`` (GPT-2's ``Conv1D``) as Linear layers.
+
+    For the ``with`` block their class is swapped for a subclass of both, and swapped back on exit.
+    """
     swapped = []
     try:
         for module in model.modules():
@@ -267,7 +270,7 @@ class Explainable(nn.Module):
     model: nn.Module
 
     def setup(self, ops) -> Setup:
-        """The set-up of the installed forwards: ``ops`` and the adapter's taps."""
+        """Return the set-up of the installed forwards: ``ops`` and the adapter's taps."""
         return Setup(ops)
 
 
@@ -333,7 +336,7 @@ class TransformerRules(Canonizer):
             stack.close()
 
     def copy(self) -> "TransformerRules":
-        """A canonizer with the same variant and epsilon."""
+        """Return a canonizer with the same variant and epsilon."""
         return TransformerRules(self.ops.variant, epsilon=self.ops.epsilon)
 
     def __repr__(self) -> str:
