@@ -21,3 +21,7 @@ def test_python_blocks_run_in_order(tmp_path, monkeypatch):
     assert namespace["flipping"].scores.shape == (1, 17)
     assert sorted(namespace["references"]) == sorted(namespace["top"][:2])
     assert len(namespace["targets"]) == 3 and (tmp_path / "fv_results" / "manifest.json").is_file()
+    windows = namespace["windows"]
+    assert sorted(windows) == [0, 1] and all(len(w) == 4 for w in windows.values())
+    assert all(namespace["text_mask"][w.index, w.token] == 1 for ws in windows.values() for w in ws)
+    assert namespace["page"].count('class="crp-tokens"') == 4 and (tmp_path / "reference_tokens.png").is_file()

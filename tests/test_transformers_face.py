@@ -25,12 +25,19 @@ def test_importing_it_does_not_import_hugging_face_transformers():
     assert output.strip() == "[]"
 
 
-def test_the_readme_example_runs_as_written():
+def test_the_readme_examples_run_as_written(tmp_path, monkeypatch):
     pytest.importorskip("transformers")
     readme = (ROOT / "README.md").read_text()
     section = readme[readme.index("## Transformers"):readme.index("\n## ", readme.index("## Transformers") + 1)]
-    (block,) = [part.split("```")[0] for part in section.split("```python\n")[1:]]
+    blocks = [part.split("```")[0] for part in section.split("```python\n")[1:]]
+    assert len(blocks) == 2
+    monkeypatch.chdir(tmp_path)
     namespace = {}
-    exec(compile(block, "README Transformers block", "exec"), namespace)
+    for index, block in enumerate(blocks):
+        exec(compile(block, f"README Transformers block {index}", "exec"), namespace)
     assert namespace["per_token"].shape == (1, 6)
     assert namespace["per_neuron"].shape == (64, 6) and namespace["per_head"].shape == (2, 6)
+    windows = namespace["windows"]
+    assert sorted(windows) == [0, 1] and all(len(w) == 4 for w in windows.values())
+    assert all(w.positions[w.center] == w.token and len(w.positions) <= 7 for ws in windows.values() for w in ws)
+    assert (tmp_path / "reference_tokens.png").stat().st_size > 0

@@ -217,6 +217,9 @@ class VisionModel(_Adapter):
         In eval mode; it is not changed (see :class:`LanguageModel`).
     """
 
+    #: The torchvision model (typed by duck: ``torchvision`` is not imported here).
+    model: HostModule
+
     def __init__(self, model: nn.Module) -> None:
         check_supported(model)
         check_value(class_path(model) == _VISION_TRANSFORMER, type(model).__name__, name="model",

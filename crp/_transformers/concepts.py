@@ -201,15 +201,34 @@ class TokenConcept(Concept):
             Each ``(N, n_concepts)``: column ``c`` lists the batch indices by decreasing value for concept ``c``
             (ties keep the lower index first), the sorted values, and each sample's token position with the
             largest value of the concept (its "neuron", see :meth:`get_rf_indices`).
+
+        Notes
+        -----
+        Tokens whose values are all ``-inf`` are absent: never chosen and adding nothing to a sum.
+        :class:`crp.transformers.TextFeatureVisualization` marks padded tokens so.
+        """
+        values, tokens = self.scores(relevance, layer_name, max_target, abs_norm)
+        values, order = torch.sort(values, dim=0, descending=True, stable=True)
+        return order, values, tokens.gather(0, order)
+
+    def scores(self, relevance: torch.Tensor,
+               layer_name: Optional[str] = None,  # noqa: ARG002 - part of the Concept interface
+               max_target: str = "sum", abs_norm: bool = True) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Score every concept of every sample: its value and its token, each ``(N, n_concepts)``, in batch order.
+
+        The arguments are those of :meth:`reference_sampling`; the token is the one with the concept's largest
+        value (the first of equal ones). Padded tokens marked with ``-inf`` are left out.
         """
         check_choice(max_target, ("sum", "max"), name="max_target")
         per_token = self.per_token(relevance)
         tokens = per_token.argmax(1)
-        values = per_token.sum(1) if max_target == "sum" else per_token.gather(1, tokens.unsqueeze(1)).squeeze(1)
+        if max_target == "sum":
+            values = per_token.masked_fill(per_token == float("-inf"), 0).sum(1)
+        else:
+            values = per_token.gather(1, tokens.unsqueeze(1)).squeeze(1)
         if abs_norm:
             values = values / (values.abs().sum(-1, keepdim=True) + 1e-10)
-        values, order = torch.sort(values, dim=0, descending=True, stable=True)
-        return order, values, tokens.gather(0, order)
+        return values, tokens
 
     def get_rf_indices(self, output_shape: Sequence[int],
                        layer_name: Optional[str] = None,  # noqa: ARG002 - part of the Concept interface
