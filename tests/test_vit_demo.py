@@ -87,8 +87,8 @@ def test_bad_settings_and_layer_fail_before_any_work(tmp_path):
 def test_quick_run_writes_the_files_and_the_report(quick_run):
     result, _ = quick_run
     out = result.out_dir
-    assert sorted(result.files) == ["neuron_shares.png", "relmax.png", "report.html", "shortcut_neuron.png",
-                                    "summary.json"]
+    assert sorted(result.files) == ["neuron_shares.png", "relmax.png", "relmax_patches.png", "report.html",
+                                    "shortcut_neuron.png", "summary.json"]
     for name in result.files:
         assert (out / name).stat().st_size > 0
     assert list((out / "fv").iterdir())
@@ -111,7 +111,7 @@ def test_cli_runs_the_vit_demo(quick_run, capsys):
             "--cache-dir", str(root / "cache")]
     assert main(argv) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].startswith(f"crp demo --model vit: wrote 5 files to {out.resolve()}")
+    assert lines[0].startswith(f"crp demo --model vit: wrote 6 files to {out.resolve()}")
     assert "loaded from" in lines[2]  # the quick model of the fixture's cache
 
 

@@ -34,7 +34,7 @@ from crp.app.shapes import ShapesDataset
 from crp.app.shapes_model import TrainInfo, torch_threads
 from crp.app.shapes_vit import QUICK_VIT_SETTINGS, ViTSettings, mark_tokens, shapes_vit, train_vit_model
 from crp.attribution import CondAttribution
-from crp.transformers import AttnLRP, TokenConcept, VisionModel
+from crp.transformers import AttnLRP, TokenConcept, VisionFeatureVisualization, VisionModel
 from crp.visualization import FeatureVisualization
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -298,6 +298,16 @@ def _relmax(fv: FeatureVisualization, finding: ShortcutNeuron, count: int) -> Tu
     return ids, at, mosaic
 
 
+def _patch_mosaic(attribution: CondAttribution, test: ShapesDataset, folder: Path, finding: ShortcutNeuron,
+                  count: int) -> "Image":
+    """Return the RelMax references cropped to the patch of their token, with the neuron's heatmap there."""
+    patches = VisionFeatureVisualization(attribution, test, {finding.layer: PatchConcept()}, path=folder,
+                                         top_k=max(count, 8))
+    crops, maps = patches.get_max_reference([finding.neuron], finding.layer, "relevance", (0, count), AttnLRP(),
+                                            rf=True, plot_fn=None)[finding.neuron]
+    return references_mosaic([input_image(c) for c in crops], [heatmap_image(h) for h in maps], cell=64)
+
+
 # ------------------------------------------------------------------------------------------------------------
 # the demo
 
@@ -319,7 +329,8 @@ def run_vit_demo(
     Writes into ``out_dir``: ``report.html`` (self-contained), ``summary.json``, ``shortcut_neuron.png``
     (marked images, the heatmap of "cross", the neuron's conditional heatmaps), ``neuron_shares.png`` (every
     neuron's part of the relevance at the mark's token), ``relmax.png`` (the neuron's RelMax references with its
-    heatmap at their most relevant token), the FeatureVisualization results in ``fv/``, and a manifest.
+    heatmap at their most relevant token), ``relmax_patches.png`` (the same cropped to that token's patch, by
+    :class:`crp.transformers.VisionFeatureVisualization`), the FeatureVisualization results in ``fv/``, and a manifest.
 
     Parameters
     ----------
@@ -389,6 +400,7 @@ def _explain(output: OutputFolder, adapter: VisionModel, info: TrainInfo, layer:
     fv.run(AttnLRP(), 0, len(test), batch_size=64, verbose=progress)
     ids, tokens, mosaic = _relmax(fv, finding, references)
     output.write("relmax.png", png_saver(mosaic))
+    output.write("relmax_patches.png", png_saver(_patch_mosaic(attribution, test, folder, finding, references)))
     result = ViTDemoResult(output.root, info, finding, ids, tokens, [bool(test.has_artifact[i]) for i in ids],
                            [float(s) for s in shares])
     output.write("summary.json", lambda path: path.write_text(_summary_json(result)))
@@ -495,6 +507,9 @@ def _report(result: ViTDemoResult) -> "Report":
         f"{marked} carry the mark.",
     )
     report.images([out / "relmax.png"], wide=True)
+    report.text("The same references cropped to the patch of their token (the patch is the receptive field of a "
+                "token), with the neuron's heatmap there:")
+    report.images([out / "relmax_patches.png"], wide=True)
     report.table([(i, t, "yes" if m else "no") for i, t, m in zip(result.references, result.reference_tokens,
                                                                     result.reference_marked)],
                  header=["test image", "token", "mark"])
