@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from crp.app.cli import main
+from crp.app.shapes import ShapesDataset
 from crp.app.shapes_model import torch_threads
 from crp.app.shapes_vit import QUICK_VIT_SETTINGS, ViTSettings, mark_tokens, shapes_vit, train_vit_model
 from crp.app.vit_demo import (
@@ -33,7 +34,8 @@ def quick_run(tmp_path_factory):
 def mid_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("vit_mid")
     with torch_threads(1):
-        return run_vit_demo(root / "out", settings=MID_SETTINGS, cache_dir=root / "cache", progress=False, threads=1)
+        return run_vit_demo(root / "out", settings=MID_SETTINGS, cache_dir=root / "cache", progress=False, threads=1,
+                            references=16)
 
 
 def test_mark_tokens_by_hand():
@@ -95,6 +97,9 @@ def test_quick_run_writes_the_files_and_the_report(quick_run):
     summary = json.loads((out / "summary.json").read_text())
     found = result.neuron
     assert summary["neuron"]["neuron"] == found.neuron and summary["references"] == result.references
+    test = ShapesDataset("test", n=QUICK_VIT_SETTINGS.n_test, seed=QUICK_VIT_SETTINGS.seed)
+    assert summary["test_marked"] == result.test_marked == float(test.has_artifact.double().mean())
+    assert result.reference_marked == [bool(test.has_artifact[i]) for i in result.references]
     assert len(result.shares) == QUICK_VIT_SETTINGS.mlp and found.share == max(result.shares)
     assert found.ranking[0] == (found.neuron, found.share) and found.tokens == [1]
     assert len(result.references) == 4 and len(set(result.references)) == 4
@@ -134,6 +139,8 @@ def test_mid_run_finds_the_shortcut_neuron(mid_run):
     # its conditional heatmap lies on the mark's patch far beyond the patch's area, and the mark excites it there
     assert found.patch_part > 5 * found.patch_area
     assert found.activation_with_mark > found.activation_without_mark
-    # RelMax over the test split (half of it marked): its top references carry the mark, at the mark's token
-    assert sum(mid_run.reference_marked) >= 7 and len(mid_run.references) == 8
-    assert sum(token in found.tokens for token in mid_run.reference_tokens) >= 7
+    # RelMax over the test split (about half of it marked): its top references carry the mark, at the mark's token
+    # (on the machine the test was written on: 15 of 16 each; chance would give about 8)
+    assert len(mid_run.references) == 16 == len(mid_run.reference_marked) == len(mid_run.reference_tokens)
+    assert sum(mid_run.reference_marked) >= 12
+    assert sum(token in found.tokens for token in mid_run.reference_tokens) >= 12

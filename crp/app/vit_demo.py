@@ -11,7 +11,7 @@ and explains it with AttnLRP (Achtibat et al., ICML 2024) and CRP (Achtibat et a
   measured on other such images (held out from the search);
 - the pixel heatmap of "cross" on these images, and the neuron's conditional heatmaps, at every token and at
   the mark's token only (:meth:`crp.transformers.TokenConcept.mask_rf`);
-- its Relevance Maximization references over the test split (where half of the images carry the mark), with
+- its Relevance Maximization references over the test split (where about half of the images carry the mark), with
   :class:`crp.visualization.FeatureVisualization` and :class:`PatchConcept` (a
   :class:`crp.transformers.TokenConcept` ranked at the patch tokens): the top (sample, patch token) pairs for
   the samples' own classes, drawn with the heatmap of the neuron at its token;
@@ -137,8 +137,9 @@ class ViTDemoResult:
 
     ``references`` are the test-split indices of the shortcut neuron's Relevance Maximization references, best
     first, ``reference_tokens`` the token of each (its most relevant one), ``reference_marked`` whether each
-    image carries the mark, and ``shares`` the parts of every neuron of the layer at the mark's token on the
-    search images (the ranking of :class:`ShortcutNeuron`).
+    image carries the mark, ``shares`` the parts of every neuron of the layer at the mark's token on the
+    search images (the ranking of :class:`ShortcutNeuron`), and ``test_marked`` the part of the test images that
+    carry the mark.
     """
 
     out_dir: Path
@@ -148,6 +149,7 @@ class ViTDemoResult:
     reference_tokens: List[int]
     reference_marked: List[bool]
     shares: List[float] = field(default_factory=list)
+    test_marked: float = float("nan")
     files: List[str] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -402,7 +404,7 @@ def _explain(output: OutputFolder, adapter: VisionModel, info: TrainInfo, layer:
     output.write("relmax.png", png_saver(mosaic))
     output.write("relmax_patches.png", png_saver(_patch_mosaic(attribution, test, folder, finding, references)))
     result = ViTDemoResult(output.root, info, finding, ids, tokens, [bool(test.has_artifact[i]) for i in ids],
-                           [float(s) for s in shares])
+                           [float(s) for s in shares], float(test.has_artifact.double().mean()))
     output.write("summary.json", lambda path: path.write_text(_summary_json(result)))
     result.files = [*output.written, "report.html"]
     result.seconds = 0.0
@@ -456,8 +458,8 @@ def format_vit_summary(result: ViTDemoResult, elapsed: Optional[float] = None) -
         f"{_percent(found.patch_part)} of its positive heatmap lies on the mark's patch",
         f"          its activation at the mark's token: {found.activation_with_mark:.2f} with the mark, "
         f"{found.activation_without_mark:.2f} without",
-        f"relmax    {marked} of its top {len(result.references)} references carry the mark (half of the test images "
-        f"do); their tokens: {result.reference_tokens}",
+        f"relmax    {marked} of its top {len(result.references)} references carry the mark "
+        f"({_percent(result.test_marked)} of the test images do); their tokens: {result.reference_tokens}",
     ]
     return "\n".join(lines)
 
@@ -466,6 +468,7 @@ def _summary_json(result: ViTDemoResult) -> str:
     info = asdict(result.info)
     info["cache_file"] = str(info["cache_file"])
     payload = {"model": info, "neuron": asdict(result.neuron), "shares": result.shares,
+               "test_marked": result.test_marked,
                "references": result.references, "reference_tokens": result.reference_tokens,
                "reference_marked": result.reference_marked}
     return json.dumps(payload, indent=1, default=float)
@@ -502,9 +505,9 @@ def _report(result: ViTDemoResult) -> "Report":
     marked = sum(result.reference_marked)
     report.section(
         "Relevance Maximization",
-        f"The {len(result.references)} test images (of all test images, half carry the mark) where the neuron is "
-        f"most relevant at an image patch for their own class, with its conditional heatmap at that patch's token: "
-        f"{marked} carry the mark.",
+        f"The {len(result.references)} test images ({_percent(result.test_marked)} of all test images carry the "
+        f"mark) where the neuron is most relevant at an image patch for their own class, with its conditional "
+        f"heatmap at that patch's token: {marked} carry the mark.",
     )
     report.images([out / "relmax.png"], wide=True)
     report.text("The same references cropped to the patch of their token (the patch is the receptive field of a "
