@@ -190,7 +190,7 @@ def test_token_dataset_items_and_split(text_data):
         split_tokens(torch.zeros(2, 3, 4))
 
 
-def test_text_feature_visualization_needs_token_attribution_and_token_concepts(text_data):
+def test_text_feature_visualization_needs_token_attribution_and_token_concepts(text_data, tmp_path):
     ids, mask, targets = text_data
     lm = LanguageModel(language_model("gpt2"))
     dataset = TokenDataset(ids, targets)
@@ -199,6 +199,14 @@ def test_text_feature_visualization_needs_token_attribution_and_token_concepts(t
     with pytest.raises(TypeError, match=r"TokenConcept or HeadConcept along an axis other than the tokens.*"
                                         r"'neurons.0': 'TokenConcept'"):
         TextFeatureVisualization(TokenAttribution(lm), dataset, {"neurons.0": TokenConcept(axis=1)})
+
+    class ZennitFlow(TextFeatureVisualization):
+        def analyze_activation(self, *args):
+            return super().analyze_activation(*args)
+
+    fv = ZennitFlow(TokenAttribution(lm), dataset, {"neurons.0": TokenConcept()}, path=tmp_path)
+    with pytest.raises(TypeError, match=r"overrides zennit-crp's seams \['analyze_activation'\]"):
+        fv.run(AttnLRP())
 
 
 # ----------------------------------------------------------------------------------------------------------------

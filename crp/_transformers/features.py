@@ -187,6 +187,17 @@ class TextFeatureVisualization(FeatureVisualization):
                             f"tokens, got {wrong}. Use TokenConcept() for neurons and HeadConcept() for heads.")
         super().__init__(attribution, dataset, layer_map, *args, **kwargs)
 
+    def run(self, *args: Any, **kwargs: Any) -> Any:
+        """Find the top (sample, token) pairs of every concept, as :meth:`crp.visualization.FeatureVisualization.run`.
+
+        zennit-crp's flow (a subclass that overrides its seams) does not know padding and is refused.
+        """
+        seams = self.overridden_seams()
+        if seams:
+            raise TypeError(f"TextFeatureVisualization ranks with the default engine, which leaves padded tokens out; "
+                            f"this subclass overrides zennit-crp's seams {seams}. Remove the overrides.")
+        return super().run(*args, **kwargs)
+
     def preprocess_data(self, data: torch.Tensor) -> torch.Tensor:
         """Apply ``preprocess_fn`` (if any) to a batch of token samples and embed it (zeros at padded tokens)."""
         data = super().preprocess_data(data)
