@@ -137,6 +137,31 @@ def test_windows_equal_the_attribution_called_directly(text_fv, text_data, rf, m
             assert window.positions[window.center] == token
 
 
+def test_stats_windows_are_those_of_the_target_s_samples(text_fv, text_data):
+    ids, mask, targets = text_data
+    fv = text_fv["sum"]
+    target = int(targets[0])  # the targets of samples 0 and 7
+    references = fv.get_stats_reference(3, "neurons.0", [target], "relevance", (0, 2), AttnLRP(), window=6)
+    indices, _, neurons = fv.results.statistics("neurons.0", "relevance", target)
+    windows = references[f"3:{target}"]
+    assert sorted(w.index for w in windows) == sorted(i for i in range(N) if int(targets[i]) == target)
+    assert [(w.index, w.token) for w in windows] == list(zip(indices[:2, 3].tolist(), neurons[:2, 3].tolist()))
+    attribution = TokenAttribution(fv.attribution.model)
+    for window in windows:
+        i = window.index
+        heatmap = attribution(ids[i:i + 1], [{"neurons.0": [3], "y": [target]}], AttnLRP(),
+                              attention_mask=mask[i:i + 1], exclude_parallel=False).heatmap[0]
+        assert window.positions == torch.arange(T)[mask[i].bool()].tolist()  # the window covers the sequence
+        np.testing.assert_allclose(window.relevance, heatmap[mask[i].bool()].numpy(), rtol=1e-9, atol=1e-15)
+    with pytest.raises(ValueError, match="use full_backward=True for padded samples"):
+        fv.get_stats_reference(3, "neurons.0", [target], "relevance", (0, 2), AttnLRP(), full_backward=False)
+
+
+def test_a_plot_function_draws_the_windows(text_fv):
+    pages = text_fv["max"].get_max_reference([4], "neurons.0", "activation", (0, 2), AttnLRP(), plot_fn=text_html)
+    assert isinstance(pages[4], str) and pages[4].count('class="crp-tokens"') == 2
+
+
 def test_windows_without_composite_have_tokens_only(text_fv, text_data):
     ids, mask, _ = text_data
     windows = text_fv["max"].get_max_reference(1, "heads.1", "relevance", (0, 2), window=0)[1]
@@ -165,7 +190,7 @@ def test_token_dataset_items_and_split(text_data):
         split_tokens(torch.zeros(2, 3, 4))
 
 
-def test_text_feature_visualization_needs_token_attribution_and_token_concepts(text_data):
+def test_text_feature_visualization_needs_token_attribution_and_token_concepts(text_data, tmp_path):
     ids, mask, targets = text_data
     lm = LanguageModel(language_model("gpt2"))
     dataset = TokenDataset(ids, targets)
@@ -174,6 +199,14 @@ def test_text_feature_visualization_needs_token_attribution_and_token_concepts(t
     with pytest.raises(TypeError, match=r"TokenConcept or HeadConcept along an axis other than the tokens.*"
                                         r"'neurons.0': 'TokenConcept'"):
         TextFeatureVisualization(TokenAttribution(lm), dataset, {"neurons.0": TokenConcept(axis=1)})
+
+    class ZennitFlow(TextFeatureVisualization):
+        def analyze_activation(self, *args):
+            return super().analyze_activation(*args)
+
+    fv = ZennitFlow(TokenAttribution(lm), dataset, {"neurons.0": TokenConcept()}, path=tmp_path)
+    with pytest.raises(TypeError, match=r"overrides zennit-crp's seams \['analyze_activation'\]"):
+        fv.run(AttnLRP())
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -184,7 +184,7 @@ class LanguageModel(_Adapter):
         return positions
 
     def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
-        """Return the logits ``(N, V)`` at :attr:`position` of token embeddings ``(N, T, E)`` (zero rows: padding)."""
+        """Return the logits ``(N, V)`` at ``position`` of token embeddings ``(N, T, E)`` (zero rows: padding)."""
         self._check_embeddings(embeddings)
         padding = embeddings.ne(0).any(-1)
         with self.installed():

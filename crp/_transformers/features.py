@@ -187,6 +187,17 @@ class TextFeatureVisualization(FeatureVisualization):
                             f"tokens, got {wrong}. Use TokenConcept() for neurons and HeadConcept() for heads.")
         super().__init__(attribution, dataset, layer_map, *args, **kwargs)
 
+    def run(self, *args: Any, **kwargs: Any) -> Any:
+        """Find the top (sample, token) pairs of every concept, as :meth:`crp.visualization.FeatureVisualization.run`.
+
+        zennit-crp's flow (a subclass that overrides its seams) does not know padding and is refused.
+        """
+        seams = self.overridden_seams()
+        if seams:
+            raise TypeError(f"TextFeatureVisualization ranks with the default engine, which leaves padded tokens out; "
+                            f"this subclass overrides zennit-crp's seams {seams}. Remove the overrides.")
+        return super().run(*args, **kwargs)
+
     def preprocess_data(self, data: torch.Tensor) -> torch.Tensor:
         """Apply ``preprocess_fn`` (if any) to a batch of token samples and embed it (zeros at padded tokens)."""
         data = super().preprocess_data(data)
@@ -257,12 +268,7 @@ class TextFeatureVisualization(FeatureVisualization):
         dict
             ``{concept_id: list of TokenWindow}`` (best first), or ``{concept_id: plot_fn(windows)}``.
         """
-        window = check_int(window, name="window", minimum=0)
-        if plot_fn is not None and not callable(plot_fn):
-            raise TypeError(f"plot_fn must be a function (windows) -> drawing, or None for the windows; got "
-                            f"{plot_fn!r}.")
-        self._check_layer(layer_name)
-        check_mode(mode)
+        window = self._check_window_args(window, plot_fn, layer_name, mode)
         r_range = check_range(r_range)
         indices, _, neurons = self.results.maximization(layer_name, mode)
         ids = self._concept_ids(concept_ids, layer_name, indices.shape[1])
@@ -271,12 +277,59 @@ class TextFeatureVisualization(FeatureVisualization):
             self._refuse_padding(np.unique(indices[rows][:, ids]))
         raw = super().get_max_reference(ids, layer_name, mode, r_range, composite, rf, None, batch_size,
                                         full_backward=full_backward, overwrite=overwrite)
+        return {concept_id: self._draw(raw[concept_id], composite, indices[rows, concept_id],
+                                       neurons[rows, concept_id], window=window, plot_fn=plot_fn)
+                for concept_id in ids}
+
+    def get_stats_reference(  # noqa: PLR0917 (FeatureVisualization's positional signature)
+        self, concept_id: int, layer_name: str, targets: Union[int, Sequence[int]], mode: str = "relevance",
+        r_range: Range = (0, 8), composite: Optional[Composite] = None, rf: bool = False,
+        plot_fn: Optional[Callable[..., Any]] = None, batch_size: int = 32, *, full_backward: bool = True,
+        overwrite: bool = False, window: int = 5,
+    ) -> Dict[str, Any]:
+        """Return the reference tokens of one concept among the samples of given targets, in windows.
+
+        The arguments are those of :meth:`get_max_reference`; ``targets`` are target classes (next tokens). With
+        ``full_backward`` the relevance starts at the given target.
+
+        Returns
+        -------
+        dict
+            ``{"{concept_id}:{target}": list of TokenWindow}``, or ``plot_fn(windows)`` for each.
+        """
+        window = self._check_window_args(window, plot_fn, layer_name, mode)
+        r_range = check_range(r_range)
+        target_list = [targets] if isinstance(targets, int) else list(targets)
+        if not full_backward and composite is not None:
+            column = self._concept_ids(concept_id, layer_name, self.results.maximization(layer_name, mode)[0].shape[1])
+            for target in target_list:
+                indices = self.results.statistics(layer_name, mode, int(target))[0]
+                self._refuse_padding(indices[rank_rows(indices, r_range, f"{mode} statistics")][:, column].ravel())
+        raw = super().get_stats_reference(concept_id, layer_name, target_list, mode, r_range, composite, rf, None,
+                                          batch_size, full_backward=full_backward, overwrite=overwrite)
         references = {}
-        for concept_id in ids:
-            samples, heatmaps = raw[concept_id] if composite is not None else (raw[concept_id], None)
-            windows = _windows(samples, heatmaps, indices[rows, concept_id], neurons[rows, concept_id], window)
-            references[concept_id] = plot_fn(windows) if plot_fn is not None else windows
+        for key, value in raw.items():
+            column_id, target = (int(part) for part in key.rsplit(":", 1))
+            indices, _, neurons = self.results.statistics(layer_name, mode, target)
+            rows = rank_rows(indices, r_range, f"{mode} statistics of layer {layer_name!r}, target {target}")
+            references[key] = self._draw(value, composite, indices[rows, column_id], neurons[rows, column_id],
+                                         window=window, plot_fn=plot_fn)
         return references
+
+    def _check_window_args(self, window: int, plot_fn: Any, layer_name: str, mode: str) -> int:
+        if plot_fn is not None and not callable(plot_fn):
+            raise TypeError(f"plot_fn must be a function (windows) -> drawing, or None for the windows; got "
+                            f"{plot_fn!r}.")
+        self._check_layer(layer_name)
+        check_mode(mode)
+        return check_int(window, name="window", minimum=0)
+
+    @staticmethod
+    def _draw(raw: Any, composite: Optional[Composite], indices: np.ndarray, tokens: np.ndarray, *, window: int,
+              plot_fn: Optional[Callable[..., Any]]) -> Any:
+        samples, heatmaps = raw if composite is not None else (raw, None)
+        windows = _windows(samples, heatmaps, indices, tokens, window)
+        return plot_fn(windows) if plot_fn is not None else windows
 
     def _refuse_padding(self, indices: np.ndarray) -> None:
         data, _ = self.get_data_concurrently(indices)

@@ -86,7 +86,7 @@ _ROUTE = Role()
 _LINEAR = Role(linear=True)
 _IDENTITY = Role(forward=identity_forward)
 
-#: Supported module classes (by :func:`class_path`) and their roles.
+#: Supported module classes (by their import path, ``package.module.Class``) and their roles.
 ROLES: Dict[str, Role] = {
     **{_TORCH + name: _ROUTE for name in ("container.ModuleList", "container.Sequential", "dropout.Dropout",
                                           "linear.Identity", "sparse.Embedding")},
