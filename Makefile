@@ -13,7 +13,7 @@ PY39 ?= python3.9
 # page, so that every build reports every warning
 SPHINXOPTS ?= -W --keep-going -n -E
 
-.PHONY: install test lint pytest test-zennit10 demo bench tutorials docs clean
+.PHONY: install test lint pytest test-zennit10 demo demo-vit bench tutorials docs clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +49,9 @@ test-zennit10: $(ZENNIT10)/.installed
 
 demo: install
 	$(BIN)/python -m crp demo
+
+demo-vit: install
+	$(BIN)/python -m crp demo --model vit
 
 bench: install
 	$(BIN)/python benchmarks/bench_generate.py

@@ -26,8 +26,12 @@ setup(
         "tqdm",
     ],
     extras_require={
-        "test": ["pytest", "ruff", "mypy", "nbclient", "nbformat", "ipykernel", "opencv-python-headless"],
+        "test": [
+            "pytest", "ruff", "mypy", "nbclient", "nbformat", "ipykernel", "opencv-python-headless",
+            "transformers>=4.51",
+        ],
         "inpainting": ["opencv-python-headless"],
+        "transformers": ["transformers>=4.51"],
         # `make docs` treats warnings as errors: exact versions (the newest that still run on Python 3.9), so a
         # new release cannot break the build
         "docs": ["sphinx==7.4.7", "numpydoc==1.9.0", "myst-parser==3.0.1", "myst-nb==1.3.0", "furo==2025.12.19"],

@@ -38,6 +38,7 @@ PUBLIC_MODULES = [
     "crp.graph",
     "crp.evaluation",
     "crp.evaluation.plot",
+    "crp.transformers",
 ]
 
 project = "crp"
@@ -169,7 +170,9 @@ def directive(module_name, attr, obj):
         kind = "autoexception" if issubclass(obj, BaseException) else "autoclass"
         options = ["   :members:", "   :special-members: __call__"]
         if any(base.__module__.startswith("crp._") for base in obj.__mro__[1:]):
-            options.append("   :inherited-members:")  # a class assembled from private parts (FeatureVisualization)
+            # a class assembled from private parts (FeatureVisualization); torch's Module methods stay on torch's page
+            is_module = any(f"{b.__module__}.{b.__qualname__}" == "torch.nn.modules.module.Module" for b in obj.__mro__)
+            options.append("   :inherited-members: Module" if is_module else "   :inherited-members:")
         seams = [name for name in SEAMS if hasattr(obj, name)]  # zennit-crp's private-looking extension points
         options += [f"   :private-members: {', '.join(seams)}"] if seams else []
         public_bases = obj.__bases__ != (object,) and not any(b.__module__.startswith("crp._") for b in obj.__bases__)

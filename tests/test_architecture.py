@@ -23,7 +23,7 @@ ZENNIT_CRP_NAMES = {
     "crp.visualization": ["FeatureVisualization"],
 }
 #: The public faces: thin modules that re-export from the private packages.
-FACES = sorted(ZENNIT_CRP_NAMES) + ["crp.evaluation", "crp.evaluation.plot"]
+FACES = sorted(ZENNIT_CRP_NAMES) + ["crp.evaluation", "crp.evaluation.plot", "crp.transformers"]
 
 
 def _module_name(path: Path) -> str:

@@ -101,8 +101,8 @@ def test_no_command(capsys):
 
 
 @pytest.mark.parametrize("command, options", [
-    ("demo", ("--out", "--samples", "--layer", "--top", "--no-progress", "--quick", "--cache-dir", "--retrain",
-              "--fresh", "--threads")),
+    ("demo", ("--model", "--out", "--samples", "--layer", "--top", "--no-progress", "--quick", "--cache-dir",
+              "--retrain", "--fresh", "--threads")),
     ("analyze", ("--model", "--weights", "--num-classes", "--list-layers", "--data", "--image-size", "--mean",
                  "--std", "--no-normalize", "--layers", "--composite", "--canonizer", "--samples", "--top",
                  "--references", "--fv-samples", "--flip-samples", "--flip-steps", "--out", "--device",

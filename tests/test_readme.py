@@ -25,3 +25,7 @@ def test_python_blocks_run_in_order(tmp_path, monkeypatch):
     merged, single = ({p.relative_to(tmp_path / name): p.read_bytes() for p in (tmp_path / name).rglob("*")
                        if p.is_file()} for name in ("fv_merged", "fv_results"))
     assert len(merged) == 4 and merged == single
+    windows = namespace["windows"]
+    assert sorted(windows) == [0, 1] and all(len(w) == 4 for w in windows.values())
+    assert all(namespace["text_mask"][w.index, w.token] == 1 for ws in windows.values() for w in ws)
+    assert namespace["page"].count('class="crp-tokens"') == 4 and (tmp_path / "reference_tokens.png").is_file()

@@ -123,14 +123,17 @@ class Concept(ABC):
     :class:`crp.visualization.FeatureVisualization` and :class:`crp.attribution.AttributionGraph`.
     """
 
-    @staticmethod
     @abstractmethod
-    def mask(batch_id: int, concept_ids: ConceptIds, layer_name: Optional[str] = None) -> MaskFn:
-        """Return a function that keeps only the relevance of ``concept_ids`` in row ``batch_id``."""
+    def mask(self, batch_id: int, concept_ids: ConceptIds, layer_name: Optional[str] = None) -> MaskFn:
+        """Return a function that keeps only the relevance of ``concept_ids`` in row ``batch_id``.
 
-    @staticmethod
+        A concept without settings may make it a static method, as :class:`ChannelConcept` does (zennit-crp's
+        ``ChannelConcept.mask`` is passed around unbound); concepts with settings (a concept axis, a number of
+        heads) need the instance.
+        """
+
     @abstractmethod
-    def mask_rf(batch_id: int, c_n_map: NeuronMap, layer_name: Optional[str] = None) -> MaskFn:
+    def mask_rf(self, batch_id: int, c_n_map: NeuronMap, layer_name: Optional[str] = None) -> MaskFn:
         """Return a function that keeps only the relevance of single neurons of concepts in row ``batch_id``."""
 
     @abstractmethod

@@ -517,12 +517,33 @@ class FeatureVisualization(ZennitFlow, References):
         if missing:
             raise RuntimeError(f"layers {missing} of layer_map were not reached by the forward pass; choose layers "
                                f"the model runs.")
-        analysis.update("relevance", result.relevances, row_indices, row_targets_np)
+        analysis.update("relevance", self.outputs_to_rank(x, result.relevances), row_indices, row_targets_np)
+        activations = self.outputs_to_rank(x, result.activations)
         if len(first) < len(rows):
-            activations = {layer: a[to_device(first, a.device)] for layer, a in result.activations.items()}
+            activations = {layer: a[to_device(first, a.device)] for layer, a in activations.items()}
             analysis.update("activation", activations, row_indices[first], row_targets_np[first])
         else:
-            analysis.update("activation", result.activations, row_indices, row_targets_np)
+            analysis.update("activation", activations, row_indices, row_targets_np)
+
+    def outputs_to_rank(self, data: torch.Tensor,  # noqa: ARG002 (the seam's argument, for subclasses)
+                        outputs: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        """Return the relevances (or activations) of a batch at the layers of the layer map as :meth:`run` ranks them.
+
+        A seam for subclasses; the default returns ``outputs`` unchanged.
+        :class:`crp.transformers.TextFeatureVisualization` marks padded tokens here, so that they are never ranked.
+
+        Parameters
+        ----------
+        data : torch.Tensor
+            The batch the model was given, one row per row of the outputs (after :meth:`preprocess_data`).
+        outputs : dict of str to torch.Tensor
+            ``{layer_name: tensor}`` of the batch.
+
+        Returns
+        -------
+        dict of str to torch.Tensor
+        """
+        return outputs
 
     def _save(self, store: ResultStore, analysis: Rankings, config: Dict[str, Any], next_index: int,
               complete: bool) -> List[Path]:

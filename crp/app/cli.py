@@ -26,6 +26,10 @@ class _UsageError(Exception):
     """Raised instead of argparse's exit, so that ``main`` reports it in one line and returns a code."""
 
 
+class _DemoUsageError(UserError):
+    """Options that do not go together (reported like any user error: one line, exit code 2)."""
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         raise _UsageError(f"{message} (see `{self.prog} --help`)")
@@ -51,25 +55,33 @@ def _whole_number(low: int):
 
 
 _positive_int = _whole_number(1)
+_DEMO_SAMPLES, _DEMO_TOP = 4, 4
 
 
 def _add_demo(commands) -> None:
     demo = commands.add_parser(
-        "demo", help="train a small CNN on toy shapes with a planted shortcut and explain it with CRP",
+        "demo", help="train a small CNN (or ViT) on toy shapes with a planted shortcut and explain it with CRP",
         description="Train (or load from the cache) a small CNN on toy shapes whose training images of 'cross' "
                     "carry a magenta corner mark, find the channel that responds to the mark, explain test images "
                     "with CRP (heatmaps, concepts, reference samples, attribution graph, pixel flipping) and write "
-                    "report.html, PNG files and summary.json to --out.",
+                    "report.html, PNG files and summary.json to --out. With --model vit: a tiny vision transformer "
+                    "instead, explained with AttnLRP; CRP finds the MLP neuron that carries the mark and its "
+                    "reference samples.",
     )
-    demo.add_argument("--out", default="demo_output", metavar="DIR",
-                      help="output folder: new, empty, or from an earlier run (default: %(default)s)")
-    demo.add_argument("--samples", type=_positive_int, default=4, metavar="N",
-                      help="number of test images to explain (default: %(default)s)")
-    demo.add_argument("--layer", default="features.6", metavar="NAME",
+    demo.add_argument("--model", choices=("cnn", "vit"), default="cnn",
+                      help="cnn: a small CNN (default); vit: a tiny torchvision VisionTransformer (about 3 minutes "
+                           "of training on a busy 2-core CPU, cached)")
+    demo.add_argument("--out", default=None, metavar="DIR",
+                      help="output folder: new, empty, or from an earlier run (default: demo_output, with --model "
+                           "vit demo_vit_output)")
+    demo.add_argument("--samples", type=_positive_int, default=None, metavar="N",
+                      help=f"number of test images to explain (default: {_DEMO_SAMPLES}; cnn only)")
+    demo.add_argument("--layer", default=None, metavar="NAME",
                       help="layer whose channels are the concepts: features.0, features.3, features.6 or "
-                           "classifier.0 (default: %(default)s)")
-    demo.add_argument("--top", type=_positive_int, default=4, metavar="K",
-                      help="number of most relevant channels shown per image (default: %(default)s)")
+                           "classifier.0 (default: features.6); with --model vit neurons.0 (the first block's MLP "
+                           "neurons, default) or the first block's output")
+    demo.add_argument("--top", type=_positive_int, default=None, metavar="K",
+                      help=f"number of most relevant channels shown per image (default: {_DEMO_TOP}; cnn only)")
     demo.add_argument("--no-progress", action="store_true", help="show no progress bars and no log messages")
     demo.add_argument("--quick", action="store_true",
                       help="smoke test: train a tiny model for one epoch and compute less (seconds); its results "
@@ -78,7 +90,8 @@ def _add_demo(commands) -> None:
                       help="model cache folder (default: $CRP_CACHE or ~/.cache/crp)")
     demo.add_argument("--retrain", action="store_true", help="train the model again even if it is cached")
     demo.add_argument("--fresh", action="store_true",
-                      help="recompute the reference samples even if --out holds them for the same model")
+                      help="recompute the reference samples even if --out holds them for the same model (cnn only; "
+                           "the vit demo always recomputes them, in seconds)")
     demo.add_argument("--threads", type=_positive_int, default=None, metavar="N",
                       help="torch CPU threads (default: one less than the cores, at most 4)")
 
@@ -186,12 +199,30 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run_demo(args: argparse.Namespace) -> int:
-    from crp.app.demo import format_summary, run_demo
+    if args.model == "vit":
+        return _run_vit_demo(args)
+    from crp.app.demo import DEFAULT_LAYER, format_summary, run_demo
 
-    result = run_demo(args.out, samples=args.samples, layer=args.layer, top_k=args.top, quick=args.quick,
-                      cache_dir=args.cache_dir, progress=not args.no_progress, force_train=args.retrain,
-                      threads=args.threads, fresh=args.fresh)
+    samples = _DEMO_SAMPLES if args.samples is None else args.samples
+    top = _DEMO_TOP if args.top is None else args.top
+    result = run_demo(args.out or "demo_output", samples=samples, layer=args.layer or DEFAULT_LAYER, top_k=top,
+                      quick=args.quick, cache_dir=args.cache_dir, progress=not args.no_progress,
+                      force_train=args.retrain, threads=args.threads, fresh=args.fresh)
     _say(format_summary(result))
+    return 0
+
+
+def _run_vit_demo(args: argparse.Namespace) -> int:
+    given = [option for option, value in (("--samples", args.samples), ("--top", args.top), ("--fresh", args.fresh))
+             if value not in (None, False)]
+    if given:
+        raise _DemoUsageError(f"{', '.join(given)} apply to --model cnn only; leave them out with --model vit.")
+    from crp.app.vit_demo import DEFAULT_VIT_LAYER, format_vit_summary, run_vit_demo
+
+    result = run_vit_demo(args.out or "demo_vit_output", args.layer or DEFAULT_VIT_LAYER, quick=args.quick,
+                          cache_dir=args.cache_dir, progress=not args.no_progress, force_train=args.retrain,
+                          threads=args.threads)
+    _say(format_vit_summary(result))
     return 0
 
 
@@ -295,7 +326,7 @@ def _run_command(args: argparse.Namespace) -> int:
         return {"demo": _run_demo, "analyze": _run_analyze, "merge": _run_merge}[args.command](args)
     except KeyboardInterrupt:
         done = "nothing was written; run the same command again." if args.command == "merge" else \
-            _interrupted(args.out)
+            _interrupted(args)
         _say(f"{command}: {done}", sys.stderr)
         return 130
     except UserError as error:
@@ -343,8 +374,11 @@ def _file_error(error: OSError, command: str) -> str:
            f"{folders}"
 
 
-def _interrupted(out: str) -> str:
+def _interrupted(args: argparse.Namespace) -> str:
     """Say what an interrupted run left, and how to continue (without importing anything heavy)."""
+    if args.command == "demo" and args.model == "vit":  # its reference-sample search takes seconds: no resuming
+        return "interrupted; run the same command again."
+    out = args.out or "demo_output"
     done = fv_state(out)
     folder = Path(out) / FV_FOLDER
     if done is None:

@@ -1,0 +1,1 @@
+"""Transformers: AttnLRP rules on zennit, supported architectures, token and head concepts, adapters."""
