@@ -2,6 +2,8 @@
 import re
 from pathlib import Path
 
+import pytest
+
 README = Path(__file__).resolve().parent.parent / "README.md"
 
 
@@ -21,3 +23,29 @@ def test_python_blocks_run_in_order(tmp_path, monkeypatch):
     assert namespace["flipping"].scores.shape == (1, 17)
     assert sorted(namespace["references"]) == sorted(namespace["top"][:2])
     assert len(namespace["targets"]) == 3 and (tmp_path / "fv_results" / "manifest.json").is_file()
+
+
+def test_quickstart_explains_the_predicted_class_for_any_seed(tmp_path, monkeypatch, capsys):
+    """Ten random models and samples: the quickstart always explains something, and prints what it claims."""
+    import torch
+
+    quickstart = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)[0]
+    monkeypatch.chdir(tmp_path)
+    for seed in range(10):
+        torch.manual_seed(seed)
+        namespace = {}
+        exec(compile(quickstart, "README quickstart", "exec"), namespace)
+        result, shares, top = namespace["result"], namespace["shares"], namespace["top"]
+        logits = result.prediction[0]
+        assert namespace["predicted"] == int(logits.argmax()) and float(logits.max()) > 0, seed
+        assert torch.isfinite(shares).all() and float(shares[top[0]]) > 0, seed
+        assert float(shares.abs().sum()) == pytest.approx(1.0, abs=1e-5)
+        assert shares[top].tolist() == sorted(shares.tolist(), reverse=True)[:4]
+        # conservation, as the README says: heatmap, relevance at features.11 and logit sum to the same number
+        relevance = float(result.relevances["features.11"].sum())
+        assert float(result.heatmap.sum()) == pytest.approx(float(logits.max()), rel=1e-3), seed
+        assert relevance == pytest.approx(float(logits.max()), rel=1e-3), seed
+        heatmaps = namespace["heatmaps"]
+        assert heatmaps.shape == (4, 64, 64) and (heatmaps.flatten(1).abs().sum(1) > 0).all(), seed
+        printed = capsys.readouterr().out
+        assert printed.startswith(f"class {namespace['predicted']} most relevant channels: {top}"), printed
