@@ -17,6 +17,8 @@ from crp._features.cache import Cache
 from crp._features.dataset import int_target, split_item
 from crp._features.results_objects import Maximization, Statistics
 from crp._features.store import ResultReader, open_results
+from crp._utils.checks import check_id_shape
+from crp._utils.text import id_list, short_repr
 
 __all__ = ["FeatureVisualizationBase"]
 
@@ -135,17 +137,21 @@ class FeatureVisualizationBase:
         return open_results(self.path, self.max_target, self.abs_norm, folders=folders)
 
     def _concept_ids(self, concept_ids, layer_name: str, n_concepts: int) -> List[int]:
+        described = short_repr(concept_ids)
         if isinstance(concept_ids, (torch.Tensor, np.ndarray)):
+            check_id_shape(tuple(concept_ids.shape), "concept_ids")
             concept_ids = concept_ids.tolist()
         ids = [concept_ids] if not isinstance(concept_ids, Iterable) or isinstance(concept_ids, str) \
             else list(concept_ids)
+        if ids and all(isinstance(c, (list, tuple)) for c in ids):
+            check_id_shape((len(ids), len(ids[0])), "concept_ids")
         bad = [c for c in ids if isinstance(c, bool) or not isinstance(c, numbers.Integral)]
         if bad or not ids:
-            raise TypeError(f"concept ids must be ints (or a non-empty list of ints), got {concept_ids!r}.")
+            raise TypeError(f"concept ids must be ints (or a non-empty list of ints), got {described}.")
         out_of_range = [int(c) for c in ids if not 0 <= int(c) < n_concepts]
         if out_of_range:
-            raise IndexError(f"concept ids {out_of_range} are out of range for layer {layer_name!r} with {n_concepts} "
-                             f"concepts; use ids in [0, {n_concepts - 1}].")
+            raise IndexError(f"concept ids {id_list(out_of_range)} are out of range for layer {layer_name!r} with "
+                             f"{n_concepts} concepts; use ids in [0, {n_concepts - 1}].")
         return [int(c) for c in ids]
 
     def _check_layer(self, layer_name: str) -> Concept:
