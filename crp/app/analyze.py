@@ -22,13 +22,14 @@ import numpy as np
 import torch
 
 from crp._utils.checks import check_int, check_positive_int
-from crp._utils.text import one_line
+from crp._utils.text import id_list, one_line
 from crp.app.output import OutputFolder, UserError
 
 __all__ = [
     "AnalyzeError", "AnalyzeOptions", "AnalysisResult", "AnalysisSetup", "DataSpec", "run_analysis", "prepare",
     "load_model", "load_weights", "load_data", "make_composite", "resolve_layers", "layer_table", "spread_indices",
     "format_analysis_summary", "torchvision_architectures", "Normalize", "CANONIZERS", "IMAGENET_MEAN", "IMAGENET_STD",
+    "data_labels", "check_num_classes",
 ]
 
 logger = logging.getLogger(__name__)
@@ -557,12 +558,54 @@ def prepare(options: AnalyzeOptions) -> AnalysisSetup:
         logger.info("no --weights given: the model has random weights")
         description += " (random weights, no --weights)"
     data = load_data(options.data, options.image_size, options.mean, options.std, options.normalize)
+    check_num_classes(options.num_classes, data)
     layers = resolve_layers(model, options.layers)
     composite, composite_description = make_composite(options.composite, model, options.canonizer, data.preprocess)
     model = model.to(device).eval()
     _check_forward(model, data, layers, device)
     return AnalysisSetup(model, description, data, composite, composite_description, layers,
                   list(dict.fromkeys(_graph_layers(model, layers) + layers)), device)
+
+
+def data_labels(data: DataSpec) -> Optional[List[int]]:
+    """Return the distinct labels of the data, sorted, where the dataset lists them without loading images.
+
+    An image folder lists them (``targets``), as do datasets with a ``targets`` or ``labels`` attribute;
+    otherwise None.
+    """
+    dataset = getattr(data.dataset, "folder", data.dataset)
+    targets = getattr(dataset, "targets", None)
+    if targets is None:
+        targets = getattr(dataset, "labels", None)
+    if targets is None:
+        return None
+    if isinstance(targets, (torch.Tensor, np.ndarray)):
+        targets = targets.tolist()
+    try:
+        return sorted({int(label) for label in targets})
+    except (TypeError, ValueError):  # labels that are not class indices: nothing to check
+        return None
+
+
+def check_num_classes(num_classes: Optional[int], data: DataSpec) -> None:
+    """Compare ``--num-classes`` with the labels of the data.
+
+    Raises an AnalyzeError if a label is ``num_classes`` or larger (the model has no output for it); logs a
+    warning if the data has fewer classes than ``num_classes``.
+    """
+    labels = data_labels(data) if num_classes is not None else None
+    if not labels or num_classes is None:
+        return
+    found = f"labels {id_list(labels)} found in --data"
+    names = data.class_names
+    if names and len(names) <= 8:
+        found += f" ({', '.join(names)})"
+    if labels[-1] >= num_classes:
+        raise AnalyzeError(f"--num-classes {num_classes} is too few for the data: {found}; pass --num-classes "
+                           f"{labels[-1] + 1} (or more) to match the model's output to the data.")
+    if len(labels) < num_classes:
+        logger.warning("--num-classes %d is more than the %d classes of the data (%s); the model's other "
+                       "outputs are never a label.", num_classes, len(labels), found)
 
 
 def _check_forward(model: torch.nn.Module, data: DataSpec, layers: List[str], device: torch.device) -> None:
