@@ -566,3 +566,22 @@ def test_num_classes_is_checked_against_the_labels_of_the_data(tmp_path, images,
         assert main(argv) == 0
     assert "--num-classes 5 is more than the 3 classes of the data (labels [0, 1, 2] found in --data (cat, dog, " \
            "owl)); the model's other outputs are never a label." in caplog.text
+
+
+def test_analyze_takes_a_dataloader_with_its_batch_size(tmp_path):
+    small = list(SMALL)
+    del small[small.index("--batch-size"):small.index("--batch-size") + 2]
+    argv = ["analyze", *TINY, "--data", "helpers:tiny_loader", "--out", str(tmp_path / "out"), *small]
+    options = _analyze_options_of(argv)
+    setup = prepare(options)
+    assert isinstance(setup.data.dataset, helpers.TinyData) and setup.batch_size == 5
+    assert prepare(_analyze_options_of(argv + ["--batch-size", "3"])).batch_size == 3
+    assert prepare(_analyze_options_of([*argv[:4], "helpers:tiny_data", *argv[5:]])).batch_size == 32
+    assert main(argv) == 0
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["fv_samples"] == 12
+
+
+def _analyze_options_of(argv):
+    from crp.app.cli import _analyze_options
+
+    return _analyze_options(build_parser().parse_args(argv))

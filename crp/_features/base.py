@@ -41,6 +41,7 @@ class FeatureVisualizationBase:
     RelStats: Statistics
     ActStats: Statistics
     saved_checkpoints: Dict[str, List[str]]
+    loader_batch_size: Optional[int]
 
     # ------------------------------------------------------------------------------------------------------
     # data

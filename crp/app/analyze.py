@@ -21,6 +21,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
+from crp._features.dataset import unwrap_loader
 from crp._utils.checks import check_int, check_positive_int
 from crp._utils.text import id_list, one_line
 from crp.app.output import OutputFolder, UserError
@@ -29,7 +30,7 @@ __all__ = [
     "AnalyzeError", "AnalyzeOptions", "AnalysisResult", "AnalysisSetup", "DataSpec", "run_analysis", "prepare",
     "load_model", "load_weights", "load_data", "make_composite", "resolve_layers", "layer_table", "spread_indices",
     "format_analysis_summary", "torchvision_architectures", "Normalize", "CANONIZERS", "IMAGENET_MEAN", "IMAGENET_STD",
-    "data_labels", "check_num_classes",
+    "data_labels", "check_num_classes", "DEFAULT_BATCH_SIZE",
 ]
 
 logger = logging.getLogger(__name__)
@@ -40,6 +41,8 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 CANONIZERS = ("auto", "none", "merge-batchnorm", "resnet", "vgg")
 #: Longest quote of an underlying error's message in an :class:`AnalyzeError`.
 _REASON_LIMIT = 160
+#: Images per forward and backward pass unless --batch-size or a DataLoader's batch size says otherwise.
+DEFAULT_BATCH_SIZE = 32
 
 PathLike = Union[str, os.PathLike]
 
@@ -64,7 +67,7 @@ class AnalyzeOptions:
     composite: str = "epsilon_plus_flat"
     canonizer: str = "auto"
     device: str = "cpu"
-    batch_size: int = 32
+    batch_size: Optional[int] = None
     workers: int = 0
     samples: int = 4
     top_k: int = 4
@@ -314,6 +317,7 @@ class DataSpec:
     preprocess: Optional[Normalize]
     description: str
     identity: List[Any]
+    loader_batch_size: Optional[int] = None
 
 
 def load_data(spec: str, image_size: int = 224, mean: Optional[Sequence[float]] = None,
@@ -379,6 +383,7 @@ def _callable_data(spec: str, norm: Optional[Normalize]) -> DataSpec:
         dataset = factory()
     except TypeError as error:
         raise AnalyzeError(f"--data {spec!r} could not be called without arguments ({error}).") from None
+    dataset, loader_batch_size = unwrap_loader(dataset, f"--data {spec}")
     if not (hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__")):
         raise AnalyzeError(f"--data {spec!r} returned a {type(dataset).__name__}, not a dataset (len() and "
                            f"indexing).")
@@ -393,7 +398,7 @@ def _callable_data(spec: str, norm: Optional[Normalize]) -> DataSpec:
     probe = [dataset[i][0] for i in spread_indices(len(dataset), 3)]
     identity = ["callable", spec, len(dataset), [float(p.double().sum()) for p in probe], repr(norm)]
     return DataSpec(dataset, list(names) if names is not None else None, norm,
-                    f"dataset {spec} ({len(dataset)} items)", identity)
+                    f"dataset {spec} ({len(dataset)} items)", identity, loader_batch_size)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -518,8 +523,10 @@ def _device(name: str) -> torch.device:
 def _check_counts(options: AnalyzeOptions) -> None:
     """Raise an AnalyzeError for a count out of range (named by its option), a TypeError for one of a wrong type."""
     try:
-        for name in ("batch_size", "samples", "top_k", "references", "flip_steps", "checkpoint", "image_size"):
+        for name in ("samples", "top_k", "references", "flip_steps", "checkpoint", "image_size"):
             check_positive_int(getattr(options, name), name=_option(name))
+        if options.batch_size is not None:
+            check_positive_int(options.batch_size, name=_option("batch_size"))
         for name in ("workers", "flip_samples"):
             check_int(getattr(options, name), name=_option(name), minimum=0)
     except ValueError as error:
@@ -543,6 +550,7 @@ class AnalysisSetup:
     layers: List[str]
     graph_layers: List[str]
     device: torch.device
+    batch_size: int = DEFAULT_BATCH_SIZE
 
 
 def prepare(options: AnalyzeOptions) -> AnalysisSetup:
@@ -563,8 +571,9 @@ def prepare(options: AnalyzeOptions) -> AnalysisSetup:
     composite, composite_description = make_composite(options.composite, model, options.canonizer, data.preprocess)
     model = model.to(device).eval()
     _check_forward(model, data, layers, device)
+    batch_size = options.batch_size or data.loader_batch_size or DEFAULT_BATCH_SIZE
     return AnalysisSetup(model, description, data, composite, composite_description, layers,
-                  list(dict.fromkeys(_graph_layers(model, layers) + layers)), device)
+                         list(dict.fromkeys(_graph_layers(model, layers) + layers)), device, batch_size)
 
 
 def data_labels(data: DataSpec) -> Optional[List[int]]:
@@ -688,7 +697,7 @@ def _report_run(options: AnalyzeOptions, setup: AnalysisSetup, analysis: Any, ou
     key = fingerprint("crp analyze", setup.data.identity, setup.graph_layers, setup.composite_description,
                       len(analysis.dataset), options.references, model=setup.model)
     status = resumable_feature_visualization(
-        analysis, output, key, len(analysis.dataset), fresh=options.fresh, batch_size=options.batch_size,
+        analysis, output, key, len(analysis.dataset), fresh=options.fresh, batch_size=setup.batch_size,
         workers=options.workers, checkpoint=options.checkpoint, top_k=max(8, options.references),
         progress=options.progress)
     samples = _write_samples(options, setup, analysis, output)
@@ -751,7 +760,7 @@ def _write_flipping(options: AnalyzeOptions, setup: AnalysisSetup, analysis: Any
     dataset = setup.data.dataset
     indices = spread_indices(len(dataset), options.flip_samples)
     images = torch.stack([dataset[i][0] for i in indices])
-    summary = analysis.pixel_flipping(images, steps=options.flip_steps, batch_size=options.batch_size,
+    summary = analysis.pixel_flipping(images, steps=options.flip_steps, batch_size=setup.batch_size,
                                       progress=options.progress)
     return summary, output.write("pixel_flipping.png", figure_saver(flipping_figure(summary)))
 

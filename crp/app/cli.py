@@ -140,8 +140,9 @@ def _add_analyze(commands) -> None:
     run.add_argument("--out", default="crp_report", metavar="DIR",
                      help="output folder: new, empty, or from an earlier run (default: %(default)s)")
     run.add_argument("--device", default="cpu", metavar="DEVICE", help="cpu, cuda or cuda:N (default: cpu)")
-    run.add_argument("--batch-size", type=_positive_int, default=32, metavar="N",
-                     help="images per forward/backward pass (default: %(default)s)")
+    run.add_argument("--batch-size", type=_positive_int, default=None, metavar="N",
+                     help="images per forward/backward pass (default: the batch size of a DataLoader given as "
+                          "--data, else 32)")
     run.add_argument("--workers", type=_whole_number(0), default=0, metavar="N",
                      help="DataLoader worker processes (default: %(default)s)")
     run.add_argument("--checkpoint", type=_positive_int, default=10, metavar="N",
