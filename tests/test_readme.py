@@ -49,3 +49,20 @@ def test_quickstart_explains_the_predicted_class_for_any_seed(tmp_path, monkeypa
         assert heatmaps.shape == (4, 64, 64) and (heatmaps.flatten(1).abs().sum(1) > 0).all(), seed
         printed = capsys.readouterr().out
         assert printed.startswith(f"class {namespace['predicted']} most relevant channels: {top}"), printed
+
+
+def test_migration_note_on_composite_signatures():
+    """zennit-crp's quickstart line fails inside zennit as the README quotes; the keyword form works."""
+    from zennit.canonizers import SequentialMergeBatchNorm
+    from zennit.composites import EpsilonPlusFlat
+
+    text = " ".join(README.read_text().split())
+    assert "`EpsilonPlusFlat([SequentialMergeBatchNorm()])`" in text
+    assert "`TypeError: Value [<zennit.canonizers.SequentialMergeBatchNorm object at ...>] is not a valid " \
+           "stabilizer!`" in text
+    with pytest.raises(TypeError, match=r"^Value \[<zennit\.canonizers\.SequentialMergeBatchNorm object at 0x[0-9a-f]+"
+                                        r">\] is not a valid stabilizer!$"):
+        EpsilonPlusFlat([SequentialMergeBatchNorm()])
+    assert "`EpsilonPlusFlat(canonizers=[SequentialMergeBatchNorm()])`" in text
+    composite = EpsilonPlusFlat(canonizers=[SequentialMergeBatchNorm()])
+    assert isinstance(composite.canonizers[0], SequentialMergeBatchNorm)
