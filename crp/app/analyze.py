@@ -25,6 +25,7 @@ from crp._features.dataset import unwrap_loader
 from crp._utils.checks import check_int, check_positive_int
 from crp._utils.text import id_list, one_line
 from crp.app.output import OutputFolder, UserError
+from crp.app.progress import Steps
 
 __all__ = [
     "AnalyzeError", "AnalyzeOptions", "AnalysisResult", "AnalysisSetup", "DataSpec", "run_analysis", "prepare",
@@ -41,6 +42,8 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 CANONIZERS = ("auto", "none", "merge-batchnorm", "resnet", "vgg")
 #: Longest quote of an underlying error's message in an :class:`AnalyzeError`.
 _REASON_LIMIT = 160
+#: The steps of a run that show in its progress bar (each long one has a bar of its own too).
+ANALYZE_STEPS = ("reference-sample search", "explaining samples", "attribution graph", "pixel flipping")
 #: Images per forward and backward pass unless --batch-size or a DataLoader's batch size says otherwise.
 DEFAULT_BATCH_SIZE = 32
 
@@ -696,13 +699,18 @@ def _report_run(options: AnalyzeOptions, setup: AnalysisSetup, analysis: Any, ou
 
     key = fingerprint("crp analyze", setup.data.identity, setup.graph_layers, setup.composite_description,
                       len(analysis.dataset), options.references, model=setup.model)
-    status = resumable_feature_visualization(
-        analysis, output, key, len(analysis.dataset), fresh=options.fresh, batch_size=setup.batch_size,
-        workers=options.workers, checkpoint=options.checkpoint, top_k=max(8, options.references),
-        progress=options.progress)
-    samples = _write_samples(options, setup, analysis, output)
-    graph, graph_png = _write_graph(options, setup, analysis, output, samples[0])
-    flipping = _write_flipping(options, setup, analysis, output)
+    with Steps(ANALYZE_STEPS, desc="crp analyze", enabled=options.progress) as steps:
+        with steps.step("reference-sample search"):
+            status = resumable_feature_visualization(
+                analysis, output, key, len(analysis.dataset), fresh=options.fresh, batch_size=setup.batch_size,
+                workers=options.workers, checkpoint=options.checkpoint, top_k=max(8, options.references),
+                progress=options.progress)
+        with steps.step("explaining samples"):
+            samples = _write_samples(options, setup, analysis, output)
+        with steps.step("attribution graph"):
+            graph, graph_png = _write_graph(options, setup, analysis, output, samples[0])
+        with steps.step("pixel flipping"):
+            flipping = _write_flipping(options, setup, analysis, output)
     result = AnalysisResult(
         output.root, setup.model_description, setup.composite_description, setup.data.description,
         len(setup.data.dataset), len(analysis.dataset), status != FV_COMPUTED, setup.layers,
@@ -720,7 +728,7 @@ def _report_run(options: AnalyzeOptions, setup: AnalysisSetup, analysis: Any, ou
 
 
 def _write_samples(options: AnalyzeOptions, setup: AnalysisSetup, analysis: Any, output: OutputFolder) -> List[Any]:
-    from tqdm import tqdm
+    from tqdm.auto import tqdm
 
     from crp.app.concept_report import write_sample
 

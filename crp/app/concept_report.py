@@ -240,7 +240,8 @@ class ConceptAnalysis:
         from crp.image import vis_img_heatmap
 
         return self._fv().get_max_reference(list(concepts), layer, mode=mode, r_range=(0, count),
-                                            composite=self.composite(), rf=True, plot_fn=vis_img_heatmap)
+                                            composite=self.composite(), rf=True, plot_fn=vis_img_heatmap,
+                                            verbose=False)
 
     def class_statistics(self, layer: str, concept: int, classes: int = 3, count: int = 4) -> ClassStatistics:
         """Find the ``classes`` classes for which ``concept`` is most relevant, and its references within each."""
@@ -250,7 +251,8 @@ class ConceptAnalysis:
         found, values = fv.compute_stats(concept, layer, mode="relevance", top_N=classes, mean_N=10)
         targets = [int(t) for t in found]
         refs = fv.get_stats_reference(concept, layer, targets, mode="relevance", r_range=(0, count),
-                                      composite=self.composite(), rf=True, plot_fn=vis_img_heatmap) if targets else {}
+                                      composite=self.composite(), rf=True, plot_fn=vis_img_heatmap,
+                                      verbose=False) if targets else {}
         by_class = {int(key.rsplit(":", 1)[1]): value for key, value in refs.items()}
         return ClassStatistics(layer, int(concept), targets, [float(v) for v in values], by_class)
 
@@ -271,7 +273,8 @@ class ConceptAnalysis:
             x, self.composite(), int(concept), layer, target=int(target), width=list(width), verbose=False)
         refs = {}
         if self.fv is not None:
-            refs = collect_reference_images(self.fv, result, self.composite(), rf=True, plot_fn=vis_opaque_img)
+            refs = collect_reference_images(self.fv, result, self.composite(), rf=True, plot_fn=vis_opaque_img,
+                                            verbose=False)
         return result, refs
 
     def pixel_flipping(self, images: torch.Tensor, steps: int = 32, region: Optional[int] = None, *,

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple, Un
 
 import numpy as np
 import torch
-from tqdm import tqdm
+from tqdm.auto import tqdm
 from zennit.composites import EpsilonPlusFlat
 
 from crp._utils.checks import check_int, check_positive_int
@@ -54,6 +54,7 @@ from crp.app.concept_report import (
     write_sample,
 )
 from crp.app.output import MANIFEST_NAME, OutputFolder, UserError
+from crp.app.progress import Steps
 from crp.app.shapes import ARTIFACT_BOX, ShapesDataset
 from crp.app.shapes_model import ShapesNet, TrainInfo, TrainSettings, torch_threads, train_default_model
 from crp.attribution import CondAttribution
@@ -74,6 +75,9 @@ logger = logging.getLogger(__name__)
 DEFAULT_LAYER = "features.6"
 #: Tiny training for smoke tests (``--quick``): seconds instead of a minute, meaningless accuracies.
 QUICK_SETTINGS = TrainSettings(epochs=1, n_train=256, n_test=200)
+#: The steps after training that show in the demo's progress bar.
+DEMO_STEPS = ("reference-sample search", "the channel that responds to the mark", "its reference samples",
+              "explaining samples", "attribution graph", "pixel flipping")
 _ARTIFACT_IMAGES = 24  # images of the other classes on which the artifact channel is searched (quick: 6)
 _PNG_SIZE = 128
 
@@ -448,7 +452,7 @@ class _Run:
 
     def flipping(self) -> Tuple[FlippingSummary, Any]:
         images = self.test.tensors()[0][:self.demo.flip_samples]
-        summary = self.analysis.pixel_flipping(images, steps=self.demo.flip_steps, progress=False)
+        summary = self.analysis.pixel_flipping(images, steps=self.demo.flip_steps, progress=self.verbose)
         return summary, self.output.write("pixel_flipping.png", figure_saver(flipping_figure(summary)))
 
 
@@ -540,14 +544,20 @@ def _explain_all(run: _Run, channels: int, samples: int, quick: bool, fresh: boo
     test, output = run.test, run.output
     chosen = _pick_samples(test, run.analysis.predict(test.tensors()[0]), samples)
     output.claim(folders=[FV_FOLDER])
-    run.feature_visualization(fresh)
-    logger.info("searching the channel of %s that responds to the mark", run.layer)
-    artifact = run.artifact(channels, quick)
-    pictures = run.artifact_references(artifact)
-    explained = [run.explain_sample(index, rank, artifact)
-                 for rank, index in enumerate(tqdm(chosen, desc="explaining samples", disable=not run.verbose))]
-    graph, graph_png = run.graph(chosen[0], explained[0].explanation)
-    flipping, flipping_png = run.flipping()
+    with Steps(DEMO_STEPS, desc="crp demo", enabled=run.verbose) as steps:
+        with steps.step("reference-sample search"):
+            run.feature_visualization(fresh)
+        with steps.step("the channel that responds to the mark"):
+            artifact = run.artifact(channels, quick)
+        with steps.step("its reference samples"):
+            pictures = run.artifact_references(artifact)
+        with steps.step("explaining samples"):
+            explained = [run.explain_sample(index, rank, artifact) for rank, index in
+                         enumerate(tqdm(chosen, desc="explaining samples", disable=not run.verbose, leave=False))]
+        with steps.step("attribution graph"):
+            graph, graph_png = run.graph(chosen[0], explained[0].explanation)
+        with steps.step("pixel flipping"):
+            flipping, flipping_png = run.flipping()
     names = test.class_names
     samples_found = [_sample_result(s, names, bool(test.has_artifact[s.index]), run.layer, artifact.channel)
                      for s in explained]
