@@ -66,3 +66,20 @@ def test_migration_note_on_composite_signatures():
     assert "`EpsilonPlusFlat(canonizers=[SequentialMergeBatchNorm()])`" in text
     composite = EpsilonPlusFlat(canonizers=[SequentialMergeBatchNorm()])
     assert isinstance(composite.canonizers[0], SequentialMergeBatchNorm)
+
+
+def test_memory_claims_hold():
+    """The README's VGG16 figure is what the estimate gives, and the default batch of 32 needs over 7 GiB."""
+    import torch
+    from torchvision.models import vgg16
+    from zennit.composites import EpsilonPlusFlat
+
+    from crp._features.memory import estimate_memory
+    from crp.attribution import CondAttribution
+
+    text = " ".join(README.read_text().split())
+    torch.manual_seed(0)
+    estimate = estimate_memory(CondAttribution(vgg16().eval()), torch.randn(1, 3, 224, 224), EpsilonPlusFlat())
+    mib = round(estimate.per_sample / 2 ** 20)
+    assert f"For VGG16 at 224×224 with `EpsilonPlusFlat` that is about {mib} MiB per image" in text
+    assert f"{mib} estimated" in text and estimate.bytes_for(32) > 7 * 2 ** 30

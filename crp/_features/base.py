@@ -15,6 +15,7 @@ from crp._attribution.concepts import Concept
 from crp._attribution.engine import CondAttribution
 from crp._features.cache import Cache
 from crp._features.dataset import int_target, split_item
+from crp._features.memory import suggest_batch_size
 from crp._features.results_objects import Maximization, Statistics
 from crp._features.store import ResultReader, open_results
 from crp._utils.checks import check_id_shape
@@ -73,6 +74,35 @@ class FeatureVisualizationBase:
         if preprocessing:
             data = self.preprocess_data(data)
         return data.detach().requires_grad_(), [target for _, target in items]
+
+    def suggest_batch_size(self, composite: Optional[Any] = None, *, memory: Optional[int] = None,
+                           fraction: float = 0.5, maximum: int = 1024) -> int:
+        """Return a batch size for :meth:`run` whose memory fits (see :mod:`crp._features.memory`).
+
+        The memory of a batch is measured (CUDA) or estimated from tensor sizes (CPU) on the first sample of the
+        dataset, for batches of one and two samples; it grows linearly with the batch size, once per sample and
+        target.
+
+        Parameters
+        ----------
+        composite : zennit.core.Composite, optional
+            The rules :meth:`run` will use.
+        memory : int, optional
+            Bytes to fit into; default ``fraction`` of the free memory of the device (CUDA) or of the system.
+        fraction : float
+            Part of the free memory to use when ``memory`` is not given.
+        maximum : int
+            The largest batch size suggested.
+
+        Returns
+        -------
+        int
+            At least 1.
+        """
+        sample, target = self.get_data_sample(0, preprocessing=True)
+        targets = max(1, len(list(self.multitarget_to_single(target)))) if self._has_multitarget() else 1
+        return suggest_batch_size(self.attribution, sample, composite, memory=memory, fraction=fraction,
+                                  targets=targets, maximum=maximum)
 
     def multitarget_to_single(self, multi_target) -> Iterable[int]:
         """Turn a sample's multi-label target into the single targets it is explained for.

@@ -44,6 +44,8 @@ CANONIZERS = ("auto", "none", "merge-batchnorm", "resnet", "vgg")
 _REASON_LIMIT = 160
 #: The steps of a run that show in its progress bar (each long one has a bar of its own too).
 ANALYZE_STEPS = ("reference-sample search", "explaining samples", "attribution graph", "pixel flipping")
+#: The largest batch size ``--batch-size auto`` picks.
+AUTO_BATCH_MAXIMUM = 256
 #: Images per forward and backward pass unless --batch-size or a DataLoader's batch size says otherwise.
 DEFAULT_BATCH_SIZE = 32
 
@@ -70,7 +72,7 @@ class AnalyzeOptions:
     composite: str = "epsilon_plus_flat"
     canonizer: str = "auto"
     device: str = "cpu"
-    batch_size: Optional[int] = None
+    batch_size: Union[int, str, None] = None
     workers: int = 0
     samples: int = 4
     top_k: int = 4
@@ -528,8 +530,8 @@ def _check_counts(options: AnalyzeOptions) -> None:
     try:
         for name in ("samples", "top_k", "references", "flip_steps", "checkpoint", "image_size"):
             check_positive_int(getattr(options, name), name=_option(name))
-        if options.batch_size is not None:
-            check_positive_int(options.batch_size, name=_option("batch_size"))
+        if options.batch_size is not None and options.batch_size != "auto":
+            check_positive_int(options.batch_size, name=_option("batch_size"), fix="Or 'auto'.")
         for name in ("workers", "flip_samples"):
             check_int(getattr(options, name), name=_option(name), minimum=0)
     except ValueError as error:
@@ -574,7 +576,7 @@ def prepare(options: AnalyzeOptions) -> AnalysisSetup:
     composite, composite_description = make_composite(options.composite, model, options.canonizer, data.preprocess)
     model = model.to(device).eval()
     _check_forward(model, data, layers, device)
-    batch_size = options.batch_size or data.loader_batch_size or DEFAULT_BATCH_SIZE
+    batch_size = _batch_size(options.batch_size, data, model, composite, device)
     return AnalysisSetup(model, description, data, composite, composite_description, layers,
                          list(dict.fromkeys(_graph_layers(model, layers) + layers)), device, batch_size)
 
@@ -618,6 +620,23 @@ def check_num_classes(num_classes: Optional[int], data: DataSpec) -> None:
     if len(labels) < num_classes:
         logger.warning("--num-classes %d is more than the %d classes of the data (%s); the model's other "
                        "outputs are never a label.", num_classes, len(labels), found)
+
+
+def _batch_size(option: Union[int, str, None], data: DataSpec, model: torch.nn.Module,
+                composite: Callable[[], Any], device: torch.device) -> int:
+    """Return --batch-size: as given, ``auto`` (what fits into half the free memory), a DataLoader's, or 32."""
+    if option != "auto":
+        return int(option or data.loader_batch_size or DEFAULT_BATCH_SIZE)
+    from crp._features.memory import estimate_memory, suggest_batch_size
+    from crp.attribution import CondAttribution
+
+    image = data.dataset[0][0][None].to(device)
+    x = data.preprocess(image) if data.preprocess is not None else image
+    attribution = CondAttribution(model, device=device)
+    size = suggest_batch_size(attribution, x, composite(), maximum=AUTO_BATCH_MAXIMUM)
+    per_sample = estimate_memory(attribution, x, composite()).per_sample
+    logger.info("--batch-size auto: %d (about %.0f MiB per image on %s)", size, per_sample / 2 ** 20, device)
+    return size
 
 
 def _check_forward(model: torch.nn.Module, data: DataSpec, layers: List[str], device: torch.device) -> None:
