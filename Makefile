@@ -13,7 +13,7 @@ PY39 ?= python3.9
 # page, so that every build reports every warning
 SPHINXOPTS ?= -W --keep-going -n -E
 
-.PHONY: install test lint pytest test-zennit10 demo demo-vit bench tutorials docs clean
+.PHONY: install test lint pytest test-zennit10 demo demo-vit bench tutorials readme docs clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -64,6 +64,10 @@ $(VENV)/.docs-installed: setup.py $(VENV)/.installed
 docs: $(VENV)/.docs-installed
 	$(BIN)/python -m sphinx -b html $(SPHINXOPTS) docs docs/_build/html
 	@echo "open docs/_build/html/index.html"
+
+# runs the demo once and writes the README's demo section and the figures in images/ from it (about a minute)
+readme: install
+	$(BIN)/python benchmarks/make_readme_images.py
 
 # re-executes the tutorials in place (a few minutes): they are committed with their outputs, which the docs render
 tutorials: install

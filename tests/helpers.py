@@ -152,6 +152,11 @@ def tiny_data() -> TinyData:
     return TinyData()
 
 
+def tiny_loader() -> torch.utils.data.DataLoader:
+    """:func:`tiny_data` in a DataLoader of batches of 5."""
+    return torch.utils.data.DataLoader(TinyData(), batch_size=5)
+
+
 def not_a_dataset() -> int:
     return 3
 

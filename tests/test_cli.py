@@ -546,3 +546,42 @@ def test_ctrl_c_of_python_dash_m_crp_at_any_moment(tmp_path):
         assert run.returncode == 130, err
         assert "Traceback" not in err and len(err.strip().splitlines()) == 1
         assert err.startswith("python -m crp") and "interrupted" in err and out == ""
+
+
+def test_num_classes_is_checked_against_the_labels_of_the_data(tmp_path, images, capsys, caplog):
+    import torchvision
+
+    torch.manual_seed(0)
+    weights = tmp_path / "two.pt"
+    torch.save(torchvision.models.resnet18(num_classes=2).state_dict(), weights)
+    argv = ["analyze", "--model", "resnet18", "--weights", str(weights), "--num-classes", "2", "--data", str(images),
+            "--out", str(tmp_path / "two"), *SMALL]
+    assert main(argv) == 2
+    one_line_error(capsys, "--num-classes 2 is too few for the data: labels [0, 1, 2] found in --data (cat, dog, owl);"
+                           " pass --num-classes 3 (or more)")
+    assert not (tmp_path / "two").exists()
+    # more classes than the data has: a warning, and the run goes on
+    argv = ["analyze", *TINY, "--num-classes", "5", "--data", str(images), "--out", str(tmp_path / "five"), *SMALL]
+    with caplog.at_level("WARNING", logger="crp"):
+        assert main(argv) == 0
+    assert "--num-classes 5 is more than the 3 classes of the data (labels [0, 1, 2] found in --data (cat, dog, " \
+           "owl)); the model's other outputs are never a label." in caplog.text
+
+
+def test_analyze_takes_a_dataloader_with_its_batch_size(tmp_path):
+    small = list(SMALL)
+    del small[small.index("--batch-size"):small.index("--batch-size") + 2]
+    argv = ["analyze", *TINY, "--data", "helpers:tiny_loader", "--out", str(tmp_path / "out"), *small]
+    options = _analyze_options_of(argv)
+    setup = prepare(options)
+    assert isinstance(setup.data.dataset, helpers.TinyData) and setup.batch_size == 5
+    assert prepare(_analyze_options_of(argv + ["--batch-size", "3"])).batch_size == 3
+    assert prepare(_analyze_options_of([*argv[:4], "helpers:tiny_data", *argv[5:]])).batch_size == 32
+    assert main(argv) == 0
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["fv_samples"] == 12
+
+
+def _analyze_options_of(argv):
+    from crp.app.cli import _analyze_options
+
+    return _analyze_options(build_parser().parse_args(argv))

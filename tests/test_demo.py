@@ -69,7 +69,7 @@ def test_activation_response_by_hand():
 def test_artifact_channel_of_the_mark_detector(layer, channel):
     model = mark_detector()
     channels = dict(model.named_modules())[layer].out_channels
-    finding, images, maps = _find_artifact_channel(CondAttribution(model), layer, channels, QUICK_SETTINGS, True)
+    finding, images, maps = _find_artifact_channel(CondAttribution(model), layer, channels, QUICK_SETTINGS, 6)
     assert finding.layer == layer and finding.channel == channel and finding.class_name == "cross"
     # the channel's summed activation is 0.5 on the 6 marked images and 0 on the 6 clean ones: mean difference
     # 0.5 over a sample standard deviation of sqrt(12 * 0.25^2 / 11); every other channel is constant 0
@@ -89,7 +89,7 @@ def test_artifact_channel_of_the_mark_detector(layer, channel):
 def test_artifact_channel_of_the_first_layer():
     """The first conv layer's output is not rectified: clean images vary too, but only channel 5 varies at all."""
     model = mark_detector()
-    finding, _, _ = _find_artifact_channel(CondAttribution(model), "features.0", 16, QUICK_SETTINGS, True)
+    finding, _, _ = _find_artifact_channel(CondAttribution(model), "features.0", 16, QUICK_SETTINGS, 6)
     assert finding.channel == MARK_CHANNEL and finding.response > 0 and finding.ranking[1] == (0, 0.0)
 
 
@@ -218,3 +218,14 @@ def test_quick_rerun_reuses_the_feature_visualization_and_replaces_its_files(qui
     fresh = run_demo(out, samples=1, top_k=1, quick=True, cache_dir=cache, progress=False, fresh=True)
     assert not fresh.fv_reused and store.stat().st_mtime_ns != written
     assert re.search(r"\(computed\)", (out / "report.html").read_text())
+
+
+def test_find_mark_channel_is_the_demos_definition():
+    """The shared name of "the mark channel" (demo and tutorials): the detector, with the demo's search."""
+    from crp.app.demo import find_mark_channel
+
+    finding = find_mark_channel(mark_detector(), "features.6", settings=QUICK_SETTINGS, images=6)
+    expected, _, _ = _find_artifact_channel(CondAttribution(mark_detector()), "features.6", 32, QUICK_SETTINGS, 6)
+    assert finding == expected and finding.channel == ARTIFACT_CHANNEL
+    with pytest.raises(DemoError, match="layer 'features.9' is not a concept layer of ShapesNet"):
+        find_mark_channel(mark_detector(), "features.9")

@@ -79,3 +79,34 @@ def test_a_composite_given_by_name_is_refused_with_the_fix():
     with pytest.raises(TypeError, match=r"composite must be a zennit.core.Composite \(e.g. EpsilonPlusFlat\(\)\) or "
                                         r"None, got str"):
         attribution(torch.zeros(1, 1, 8, 8, requires_grad=True), [{"y": [0]}], "EpsilonPlusFlat")
+
+
+TWO_D = r"must be an int or a 1-D list of ints, got ids of shape \(1, 512\); pass one row, e\.g\. ids\[0\]\.tolist\(\)"
+
+
+@pytest.mark.parametrize("ids", [torch.zeros(1, 512, dtype=torch.long), np.zeros((1, 512), int), [[0] * 512]],
+                         ids=["tensor", "array", "nested list"])
+def test_two_dimensional_concept_ids_are_named_by_their_shape(tmp_path, ids):
+    attribution = CondAttribution(TinyNet().double().eval())
+    with pytest.raises(ValueError, match=r"conditions\[0\]\['conv1'\] " + TWO_D) as error:
+        attribution(torch.zeros(1, 1, 8, 8, dtype=torch.float64, requires_grad=True), [{"conv1": ids, "y": [0]}],
+                    EpsilonPlusFlat())
+    assert len(str(error.value)) < 200  # the shape, not 512 ids
+    with pytest.raises(ValueError, match="concept_ids " + TWO_D):
+        ChannelConcept.mask(0, ids)
+    fv = FeatureVisualization(attribution, TensorData(), {name: ChannelConcept() for name in LAYERS}, path=tmp_path,
+                              top_k=2)
+    fv.run(EpsilonPlusFlat(), 0, 8, verbose=False)
+    with pytest.raises(ValueError, match="concept_ids " + TWO_D):
+        fv.get_max_reference(ids, "conv1", "relevance", (0, 2))
+
+
+def test_many_ids_out_of_range_are_summarized():
+    attribution = CondAttribution(TinyNet().eval())
+    with pytest.raises(IndexError, match=r"concept ids \[4, 5, 6, 7, \.\.\., 599\] \(596 ids\) are out of range for "
+                                         r"layer 'conv1' with 4 channels; use ids in \[0, 3\]\.$"):
+        attribution(torch.zeros(1, 1, 8, 8, requires_grad=True), [{"conv1": list(range(600)), "y": [0]}],
+                    EpsilonPlusFlat())
+    with pytest.raises(TypeError, match=r"expected an int or a list of ints, got a list of 300 items: "
+                                        r"\[0\.5, 0\.5, 0\.5, 0\.5, \.\.\.\]\.$"):
+        attribution(torch.zeros(1, 1, 8, 8, requires_grad=True), [{"conv1": [0.5] * 300, "y": [0]}])

@@ -61,3 +61,16 @@ def test_tutorial_executes(path, tmp_path):
     client.execute()
     errors = [o for c in notebook.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
     assert not errors
+
+
+def test_the_mark_channel_has_one_definition():
+    """Every tutorial that speaks of the mark channel names it with the demo's crp.app.demo.find_mark_channel."""
+    speaking = []
+    for path in TUTORIALS:
+        notebook = nbformat.read(path, as_version=4)
+        text = "\n".join(cell.source for cell in notebook.cells)
+        if "mark channel" in text:
+            speaking.append(path.name)
+            assert "from crp.app.demo import find_mark_channel" in text, path.name
+            assert "find_mark_channel(model, layer" in text, path.name
+    assert len(speaking) >= 2

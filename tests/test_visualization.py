@@ -545,3 +545,33 @@ def test_find_files_names_the_handles_of_a_store_and_zennit_crp_folders(analyzed
     assert find_files(tmp_path) == ([str(tmp_path / "RelMax_max_unnormed")], [], [], [], [str(tmp_path / "RF_data")])
     with pytest.raises(NotADirectoryError, match="is not a folder"):
         find_files(tmp_path / "missing")
+
+
+def test_a_dataloader_gives_its_dataset_and_its_batch_size(model, tmp_path):
+    dataset = TensorData()
+    loader = torch.utils.data.DataLoader(dataset, batch_size=5)
+    direct = make_fv(model, tmp_path / "direct")
+    direct.run(EpsilonPlusFlat(), verbose=False, batch_size=7)
+    fv = make_fv(model, tmp_path / "loader", dataset=loader)
+    assert fv.dataset is dataset and fv.loader_batch_size == 5
+    sizes = []
+    original = fv._loader
+
+    def spy(start, stop, batch_size, num_workers):
+        sizes.append(batch_size)
+        return original(start, stop, batch_size, num_workers)
+
+    fv._loader = spy
+    fv.run(EpsilonPlusFlat(), verbose=False)
+    assert sizes == [5]  # run() took the loader's batch size; the results do not depend on it
+    assert_same_results(tmp_path / "direct", tmp_path / "loader")
+    fv.run(EpsilonPlusFlat(), verbose=False, batch_size=3)
+    assert sizes == [5, 3]
+    assert make_fv(model, tmp_path / "plain").loader_batch_size is None
+
+
+def test_a_shuffling_dataloader_warns_that_its_order_is_not_used(model, tmp_path):
+    loader = torch.utils.data.DataLoader(TensorData(), batch_size=5, shuffle=True, collate_fn=lambda items: items)
+    with pytest.warns(UserWarning, match=r"dataset is a DataLoader: its dataset is used, not its sampler "
+                                         r"\(RandomSampler: samples are read in index order\) or its collate_fn"):
+        make_fv(model, tmp_path, dataset=loader)

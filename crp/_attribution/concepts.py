@@ -13,7 +13,8 @@ from typing import Callable, Dict, Iterable, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
-from crp._utils.checks import check_choice, check_type, check_value
+from crp._utils.checks import check_choice, check_id_shape, check_type, check_value
+from crp._utils.text import id_list
 
 __all__ = ["Concept", "ChannelConcept", "RowMask", "ChannelMask", "NeuronMask", "channel_peaks"]
 
@@ -67,14 +68,16 @@ class ChannelMask(RowMask):
 
     def __init__(self, batch_id: int, channels: Union[int, Iterable[int]], layer_name: Optional[str] = None) -> None:
         super().__init__(batch_id, layer_name)
-        self.channels = [int(c) for c in np.atleast_1d(np.asarray(channels, dtype=np.int64))]
+        array = np.atleast_1d(np.asarray(channels, dtype=np.int64))
+        check_id_shape(array.shape, "concept_ids")
+        self.channels = [int(c) for c in array]
 
     def row_mask(self, row_shape: torch.Size, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
         n_channels = row_shape[0]
         bad = [c for c in self.channels if not 0 <= c < n_channels]
         if bad:
             raise IndexError(
-                f"concept ids {bad} are out of range for {self._name()} with {n_channels} channels; "
+                f"concept ids {id_list(bad)} are out of range for {self._name()} with {n_channels} channels; "
                 f"use ids in [0, {n_channels - 1}]."
             )
         mask = torch.zeros(n_channels, dtype=dtype, device=device)
@@ -108,8 +111,8 @@ class NeuronMask(RowMask):
             bad = [n for n in neurons if not 0 <= n < n_neurons]
             if bad:
                 raise IndexError(
-                    f"neuron ids {bad} of channel {channel} are out of range for {self._name()} with {n_neurons} "
-                    f"neurons per channel; use flat indices in [0, {n_neurons - 1}]."
+                    f"neuron ids {id_list(bad)} of channel {channel} are out of range for {self._name()} with "
+                    f"{n_neurons} neurons per channel; use flat indices in [0, {n_neurons - 1}]."
                 )
             mask[channel, neurons] = 1
         return mask.view(row_shape)

@@ -11,8 +11,9 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
-from crp._utils.checks import check_type
+from crp._utils.checks import check_id_shape, check_type
 from crp._utils.modules import check_layer_names
+from crp._utils.text import short_repr
 
 __all__ = [
     "Ids", "Condition", "MaskMap", "InitRel", "Request", "prepare_request", "check_data", "layers_of",
@@ -26,14 +27,19 @@ Condition = Dict[str, Ids]
 
 
 def _int_list(value, where: str) -> List[int]:
+    described = short_repr(value)
     if isinstance(value, torch.Tensor):
         value = value.detach().cpu().numpy()
     if isinstance(value, (bool, np.bool_)) or isinstance(value, (str, bytes, float)):
-        raise TypeError(f"{where}: expected an int or a list of ints, got {value!r}.")
-    array = np.atleast_1d(np.asarray(value))
+        raise TypeError(f"{where}: expected an int or a list of ints, got {described}.")
+    try:
+        array = np.atleast_1d(np.asarray(value))
+    except ValueError:  # a ragged nested list
+        raise TypeError(f"{where}: expected an int or a 1-D list of ints, got {described}.") from None
+    check_id_shape(array.shape, where)
     if array.size and not np.issubdtype(array.dtype, np.integer):
-        raise TypeError(f"{where}: expected an int or a list of ints, got {value!r}.")
-    return [int(v) for v in array.ravel()]
+        raise TypeError(f"{where}: expected an int or a list of ints, got {described}.")
+    return [int(v) for v in array]
 
 
 def canonical_ids(value, where: str) -> Ids:

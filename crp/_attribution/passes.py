@@ -26,6 +26,7 @@ from crp._attribution.probes import (
     named_shape_errors,
     probe_hooks,
 )
+from crp._utils.text import id_list
 
 __all__ = ["attrResult", "Attributor", "Passes", "row_groups", "concat_rows"]
 
@@ -290,8 +291,8 @@ class Passes:
         for ids in targets:
             bad = [t for t in ids or () if not 0 <= t < size]
             if bad:
-                raise IndexError(f"targets {bad} under {self.request.output_name!r} are out of range for a model "
-                                 f"output with {size} classes; use ids in [0, {size - 1}].")
+                raise IndexError(f"targets {id_list(bad)} under {self.request.output_name!r} are out of range for "
+                                 f"a model output with {size} classes; use ids in [0, {size - 1}].")
 
     def chain(self, recording: Recording, layers: Sequence[str]) -> List[str]:
         """Conditioned layers from the top of the model down, where the backward pass is relayed."""

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterator, Optional, Sequence, Tuple
 
 import torch
-from tqdm import tqdm
+from tqdm.auto import tqdm
 
 from ._checks import check_scores
 from .perturbation import Perturbation

@@ -15,8 +15,11 @@ from crp._attribution.concepts import Concept
 from crp._attribution.engine import CondAttribution
 from crp._features.cache import Cache
 from crp._features.dataset import int_target, split_item
+from crp._features.memory import suggest_batch_size
 from crp._features.results_objects import Maximization, Statistics
 from crp._features.store import ResultReader, open_results
+from crp._utils.checks import check_id_shape
+from crp._utils.text import id_list, short_repr
 
 __all__ = ["FeatureVisualizationBase"]
 
@@ -39,6 +42,7 @@ class FeatureVisualizationBase:
     RelStats: Statistics
     ActStats: Statistics
     saved_checkpoints: Dict[str, List[str]]
+    loader_batch_size: Optional[int]
 
     # ------------------------------------------------------------------------------------------------------
     # data
@@ -70,6 +74,35 @@ class FeatureVisualizationBase:
         if preprocessing:
             data = self.preprocess_data(data)
         return data.detach().requires_grad_(), [target for _, target in items]
+
+    def suggest_batch_size(self, composite: Optional[Any] = None, *, memory: Optional[int] = None,
+                           fraction: float = 0.5, maximum: int = 1024) -> int:
+        """Return a batch size for :meth:`run` whose memory fits (see :mod:`crp._features.memory`).
+
+        The memory of a batch is measured (CUDA) or estimated from tensor sizes (CPU) on the first sample of the
+        dataset, for batches of one and two samples; it grows linearly with the batch size, once per sample and
+        target.
+
+        Parameters
+        ----------
+        composite : zennit.core.Composite, optional
+            The rules :meth:`run` will use.
+        memory : int, optional
+            Bytes to fit into; default ``fraction`` of the free memory of the device (CUDA) or of the system.
+        fraction : float
+            Part of the free memory to use when ``memory`` is not given.
+        maximum : int
+            The largest batch size suggested.
+
+        Returns
+        -------
+        int
+            At least 1.
+        """
+        sample, target = self.get_data_sample(0, preprocessing=True)
+        targets = max(1, len(list(self.multitarget_to_single(target)))) if self._has_multitarget() else 1
+        return suggest_batch_size(self.attribution, sample, composite, memory=memory, fraction=fraction,
+                                  targets=targets, maximum=maximum)
 
     def multitarget_to_single(self, multi_target) -> Iterable[int]:
         """Turn a sample's multi-label target into the single targets it is explained for.
@@ -135,17 +168,21 @@ class FeatureVisualizationBase:
         return open_results(self.path, self.max_target, self.abs_norm, folders=folders)
 
     def _concept_ids(self, concept_ids, layer_name: str, n_concepts: int) -> List[int]:
+        described = short_repr(concept_ids)
         if isinstance(concept_ids, (torch.Tensor, np.ndarray)):
+            check_id_shape(tuple(concept_ids.shape), "concept_ids")
             concept_ids = concept_ids.tolist()
         ids = [concept_ids] if not isinstance(concept_ids, Iterable) or isinstance(concept_ids, str) \
             else list(concept_ids)
+        if ids and all(isinstance(c, (list, tuple)) for c in ids):
+            check_id_shape((len(ids), len(ids[0])), "concept_ids")
         bad = [c for c in ids if isinstance(c, bool) or not isinstance(c, numbers.Integral)]
         if bad or not ids:
-            raise TypeError(f"concept ids must be ints (or a non-empty list of ints), got {concept_ids!r}.")
+            raise TypeError(f"concept ids must be ints (or a non-empty list of ints), got {described}.")
         out_of_range = [int(c) for c in ids if not 0 <= int(c) < n_concepts]
         if out_of_range:
-            raise IndexError(f"concept ids {out_of_range} are out of range for layer {layer_name!r} with {n_concepts} "
-                             f"concepts; use ids in [0, {n_concepts - 1}].")
+            raise IndexError(f"concept ids {id_list(out_of_range)} are out of range for layer {layer_name!r} with "
+                             f"{n_concepts} concepts; use ids in [0, {n_concepts - 1}].")
         return [int(c) for c in ids]
 
     def _check_layer(self, layer_name: str) -> Concept:

@@ -1,11 +1,12 @@
 """Dataset adapters of FeatureVisualization: index ranges, batches of ``(index, sample, target)``, targets."""
 import numbers
-from typing import Any, List, Tuple
+import warnings
+from typing import Any, List, Optional, Tuple
 
 import numpy as np
 import torch
 
-__all__ = ["SampleRange", "collate", "split_item", "int_target"]
+__all__ = ["SampleRange", "collate", "split_item", "int_target", "unwrap_loader"]
 
 
 class SampleRange(torch.utils.data.Dataset):
@@ -63,3 +64,21 @@ def int_target(target, index: Any) -> int:
             f"override FeatureVisualization.multitarget_to_single."
         )
     return int(target)
+
+
+def unwrap_loader(dataset: Any, name: str = "dataset") -> Tuple[Any, Optional[int]]:
+    """Return the dataset of a DataLoader and its batch size; any other dataset as it is, with None.
+
+    Samples are read by index, in order, so the loader's sampler (e.g. ``shuffle=True``) and ``collate_fn``
+    are not used; a warning says so where they differ from the defaults.
+    """
+    if not isinstance(dataset, torch.utils.data.DataLoader):
+        return dataset, None
+    unused = []
+    if not isinstance(dataset.sampler, torch.utils.data.SequentialSampler):
+        unused.append(f"its sampler ({type(dataset.sampler).__name__}: samples are read in index order)")
+    if dataset.collate_fn is not torch.utils.data.default_collate:
+        unused.append("its collate_fn (samples are stacked)")
+    if unused:
+        warnings.warn(f"{name} is a DataLoader: its dataset is used, not {' or '.join(unused)}.", stacklevel=3)
+    return dataset.dataset, dataset.batch_size

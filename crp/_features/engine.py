@@ -20,14 +20,14 @@ from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Seque
 
 import numpy as np
 import torch
-from tqdm import tqdm
+from tqdm.auto import tqdm
 from zennit.core import Composite
 
 from crp._attribution.concepts import Concept
 from crp._attribution.engine import CondAttribution
 from crp._attribution.probes import check_device
 from crp._features.cache import Cache
-from crp._features.dataset import SampleRange, collate
+from crp._features.dataset import SampleRange, collate, unwrap_loader
 from crp._features.distributed import (
     RankFailedError,
     RankGroup,
@@ -65,9 +65,11 @@ class FeatureVisualization(ZennitFlow, References):
     ----------
     attribution : CondAttribution
         Computes the relevances; its model is analyzed.
-    dataset : torch.utils.data.Dataset
+    dataset : torch.utils.data.Dataset or torch.utils.data.DataLoader
         ``dataset[i]`` returns ``(sample, target)``: a tensor (without batch axis) and an int (or any target,
-        see :meth:`multitarget_to_single`).
+        see :meth:`multitarget_to_single`). Of a DataLoader, its dataset is used (read in index order: a
+        warning says so if the loader shuffles or collates otherwise), and its batch size is :meth:`run`'s
+        default.
     layer_map : dict of str to Concept
         Layers to analyze and their concept definitions, e.g. ``{"features.28": ChannelConcept()}``.
     preprocess_fn : callable, optional
@@ -117,6 +119,7 @@ class FeatureVisualization(ZennitFlow, References):
     ) -> None:
         if not isinstance(attribution, CondAttribution):
             raise TypeError(f"attribution must be a crp.attribution.CondAttribution, got {type(attribution).__name__}.")
+        dataset, self.loader_batch_size = unwrap_loader(dataset)
         if not (hasattr(dataset, "__getitem__") and hasattr(dataset, "__len__")):
             raise TypeError(f"dataset must support len() and indexing, got {type(dataset).__name__}.")
         self._check_layer_map(attribution.model, layer_map)
@@ -157,8 +160,9 @@ class FeatureVisualization(ZennitFlow, References):
 
     def run(  # noqa: PLR0917 (zennit-crp's positional signature)
         self, composite: Optional[Composite], data_start: int = 0, data_end: Optional[int] = None,
-        batch_size: int = 32, checkpoint: int = 500, on_device: Optional[Union[str, torch.device]] = None, *,
-        resume: bool = False, num_workers: int = 0, verbose: bool = True, distributed: bool = True,
+        batch_size: Optional[int] = None, checkpoint: int = 500,
+        on_device: Optional[Union[str, torch.device]] = None, *, resume: bool = False, num_workers: int = 0,
+        verbose: bool = True, distributed: bool = True,
     ) -> Union[List[Path], Dict[str, List[str]]]:
         """Find the top-k samples of every concept by relevance and activation, overall and per target.
 
@@ -189,8 +193,8 @@ class FeatureVisualization(ZennitFlow, References):
             Rules of the relevance propagation (None: gradient).
         data_start, data_end : int
             Analyze ``dataset[data_start:data_end]`` (``data_end`` None: to the end).
-        batch_size : int
-            Samples per batch.
+        batch_size : int, optional
+            Samples per batch; by default the batch size of the DataLoader given as ``dataset``, else 32.
         checkpoint : int
             Save the results every ``checkpoint`` batches (as zennit-crp); a killed run loses at most these.
         on_device : str or torch.device, optional
@@ -225,6 +229,8 @@ class FeatureVisualization(ZennitFlow, References):
             (see the class notes) would run: it does not split the data among processes.
         """
         data_start, data_end = self._check_data_range(data_start, data_end)
+        if batch_size is None:
+            batch_size = getattr(self, "loader_batch_size", None) or 32
         batch_size = check_positive_int(batch_size, name="batch_size")
         checkpoint = check_positive_int(checkpoint, name="checkpoint")
         num_workers = check_int(num_workers, name="num_workers", minimum=0)

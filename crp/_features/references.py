@@ -64,20 +64,24 @@ def results_fingerprint(reader: ResultReader, path: Path) -> Any:
 
 
 def cached_references(cache: Optional[Cache], ids: List[Any], *, key: CacheKey, r_range: Range,
-                      compute: Callable[[Any, Range], Any], overwrite: bool) -> Dict[Any, Any]:
+                      compute: Callable[[Any, Range], Any], overwrite: bool, verbose: bool = False,
+                      desc: str = "references") -> Dict[Any, Any]:
     """Return the references of ``ids`` at ranks ``r_range``.
 
     They are loaded from ``cache`` where it has them, else computed with ``compute(ref_id, ranks)`` and stored;
-    everything is computed without a cache or with ``overwrite``.
+    everything is computed without a cache or with ``overwrite``. With ``verbose``, a progress bar counts the
+    computed ones.
     """
     if cache is None:
-        return {ref_id: compute(ref_id, r_range) for ref_id in ids}
+        return {ref_id: compute(ref_id, r_range)
+                for ref_id in tqdm(ids, desc=desc, unit="concept", disable=not verbose, dynamic_ncols=True)}
     if overwrite:
         found: Dict[Any, Any] = {}
         missing = {ref_id: r_range for ref_id in ids}
     else:
         found, missing = cache.load(ids, key, r_range)
-    for ref_id, ranks in missing.items():
+    bar = tqdm(missing.items(), desc=desc, unit="concept", disable=not verbose or not missing, dynamic_ncols=True)
+    for ref_id, ranks in bar:
         value = compute(ref_id, ranks)
         cache.save({ref_id: value}, key, ranks)
         found = cache.extend_dict(found, {ref_id: value})
@@ -91,7 +95,7 @@ class References(FeatureVisualizationBase):
         self, concept_ids: Union[int, Sequence[int]], layer_name: str, mode: str = "relevance",
         r_range: Range = (0, 8), composite: Optional[Composite] = None, rf: bool = False,
         plot_fn: Optional[PlotFn] = vis_img_heatmap, batch_size: int = 32, *, full_backward: bool = False,
-        overwrite: bool = False,
+        overwrite: bool = False, verbose: bool = True,
     ) -> Dict[int, Any]:
         """Return the reference samples of concepts (RelMax or ActMax), drawn with their conditional heatmaps.
 
@@ -119,6 +123,8 @@ class References(FeatureVisualizationBase):
             zennit-crp issue 11).
         overwrite : bool
             Recompute images that are cached.
+        verbose : bool
+            Show a progress bar over the concepts whose references are computed (not those from the cache).
 
         Returns
         -------
@@ -141,18 +147,19 @@ class References(FeatureVisualizationBase):
         key = self._cache_key("get_max_reference", layer_name, mode, rf=rf, plot_fn=plot_fn, composite=composite,
                               full_backward=full_backward)
         return self._cached(ids, key, r_range, compute=compute, composite=composite, plot_fn=plot_fn,
-                            overwrite=overwrite, rf=rf)
+                            overwrite=overwrite, rf=rf, verbose=verbose, desc=f"references of {layer_name}")
 
     def get_stats_reference(  # noqa: PLR0917 (zennit-crp's positional signature)
         self, concept_id: int, layer_name: str, targets: Union[int, Sequence[int]], mode: str = "relevance",
         r_range: Range = (0, 8), composite: Optional[Composite] = None, rf: bool = False,
         plot_fn: Optional[PlotFn] = vis_img_heatmap, batch_size: int = 32, *, full_backward: bool = False,
-        overwrite: bool = False,
+        overwrite: bool = False, verbose: bool = True,
     ) -> Dict[str, Any]:
         """Return the reference samples of one concept among the samples of given targets.
 
         The arguments are those of :meth:`get_max_reference`; ``targets`` are target classes (see
-        :meth:`compute_stats`). With ``full_backward`` the heatmaps start at the given target.
+        :meth:`compute_stats`). With ``full_backward`` the heatmaps start at the given target; ``verbose``
+        shows a progress bar over the targets whose references are computed.
 
         Returns
         -------
@@ -185,7 +192,8 @@ class References(FeatureVisualizationBase):
                               full_backward=full_backward)
         ids = [f"{concept_id}:{int(t)}" for t in target_list]
         return self._cached(ids, key, r_range, compute=compute, composite=composite, plot_fn=plot_fn,
-                            overwrite=overwrite, rf=rf)
+                            overwrite=overwrite, rf=rf, verbose=verbose,
+                            desc=f"references of {layer_name} #{concept_id}")
 
     def compute_stats(  # noqa: PLR0917 (zennit-crp's positional signature)
         self, concept_id: int, layer_name: str, mode: str = "relevance", top_N: int = 5, mean_N: int = 10,
@@ -254,7 +262,7 @@ class References(FeatureVisualizationBase):
         for layer_name, concept_ids in layer_c_ind.items():
             for concept_id in tqdm(list(concept_ids), desc=str(layer_name), disable=not verbose, dynamic_ncols=True):
                 raw = self.get_max_reference(concept_id, layer_name, mode, r_range, composite, rf, None, batch_size,
-                                             full_backward=full_backward)
+                                             full_backward=full_backward, verbose=False)
                 self._save_plots(raw, plot_list, func_name="get_max_reference", layer_name=layer_name, mode=mode,
                                  r_range=r_range, composite=composite, rf=rf, full_backward=full_backward)
                 if not stats:
@@ -262,7 +270,7 @@ class References(FeatureVisualizationBase):
                 targets, _ = self.compute_stats(concept_id, layer_name, mode, top_N, mean_N)
                 raw_stats = self.get_stats_reference(concept_id, layer_name, [int(t) for t in targets], mode,
                                                      r_range, composite, rf, None, batch_size,
-                                                     full_backward=full_backward)
+                                                     full_backward=full_backward, verbose=False)
                 self._save_plots(raw_stats, plot_list, func_name="get_stats_reference", layer_name=layer_name,
                                  mode=mode, r_range=r_range, composite=composite, rf=rf, full_backward=full_backward)
 
@@ -287,14 +295,14 @@ class References(FeatureVisualizationBase):
         return CacheKey(func_name, layer_name, mode, bool(rf), describe(plot_fn), describe(composite), identity)
 
     def _cached(self, ids: List[Any], key: CacheKey, r_range: Range, *, compute, composite, plot_fn,
-                overwrite: bool, rf: bool) -> Dict[Any, Any]:
+                overwrite: bool, rf: bool, verbose: bool = False, desc: str = "references") -> Dict[Any, Any]:
         """Load references from the cache; compute, store and add the missing ranks."""
         if rf and composite is None:
             warnings.warn("rf=True needs a composite: the receptive field is only used for heatmaps; pass a zennit "
                           "composite.", stacklevel=3)
         use_cache = self.Cache is not None and plot_fn is not None and composite is not None
         return cached_references(self.Cache if use_cache else None, ids, key=key, r_range=r_range, compute=compute,
-                                 overwrite=overwrite)
+                                 overwrite=overwrite, verbose=verbose, desc=desc)
 
     def _reference(self, d_indices: np.ndarray, c_id: int, n_indices: np.ndarray, *, layer_name: str, composite,
                    rf: bool, plot_fn, batch_size: int, full_backward: bool, target: Optional[int]):

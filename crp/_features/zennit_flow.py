@@ -10,7 +10,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 import numpy as np
 import torch
-from tqdm import tqdm
+from tqdm.auto import tqdm
 from zennit.composites import NameMapComposite
 from zennit.core import Composite
 

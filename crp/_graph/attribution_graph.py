@@ -14,6 +14,7 @@ from collections import namedtuple
 from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import torch
+from tqdm.auto import tqdm
 
 from crp._graph.tracing import ModelGraph
 from crp._utils.checks import check_int, check_kind, check_positive_int
@@ -128,7 +129,7 @@ class AttributionGraph:
         batch_size : int
             Conditions per backward pass.
         verbose : bool
-            Show the progress bar of ``generate``.
+            Show a progress bar over the concepts decomposed (its total grows level by level).
         exclude_parallel : bool
             Passed to ``generate``. False (as in zennit-crp 0.6) lets relevance reach a lower layer also along
             shortcuts that bypass the decomposed concept; True counts only what flows through it (and batches
@@ -146,17 +147,21 @@ class AttributionGraph:
                    exclude_parallel=exclude_parallel)
         root = (layer_name, int(concept_id))
         nodes, connections, done, frontier = {root: None}, {}, set(), [root]
-        for w in widths:
-            frontier = [node for node in frontier if node not in done and self.graph.find_input_layers(node[0])]
-            if not frontier:
-                break
-            done.update(frontier)
-            found: List[Node] = []
-            for node, relevances in self._relevances(run, frontier):
-                connections[node] = self._children(relevances, w, abs_norm=abs_norm)
-                found.extend((layer, concept) for layer, concept, _ in connections[node])
-            nodes.update(dict.fromkeys(found))
-            frontier = list(dict.fromkeys(found))
+        with tqdm(total=0, desc="AttributionGraph", unit="concept", disable=not verbose, dynamic_ncols=True) as bar:
+            for w in widths:
+                frontier = [node for node in frontier if node not in done and self.graph.find_input_layers(node[0])]
+                if not frontier:
+                    break
+                done.update(frontier)
+                bar.total += len(frontier)
+                bar.refresh()
+                found: List[Node] = []
+                for node, relevances in self._relevances(run, frontier):
+                    connections[node] = self._children(relevances, w, abs_norm=abs_norm)
+                    found.extend((layer, concept) for layer, concept, _ in connections[node])
+                    bar.update()
+                nodes.update(dict.fromkeys(found))
+                frontier = list(dict.fromkeys(found))
         return attrGraphResult(list(nodes), connections)
 
     # ------------------------------------------------------------------------------------------------------------
@@ -201,7 +206,7 @@ class AttributionGraph:
             offset = 0
             for result in self.attribution.generate(
                     run.data, conditions, run.composite, record_layer=record, mask_map=self.mask_map,
-                    start_layer=run.start_layer, batch_size=run.batch_size, verbose=run.verbose,
+                    start_layer=run.start_layer, batch_size=run.batch_size, verbose=False,
                     exclude_parallel=run.exclude_parallel):
                 for row in range(len(result.heatmap)):
                     node = group[offset + row]

@@ -238,7 +238,7 @@ class TextFeatureVisualization(FeatureVisualization):
         self, concept_ids: Union[int, Sequence[int]], layer_name: str, mode: str = "relevance",
         r_range: Range = (0, 8), composite: Optional[Composite] = None, rf: bool = False,
         plot_fn: Optional[Callable[..., Any]] = None, batch_size: int = 32, *, full_backward: bool = True,
-        overwrite: bool = False, window: int = 5,
+        overwrite: bool = False, verbose: bool = True, window: int = 5,
     ) -> Dict[int, Any]:
         """Return the reference tokens of concepts (RelMax or ActMax) in windows with their conditional relevance.
 
@@ -262,6 +262,8 @@ class TextFeatureVisualization(FeatureVisualization):
             for padded samples.
         overwrite : bool
             As in :meth:`crp.visualization.FeatureVisualization.get_max_reference` (windows are not cached).
+        verbose : bool
+            Show a progress bar while references are computed.
 
         Returns
         -------
@@ -276,7 +278,7 @@ class TextFeatureVisualization(FeatureVisualization):
         if not full_backward and composite is not None:
             self._refuse_padding(np.unique(indices[rows][:, ids]))
         raw = super().get_max_reference(ids, layer_name, mode, r_range, composite, rf, None, batch_size,
-                                        full_backward=full_backward, overwrite=overwrite)
+                                        full_backward=full_backward, overwrite=overwrite, verbose=verbose)
         return {concept_id: self._draw(raw[concept_id], composite, indices[rows, concept_id],
                                        neurons[rows, concept_id], window=window, plot_fn=plot_fn)
                 for concept_id in ids}
@@ -285,7 +287,7 @@ class TextFeatureVisualization(FeatureVisualization):
         self, concept_id: int, layer_name: str, targets: Union[int, Sequence[int]], mode: str = "relevance",
         r_range: Range = (0, 8), composite: Optional[Composite] = None, rf: bool = False,
         plot_fn: Optional[Callable[..., Any]] = None, batch_size: int = 32, *, full_backward: bool = True,
-        overwrite: bool = False, window: int = 5,
+        overwrite: bool = False, verbose: bool = True, window: int = 5,
     ) -> Dict[str, Any]:
         """Return the reference tokens of one concept among the samples of given targets, in windows.
 
@@ -306,7 +308,8 @@ class TextFeatureVisualization(FeatureVisualization):
                 indices = self.results.statistics(layer_name, mode, int(target))[0]
                 self._refuse_padding(indices[rank_rows(indices, r_range, f"{mode} statistics")][:, column].ravel())
         raw = super().get_stats_reference(concept_id, layer_name, target_list, mode, r_range, composite, rf, None,
-                                          batch_size, full_backward=full_backward, overwrite=overwrite)
+                                          batch_size, full_backward=full_backward, overwrite=overwrite,
+                                          verbose=verbose)
         references = {}
         for key, value in raw.items():
             column_id, target = (int(part) for part in key.rsplit(":", 1))
@@ -405,7 +408,7 @@ class VisionFeatureVisualization(FeatureVisualization):
         self, concept_ids: Union[int, Sequence[int]], layer_name: str, mode: str = "relevance",
         r_range: Range = (0, 8), composite: Optional[Composite] = None, rf: bool = False,
         plot_fn: Optional[Callable] = vis_img_heatmap, batch_size: int = 32, *, full_backward: bool = False,
-        overwrite: bool = False,
+        overwrite: bool = False, verbose: bool = True,
     ) -> Dict[int, Any]:
         """Return the reference images of concepts, as :meth:`crp.visualization.FeatureVisualization.get_max_reference`.
 
@@ -416,7 +419,8 @@ class VisionFeatureVisualization(FeatureVisualization):
         """
         if not rf or composite is None:
             return super().get_max_reference(concept_ids, layer_name, mode, r_range, composite, rf, plot_fn,
-                                              batch_size, full_backward=full_backward, overwrite=overwrite)
+                                              batch_size, full_backward=full_backward, overwrite=overwrite,
+                                             verbose=verbose)
         check_plot_fn(plot_fn)
         self._check_layer(layer_name)
         check_mode(mode)
@@ -425,7 +429,7 @@ class VisionFeatureVisualization(FeatureVisualization):
         ids = self._concept_ids(concept_ids, layer_name, indices.shape[1])
         rows = rank_rows(indices, r_range, f"{mode} maximization of layer {layer_name!r}")
         raw = super().get_max_reference(ids, layer_name, mode, r_range, composite, True, None, batch_size,
-                                        full_backward=full_backward)
+                                        full_backward=full_backward, verbose=verbose)
         references = {}
         for concept_id in ids:
             images, heatmaps = raw[concept_id]

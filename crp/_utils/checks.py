@@ -6,13 +6,13 @@ names the argument, echoes what was given and says what fixes it. The other chec
 """
 import math
 import numbers
-from typing import Any, Collection, Optional, Tuple, Type, TypeVar, Union
+from typing import Any, Collection, Optional, Sequence, Tuple, Type, TypeVar, Union
 
 import numpy as np
 
 __all__ = [
     "check_type", "check_kind", "check_value", "check_int", "check_positive_int", "check_number",
-    "check_positive_number", "check_bool", "check_choice", "check_callable", "echo",
+    "check_positive_number", "check_bool", "check_choice", "check_callable", "echo", "check_id_shape",
 ]
 
 T = TypeVar("T")
@@ -236,3 +236,12 @@ def check_callable(value: Any, *, name: str, expected: str, allow_none: bool = F
     if not callable(value):
         raise _fail(TypeError, name, expected + (" or None" if allow_none else ""), value, None)
     return value
+
+
+def check_id_shape(shape: Sequence[int], where: str) -> None:
+    """Raise a ValueError naming ``shape`` and the fix if ids of this shape are not 1-D (``where`` names them)."""
+    if len(shape) > 1:
+        raise ValueError(
+            f"{where} must be an int or a 1-D list of ints, got ids of shape {tuple(shape)}; pass one row, e.g. "
+            f"ids[0].tolist(), or all of them flattened, ids.flatten().tolist()."
+        )

@@ -21,15 +21,18 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
+from crp._features.dataset import unwrap_loader
 from crp._features.distributed import RankGroup, world_size_from_environment
 from crp._utils.checks import check_int, check_positive_int
-from crp._utils.text import one_line
+from crp._utils.text import id_list, one_line
 from crp.app.output import FV_FOLDER, OutputFolder, UserError
+from crp.app.progress import Steps
 
 __all__ = [
     "AnalyzeError", "AnalyzeOptions", "AnalysisResult", "AnalysisSetup", "DataSpec", "run_analysis", "prepare",
     "load_model", "load_weights", "load_data", "make_composite", "resolve_layers", "layer_table", "spread_indices",
     "format_analysis_summary", "torchvision_architectures", "Normalize", "CANONIZERS", "IMAGENET_MEAN", "IMAGENET_STD",
+    "data_labels", "check_num_classes", "DEFAULT_BATCH_SIZE",
 ]
 
 logger = logging.getLogger(__name__)
@@ -40,6 +43,12 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 CANONIZERS = ("auto", "none", "merge-batchnorm", "resnet", "vgg")
 #: Longest quote of an underlying error's message in an :class:`AnalyzeError`.
 _REASON_LIMIT = 160
+#: The steps of a run that show in its progress bar (each long one has a bar of its own too).
+ANALYZE_STEPS = ("reference-sample search", "explaining samples", "attribution graph", "pixel flipping")
+#: The largest batch size ``--batch-size auto`` picks.
+AUTO_BATCH_MAXIMUM = 256
+#: Images per forward and backward pass unless --batch-size or a DataLoader's batch size says otherwise.
+DEFAULT_BATCH_SIZE = 32
 
 PathLike = Union[str, os.PathLike]
 
@@ -64,7 +73,7 @@ class AnalyzeOptions:
     composite: str = "epsilon_plus_flat"
     canonizer: str = "auto"
     device: str = "cpu"
-    batch_size: int = 32
+    batch_size: Union[int, str, None] = None
     workers: int = 0
     samples: int = 4
     top_k: int = 4
@@ -314,6 +323,7 @@ class DataSpec:
     preprocess: Optional[Normalize]
     description: str
     identity: List[Any]
+    loader_batch_size: Optional[int] = None
 
 
 def load_data(spec: str, image_size: int = 224, mean: Optional[Sequence[float]] = None,
@@ -379,6 +389,7 @@ def _callable_data(spec: str, norm: Optional[Normalize]) -> DataSpec:
         dataset = factory()
     except TypeError as error:
         raise AnalyzeError(f"--data {spec!r} could not be called without arguments ({error}).") from None
+    dataset, loader_batch_size = unwrap_loader(dataset, f"--data {spec}")
     if not (hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__")):
         raise AnalyzeError(f"--data {spec!r} returned a {type(dataset).__name__}, not a dataset (len() and "
                            f"indexing).")
@@ -393,7 +404,7 @@ def _callable_data(spec: str, norm: Optional[Normalize]) -> DataSpec:
     probe = [dataset[i][0] for i in spread_indices(len(dataset), 3)]
     identity = ["callable", spec, len(dataset), [float(p.double().sum()) for p in probe], repr(norm)]
     return DataSpec(dataset, list(names) if names is not None else None, norm,
-                    f"dataset {spec} ({len(dataset)} items)", identity)
+                    f"dataset {spec} ({len(dataset)} items)", identity, loader_batch_size)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -520,8 +531,10 @@ def _device(name: str) -> torch.device:
 def _check_counts(options: AnalyzeOptions) -> None:
     """Raise an AnalyzeError for a count out of range (named by its option), a TypeError for one of a wrong type."""
     try:
-        for name in ("batch_size", "samples", "top_k", "references", "flip_steps", "checkpoint", "image_size"):
+        for name in ("samples", "top_k", "references", "flip_steps", "checkpoint", "image_size"):
             check_positive_int(getattr(options, name), name=_option(name))
+        if options.batch_size is not None and options.batch_size != "auto":
+            check_positive_int(options.batch_size, name=_option("batch_size"), fix="Or 'auto'.")
         for name in ("workers", "flip_samples"):
             check_int(getattr(options, name), name=_option(name), minimum=0)
     except ValueError as error:
@@ -545,6 +558,7 @@ class AnalysisSetup:
     layers: List[str]
     graph_layers: List[str]
     device: torch.device
+    batch_size: int = DEFAULT_BATCH_SIZE
 
 
 def prepare(options: AnalyzeOptions) -> AnalysisSetup:
@@ -563,12 +577,72 @@ def prepare(options: AnalyzeOptions) -> AnalysisSetup:
         logger.info("no --weights given: the model has random weights")
         description += " (random weights, no --weights)"
     data = load_data(options.data, options.image_size, options.mean, options.std, options.normalize)
+    check_num_classes(options.num_classes, data)
     layers = resolve_layers(model, options.layers)
     composite, composite_description = make_composite(options.composite, model, options.canonizer, data.preprocess)
     model = model.to(device).eval()
     _check_forward(model, data, layers, device)
+    batch_size = _batch_size(options.batch_size, data, model, composite, device)
     return AnalysisSetup(model, description, data, composite, composite_description, layers,
-                  list(dict.fromkeys(_graph_layers(model, layers) + layers)), device)
+                         list(dict.fromkeys(_graph_layers(model, layers) + layers)), device, batch_size)
+
+
+def data_labels(data: DataSpec) -> Optional[List[int]]:
+    """Return the distinct labels of the data, sorted, where the dataset lists them without loading images.
+
+    An image folder lists them (``targets``), as do datasets with a ``targets`` or ``labels`` attribute;
+    otherwise None.
+    """
+    dataset = getattr(data.dataset, "folder", data.dataset)
+    targets = getattr(dataset, "targets", None)
+    if targets is None:
+        targets = getattr(dataset, "labels", None)
+    if targets is None:
+        return None
+    if isinstance(targets, (torch.Tensor, np.ndarray)):
+        targets = targets.tolist()
+    try:
+        return sorted({int(label) for label in targets})
+    except (TypeError, ValueError):  # labels that are not class indices: nothing to check
+        return None
+
+
+def check_num_classes(num_classes: Optional[int], data: DataSpec) -> None:
+    """Compare ``--num-classes`` with the labels of the data.
+
+    Raises an AnalyzeError if a label is ``num_classes`` or larger (the model has no output for it); logs a
+    warning if the data has fewer classes than ``num_classes``.
+    """
+    labels = data_labels(data) if num_classes is not None else None
+    if not labels or num_classes is None:
+        return
+    found = f"labels {id_list(labels)} found in --data"
+    names = data.class_names
+    if names and len(names) <= 8:
+        found += f" ({', '.join(names)})"
+    if labels[-1] >= num_classes:
+        raise AnalyzeError(f"--num-classes {num_classes} is too few for the data: {found}; pass --num-classes "
+                           f"{labels[-1] + 1} (or more) to match the model's output to the data.")
+    if len(labels) < num_classes:
+        logger.warning("--num-classes %d is more than the %d classes of the data (%s); the model's other "
+                       "outputs are never a label.", num_classes, len(labels), found)
+
+
+def _batch_size(option: Union[int, str, None], data: DataSpec, model: torch.nn.Module,
+                composite: Callable[[], Any], device: torch.device) -> int:
+    """Return --batch-size: as given, ``auto`` (what fits into half the free memory), a DataLoader's, or 32."""
+    if option != "auto":
+        return int(option or data.loader_batch_size or DEFAULT_BATCH_SIZE)
+    from crp._features.memory import estimate_memory, suggest_batch_size
+    from crp.attribution import CondAttribution
+
+    image = data.dataset[0][0][None].to(device)
+    x = data.preprocess(image) if data.preprocess is not None else image
+    attribution = CondAttribution(model, device=device)
+    size = suggest_batch_size(attribution, x, composite(), maximum=AUTO_BATCH_MAXIMUM)
+    per_sample = estimate_memory(attribution, x, composite()).per_sample
+    logger.info("--batch-size auto: %d (about %.0f MiB per image on %s)", size, per_sample / 2 ** 20, device)
+    return size
 
 
 def _check_forward(model: torch.nn.Module, data: DataSpec, layers: List[str], device: torch.device) -> None:
@@ -648,12 +722,12 @@ def _search_share(options: AnalyzeOptions, setup: Optional[AnalysisSetup]) -> No
                                preprocess=setup.data.preprocess, class_names=setup.data.class_names,
                                device=setup.device)
     store = Path(options.out).expanduser().resolve() / FV_FOLDER / "store"  # process 0's; only it writes there
-    analysis.feature_visualization(store, len(analysis.dataset), **_search_settings(options))
+    analysis.feature_visualization(store, len(analysis.dataset), **_search_settings(options, setup))
 
 
-def _search_settings(options: AnalyzeOptions) -> Dict[str, Any]:
+def _search_settings(options: AnalyzeOptions, setup: AnalysisSetup) -> Dict[str, Any]:
     """Return the arguments of the reference-sample search, which every process of a distributed job passes."""
-    return {"batch_size": options.batch_size, "workers": options.workers, "checkpoint": options.checkpoint,
+    return {"batch_size": setup.batch_size, "workers": options.workers, "checkpoint": options.checkpoint,
             "top_k": max(8, options.references), "progress": options.progress}
 
 
@@ -689,11 +763,16 @@ def _report_run(options: AnalyzeOptions, setup: AnalysisSetup, analysis: Any, ou
 
     key = fingerprint("crp analyze", setup.data.identity, setup.graph_layers, setup.composite_description,
                       len(analysis.dataset), options.references, model=setup.model)
-    status = resumable_feature_visualization(analysis, output, key, len(analysis.dataset), fresh=options.fresh,
-                                             **_search_settings(options))
-    samples = _write_samples(options, setup, analysis, output)
-    graph, graph_png = _write_graph(options, setup, analysis, output, samples[0])
-    flipping = _write_flipping(options, setup, analysis, output)
+    with Steps(ANALYZE_STEPS, desc="crp analyze", enabled=options.progress) as steps:
+        with steps.step("reference-sample search"):
+            status = resumable_feature_visualization(analysis, output, key, len(analysis.dataset),
+                                                     fresh=options.fresh, **_search_settings(options, setup))
+        with steps.step("explaining samples"):
+            samples = _write_samples(options, setup, analysis, output)
+        with steps.step("attribution graph"):
+            graph, graph_png = _write_graph(options, setup, analysis, output, samples[0])
+        with steps.step("pixel flipping"):
+            flipping = _write_flipping(options, setup, analysis, output)
     result = AnalysisResult(
         output.root, setup.model_description, setup.composite_description, setup.data.description,
         len(setup.data.dataset), len(analysis.dataset), status != FV_COMPUTED, setup.layers,
@@ -711,7 +790,7 @@ def _report_run(options: AnalyzeOptions, setup: AnalysisSetup, analysis: Any, ou
 
 
 def _write_samples(options: AnalyzeOptions, setup: AnalysisSetup, analysis: Any, output: OutputFolder) -> List[Any]:
-    from tqdm import tqdm
+    from tqdm.auto import tqdm
 
     from crp.app.concept_report import write_sample
 
@@ -751,7 +830,7 @@ def _write_flipping(options: AnalyzeOptions, setup: AnalysisSetup, analysis: Any
     dataset = setup.data.dataset
     indices = spread_indices(len(dataset), options.flip_samples)
     images = torch.stack([dataset[i][0] for i in indices])
-    summary = analysis.pixel_flipping(images, steps=options.flip_steps, batch_size=options.batch_size,
+    summary = analysis.pixel_flipping(images, steps=options.flip_steps, batch_size=setup.batch_size,
                                       progress=options.progress)
     return summary, output.write("pixel_flipping.png", figure_saver(flipping_figure(summary)))
 

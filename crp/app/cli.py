@@ -58,6 +58,16 @@ _positive_int = _whole_number(1)
 _DEMO_SAMPLES, _DEMO_TOP = 4, 4
 
 
+def _batch_size(text: str):
+    """Parse --batch-size: a positive whole number or ``auto``."""
+    if text == "auto":
+        return text
+    try:
+        return _positive_int(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"must be a positive whole number or auto, got {text!r}") from None
+
+
 def _add_demo(commands) -> None:
     demo = commands.add_parser(
         "demo", help="train a small CNN (or ViT) on toy shapes with a planted shortcut and explain it with CRP",
@@ -155,8 +165,9 @@ def _add_analyze(commands) -> None:
                      help="output folder: new, empty, or from an earlier run (default: %(default)s)")
     run.add_argument("--device", default="cpu", metavar="DEVICE",
                      help="cpu, cuda or cuda:N; under torchrun, cuda is each process's own GPU (default: cpu)")
-    run.add_argument("--batch-size", type=_positive_int, default=32, metavar="N",
-                     help="images per forward/backward pass (default: %(default)s)")
+    run.add_argument("--batch-size", type=_batch_size, default=None, metavar="N|auto",
+                     help="images per forward/backward pass; auto: as many as fit into half the free memory "
+                          "(default: the batch size of a DataLoader given as --data, else 32)")
     run.add_argument("--workers", type=_whole_number(0), default=0, metavar="N",
                      help="DataLoader worker processes (default: %(default)s)")
     run.add_argument("--checkpoint", type=_positive_int, default=10, metavar="N",

@@ -246,7 +246,7 @@ class ConceptAnalysis:
 
         return self._fv().get_max_reference(list(concepts), layer, mode=mode, r_range=(0, count),
                                             composite=self.composite(), rf=True, plot_fn=vis_img_heatmap,
-                                            full_backward=mode == "relevance")
+                                            full_backward=mode == "relevance", verbose=False)
 
     def class_statistics(self, layer: str, concept: int, classes: int = 3, count: int = 4) -> ClassStatistics:
         """Find the ``classes`` classes for which ``concept`` is most relevant, and its references within each.
@@ -260,7 +260,7 @@ class ConceptAnalysis:
         targets = [int(t) for t in found]
         refs = fv.get_stats_reference(concept, layer, targets, mode="relevance", r_range=(0, count),
                                       composite=self.composite(), rf=True, plot_fn=vis_img_heatmap,
-                                      full_backward=True) if targets else {}
+                                      full_backward=True, verbose=False) if targets else {}
         by_class = {int(key.rsplit(":", 1)[1]): value for key, value in refs.items()}
         return ClassStatistics(layer, int(concept), targets, [float(v) for v in values], by_class)
 
@@ -282,7 +282,7 @@ class ConceptAnalysis:
         refs = {}
         if self.fv is not None:
             refs = collect_reference_images(self.fv, result, self.composite(), rf=True, plot_fn=vis_opaque_img,
-                                            full_backward=True)
+                                            full_backward=True, verbose=False)
         return result, refs
 
     def pixel_flipping(self, images: torch.Tensor, steps: int = 32, region: Optional[int] = None, *,

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple, Un
 
 import numpy as np
 import torch
-from tqdm import tqdm
+from tqdm.auto import tqdm
 from zennit.composites import EpsilonPlusFlat
 
 from crp._utils.checks import check_int, check_positive_int
@@ -56,6 +56,7 @@ from crp.app.concept_report import (
     write_sample,
 )
 from crp.app.output import MANIFEST_NAME, OutputFolder, UserError
+from crp.app.progress import Steps
 from crp.app.shapes import ARTIFACT_BOX, ShapesDataset
 from crp.app.shapes_model import ShapesNet, TrainInfo, TrainSettings, torch_threads, train_default_model
 from crp.attribution import CondAttribution
@@ -67,8 +68,9 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from crp.app.report import Report
 
-__all__ = ["run_demo", "format_summary", "DemoError", "DemoResult", "SampleResult", "ArtifactFinding",
-           "DemoSettings", "QUICK_SETTINGS", "DEFAULT_LAYER", "MANIFEST_NAME", "FV_FOLDER"]
+__all__ = ["run_demo", "find_mark_channel", "format_summary", "DemoError", "DemoResult", "SampleResult",
+           "ArtifactFinding", "DemoSettings", "QUICK_SETTINGS", "DEFAULT_LAYER", "MANIFEST_NAME", "FV_FOLDER",
+           "ARTIFACT_IMAGES", "DEMO_STEPS"]
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +78,11 @@ logger = logging.getLogger(__name__)
 DEFAULT_LAYER = "features.6"
 #: Tiny training for smoke tests (``--quick``): seconds instead of a minute, meaningless accuracies.
 QUICK_SETTINGS = TrainSettings(epochs=1, n_train=256, n_test=200)
-_ARTIFACT_IMAGES = 24  # images of the other classes on which the artifact channel is searched (quick: 6)
+#: The steps after training that show in the demo's progress bar.
+DEMO_STEPS = ("reference-sample search", "the channel that responds to the mark", "its reference samples",
+              "explaining samples", "attribution graph", "pixel flipping")
+#: Images of the other classes on which the mark channel is searched (``--quick``: 6).
+ARTIFACT_IMAGES = 24
 _PNG_SIZE = 128
 
 PathLike = Union[str, os.PathLike]
@@ -241,12 +247,12 @@ def _patch_sum(heatmaps: torch.Tensor) -> torch.Tensor:
     return heatmaps[..., r0:r1, c0:c1].sum((-2, -1))
 
 
-def _artifact_pairs(settings: TrainSettings, quick: bool) -> Tuple[torch.Tensor, torch.Tensor, int]:
+def _artifact_pairs(settings: TrainSettings, count: int) -> Tuple[torch.Tensor, torch.Tensor, int]:
     """Test images of the other classes with the artifact, the same images without it, and the artifact class."""
     kwargs = {"n": settings.n_test, "seed": settings.seed}
     marked = ShapesDataset("test", artifact_rate=1.0, other_rate=1.0, **kwargs)
     clean = ShapesDataset("test", artifact_rate=0.0, other_rate=0.0, **kwargs)
-    keep = torch.nonzero(marked.labels != marked.artifact_class)[:, 0][:6 if quick else _ARTIFACT_IMAGES]
+    keep = torch.nonzero(marked.labels != marked.artifact_class)[:, 0][:count]
     return marked.tensors()[0][keep], clean.tensors()[0][keep], marked.artifact_class
 
 
@@ -300,13 +306,13 @@ def activation_response(with_artifact: torch.Tensor, without: torch.Tensor) -> t
 
 
 def _find_artifact_channel(attribution: CondAttribution, layer: str, channels: int, settings: TrainSettings,
-                           quick: bool) -> Tuple[ArtifactFinding, torch.Tensor, torch.Tensor]:
+                           count: int) -> Tuple[ArtifactFinding, torch.Tensor, torch.Tensor]:
     """Find the channel of ``layer`` that responds most to the artifact, and measure how it drives its class.
 
     Returns the finding, the images of other classes with the artifact it was searched on, and the channel's
     conditional heatmaps for the artifact class on these images.
     """
-    marked, clean, target = _artifact_pairs(settings, quick)
+    marked, clean, target = _artifact_pairs(settings, count)
     with_mark = _class_relevance(attribution, marked, layer, target)
     without = _class_relevance(attribution, clean, layer, target)
     response = activation_response(with_mark["activation"], without["activation"])
@@ -323,6 +329,35 @@ def _find_artifact_channel(attribution: CondAttribution, layer: str, channels: i
         (r1 - r0) * (c1 - c0) / marked[0, 0].numel(), ShapesDataset.class_names[target],
     )
     return finding, marked, maps[:, best]
+
+
+def find_mark_channel(model: torch.nn.Module, layer: str = DEFAULT_LAYER, *,
+                      settings: Optional[TrainSettings] = None, images: int = ARTIFACT_IMAGES) -> ArtifactFinding:
+    """Name "the mark channel" of ``layer``, as the demo and the tutorials do.
+
+    It is the channel whose activation (summed over positions) rises most, in standard deviations, when the
+    mark is painted on test images of the classes other than "cross" (the first ``images`` of them);
+    :class:`ArtifactFinding` also holds the runners-up and how much the channel drives "cross".
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        A :class:`crp.app.shapes_model.ShapesNet` (e.g. from :func:`crp.app.shapes_model.train_default_model`).
+    layer : str
+        A concept layer: ``features.0``, ``features.3``, ``features.6`` or ``classifier.0``.
+    settings : TrainSettings, optional
+        The settings the model was trained with (they choose the test split); default :class:`TrainSettings`.
+    images : int
+        Test images of the other classes to search on.
+
+    Returns
+    -------
+    ArtifactFinding
+    """
+    settings = settings if settings is not None else TrainSettings()
+    channels = _check_args(ShapesNet(), layer, 1, 1, settings.n_test)
+    check_positive_int(images, name="images")
+    return _find_artifact_channel(CondAttribution(model), layer, channels, settings, images)[0]
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -402,7 +437,7 @@ class _Run:
 
     def artifact(self, channels: int, quick: bool) -> ArtifactFinding:
         finding, marked, maps = _find_artifact_channel(self.analysis.attribution, self.layer, channels,
-                                                       self.info.settings, quick)
+                                                       self.info.settings, 6 if quick else ARTIFACT_IMAGES)
         self.output.write("artifact_channel.png", figure_saver(_artifact_figure(marked, maps, finding)))
         count = min(len(marked), 8)
         self.artifact_pictures = ([input_image(image) for image in marked[:count]],
@@ -455,7 +490,7 @@ class _Run:
 
     def flipping(self) -> Tuple[FlippingSummary, Any]:
         images = self.test.tensors()[0][:self.demo.flip_samples]
-        summary = self.analysis.pixel_flipping(images, steps=self.demo.flip_steps, progress=False)
+        summary = self.analysis.pixel_flipping(images, steps=self.demo.flip_steps, progress=self.verbose)
         return summary, self.output.write("pixel_flipping.png", figure_saver(flipping_figure(summary)))
 
 
@@ -547,14 +582,20 @@ def _explain_all(run: _Run, channels: int, samples: int, quick: bool, fresh: boo
     test, output = run.test, run.output
     chosen = _pick_samples(test, run.analysis.predict(test.tensors()[0]), samples)
     output.claim(folders=[FV_FOLDER])
-    run.feature_visualization(fresh)
-    logger.info("searching the channel of %s that responds to the mark", run.layer)
-    artifact = run.artifact(channels, quick)
-    pictures = run.artifact_references(artifact)
-    explained = [run.explain_sample(index, rank, artifact)
-                 for rank, index in enumerate(tqdm(chosen, desc="explaining samples", disable=not run.verbose))]
-    graph, graph_png = run.graph(chosen[0], explained[0].explanation)
-    flipping, flipping_png = run.flipping()
+    with Steps(DEMO_STEPS, desc="crp demo", enabled=run.verbose) as steps:
+        with steps.step("reference-sample search"):
+            run.feature_visualization(fresh)
+        with steps.step("the channel that responds to the mark"):
+            artifact = run.artifact(channels, quick)
+        with steps.step("its reference samples"):
+            pictures = run.artifact_references(artifact)
+        with steps.step("explaining samples"):
+            explained = [run.explain_sample(index, rank, artifact) for rank, index in
+                         enumerate(tqdm(chosen, desc="explaining samples", disable=not run.verbose, leave=False))]
+        with steps.step("attribution graph"):
+            graph, graph_png = run.graph(chosen[0], explained[0].explanation)
+        with steps.step("pixel flipping"):
+            flipping, flipping_png = run.flipping()
     names = test.class_names
     samples_found = [_sample_result(s, names, bool(test.has_artifact[s.index]), run.layer, artifact.channel)
                      for s in explained]

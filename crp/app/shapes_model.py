@@ -18,7 +18,7 @@ from typing import Dict, Iterator, Optional, Tuple, Union
 
 import torch
 from torch import nn
-from tqdm import tqdm
+from tqdm.auto import tqdm
 
 from crp import __version__
 from crp._utils.checks import check_int, check_positive_int, check_positive_number, check_type, check_value
