@@ -144,3 +144,16 @@ def test_mid_run_finds_the_shortcut_neuron(mid_run):
     assert len(mid_run.references) == 16 == len(mid_run.reference_marked) == len(mid_run.reference_tokens)
     assert sum(mid_run.reference_marked) >= 12
     assert sum(token in found.tokens for token in mid_run.reference_tokens) >= 12
+
+
+def test_quick_run_on_the_residual_stream(quick_run):
+    """The first block's output (N, T, 64) serves as concept layer too: 64 dimensions, one ranked."""
+    _, root = quick_run
+    layer = "model.encoder.layers.encoder_layer_0"
+    with torch_threads(1):
+        result = run_vit_demo(root / "residual", layer, quick=True, cache_dir=root / "cache", progress=False,
+                              threads=1, references=4)
+    found = result.neuron
+    assert found.layer == layer and len(result.shares) == QUICK_VIT_SETTINGS.hidden
+    assert found.share == max(result.shares) and result.shares[found.neuron] == found.share
+    assert abs(sum(abs(s) for s in result.shares) - 1) < 1e-9  # parts of the absolute sum
