@@ -19,7 +19,7 @@ from typing import List, Optional, Tuple
 import torch
 from torch import nn
 from torchvision.models import VisionTransformer
-from tqdm import tqdm
+from tqdm.auto import tqdm
 
 from crp import __version__
 from crp._utils.checks import check_int, check_positive_number, check_type, check_value
