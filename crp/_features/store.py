@@ -612,8 +612,8 @@ def _check_manifest_paths(file: Path, manifest: Mapping[str, Any]) -> None:
     directory = manifest.get("directory")
     if not isinstance(directory, str) or not _GENERATION.match(directory):
         raise CorruptStoreError(f"{file} names the results folder {directory!r}, not one of the form "
-                                f"'results-<16 hex digits>' inside the store; the manifest is corrupt or was edited. Nothing "
-                                f"is read from it; delete the folder and run again.")
+                                f"'results-<16 hex digits>' inside the store; the manifest is corrupt or was edited. "
+                                f"Nothing is read from it; delete the folder and run again.")
     for layer, entry in (manifest.get("layers") or {}).items():
         for kind, item in (entry.get("files") or {}).items():
             name = item.get("name") if isinstance(item, Mapping) else None
