@@ -1,4 +1,5 @@
 """The result store: layout, atomic checkpoints, corruption, and reading zennit-crp 0.6 folders."""
+import hashlib
 import json
 
 import numpy as np
@@ -44,13 +45,17 @@ def store(tmp_path):
 
 
 def test_layout_and_roundtrip(store):
-    files = sorted(p.relative_to(store.path).as_posix() for p in store.path.rglob("*") if p.is_file())
-    assert files == ["manifest.json", "results-000001/.crp-generation"] + [
-        f"results-000001/{layer}.{kind}.npy" for layer in ("conv", "fc") for kind in ("max", "stats")]
     manifest = json.loads((store.path / "manifest.json").read_text())
+    folder = manifest["directory"]
+    # the folder is named by the first 16 hex digits of the SHA-256 of the manifest's other content
+    content = {key: value for key, value in manifest.items() if key != "directory"}
+    assert folder == "results-" + hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
+    files = sorted(p.relative_to(store.path).as_posix() for p in store.path.rglob("*") if p.is_file())
+    assert files == ["manifest.json", f"{folder}/.crp-generation"] + [
+        f"{folder}/{layer}.{kind}.npy" for layer in ("conv", "fc") for kind in ("max", "stats")]
     assert manifest["targets"] == TARGETS and manifest["counts"] == COUNTS and manifest["complete"]
     assert manifest["stats_offsets"] == OFFSETS and crp._features.store.stats_offsets(COUNTS, K).tolist() == OFFSETS
-    plain = np.load(store.path / "results-000001" / "conv.stats.npy", allow_pickle=False)
+    plain = np.load(store.path / folder / "conv.stats.npy", allow_pickle=False)
     assert np.array_equal(plain, layer_arrays(0)["stats"]) and plain.dtype == RECORD
     indices, values, neurons = store.maximization("conv", "activation")
     assert indices.dtype == np.int64 and neurons.dtype == np.int64 and values.dtype == np.float32
@@ -61,8 +66,10 @@ def test_layout_and_roundtrip(store):
 
 
 def test_checkpoints_replace_the_previous_one_atomically(store, monkeypatch):
+    first = store.manifest["directory"]
     store.save({"conv": layer_arrays(2)}, TARGETS, COUNTS, CONFIG, next_index=10, complete=True)
-    assert [p.name for p in store.path.iterdir() if p.is_dir()] == ["results-000002"]
+    second = store.manifest["directory"]
+    assert second != first and [p.name for p in store.path.iterdir() if p.is_dir()] == [second]
     calls = []
 
     def failing_save(file, array):
@@ -77,15 +84,39 @@ def test_checkpoints_replace_the_previous_one_atomically(store, monkeypatch):
         store.save({"conv": layer_arrays(3)}, TARGETS, COUNTS, CONFIG, next_index=10, complete=True)
     monkeypatch.undo()
     fresh = ResultStore(store.path)  # the old checkpoint is intact
-    assert fresh.manifest["generation"] == 2
+    assert fresh.manifest["directory"] == second
     assert np.array_equal(fresh.layer_arrays("conv", verify=True)["max"], layer_arrays(2)["max"])
     assert not list(store.path.rglob("*.tmp"))
     fresh.save({"conv": layer_arrays(3)}, TARGETS, COUNTS, CONFIG, next_index=10, complete=True)
-    assert sorted(p.name for p in store.path.iterdir() if p.is_dir()) == ["results-000003"]
+    assert sorted(p.name for p in store.path.iterdir() if p.is_dir()) == [fresh.manifest["directory"]]
+
+
+def test_equal_results_make_equal_stores_and_a_foreign_folder_is_refused(store, tmp_path):
+    """The folder is named by the content: saving the same results again changes nothing on disk."""
+    before = {p: p.read_bytes() for p in store.path.rglob("*") if p.is_file()}
+    store.save({"conv": layer_arrays(0), "fc": layer_arrays(1)}, TARGETS, COUNTS, CONFIG, next_index=10,
+               complete=True)
+    assert {p: p.read_bytes() for p in store.path.rglob("*") if p.is_file()} == before
+    other = ResultStore(tmp_path / "other")
+    other.save({"conv": layer_arrays(2)}, TARGETS, COUNTS, CONFIG, next_index=4, complete=False)
+    other.save({"conv": layer_arrays(0), "fc": layer_arrays(1)}, TARGETS, COUNTS, CONFIG, next_index=10,
+               complete=True)  # another history, the same results
+    assert {p.relative_to(other.path): p.read_bytes() for p in other.path.rglob("*") if p.is_file()} == \
+        {p.relative_to(store.path): p.read_bytes() for p in before}
+    # a folder of the would-be name that crp did not write is neither used nor deleted
+    third = ResultStore(tmp_path / "third")
+    third.save({"conv": layer_arrays(2)}, TARGETS, COUNTS, CONFIG, next_index=4, complete=False)
+    foreign = third.path / store.manifest["directory"]
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match=r"exists and was not written by crp; nothing was saved\. Move it out"):
+        third.save({"conv": layer_arrays(0), "fc": layer_arrays(1)}, TARGETS, COUNTS, CONFIG, next_index=10,
+                   complete=True)
+    assert (foreign / "notes.txt").read_text() == "mine" and third.manifest["next_index"] == 4
 
 
 def test_truncated_file_names_the_file(store):
-    file = store.path / "results-000001" / "conv.max.npy"
+    file = store.path / store.manifest["directory"] / "conv.max.npy"
     data = file.read_bytes()
     file.write_bytes(data[: len(data) - 9])
     with pytest.raises(CorruptStoreError, match=r"conv\.max\.npy is truncated or corrupt"):
@@ -94,7 +125,7 @@ def test_truncated_file_names_the_file(store):
 
 
 def test_corrupt_bytes_fail_the_checksum(store):
-    file = store.path / "results-000001" / "fc.stats.npy"
+    file = store.path / store.manifest["directory"] / "fc.stats.npy"
     data = bytearray(file.read_bytes())
     data[-1] ^= 0xFF
     file.write_bytes(bytes(data))
@@ -112,7 +143,7 @@ def test_save_refuses_stats_that_do_not_fit_the_counts(tmp_path):
 
 
 def test_shape_mismatch_with_manifest(store):
-    np.save(store.path / "results-000001" / "conv.max.npy", np.zeros((2, K, C + 1), np.int32))
+    np.save(store.path / store.manifest["directory"] / "conv.max.npy", np.zeros((2, K, C + 1), np.int32))
     with pytest.raises(CorruptStoreError, match=r"conv\.max\.npy holds int32 \[2, 3, 5\], but the manifest"):
         store.maximization("conv", "relevance")
 

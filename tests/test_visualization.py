@@ -163,7 +163,8 @@ def test_kill_during_checkpoint_keeps_the_previous_one(model, tmp_path, monkeypa
     assert ResultStore(tmp_path / "run").manifest["next_index"] == 16
     make_fv(model, tmp_path / "run").run(EpsilonPlusFlat(), batch_size=8, resume=True, verbose=False)
     assert_same_results(tmp_path / "full", tmp_path / "run")
-    assert [p.name for p in (tmp_path / "run").iterdir() if p.is_dir()] == ["results-000002"]
+    assert [p.name for p in (tmp_path / "run").iterdir() if p.is_dir()] == \
+        [ResultStore(tmp_path / "run").manifest["directory"]]
 
 
 def test_merge_of_disjoint_ranges_equals_one_run(model, tmp_path):

@@ -178,8 +178,8 @@ class FeatureVisualization(ZennitFlow, References):
         each process its contiguous part with its own DataLoader, and at the end of every round process 0 gathers
         the results, merges them and saves the checkpoint. The process group is the one initialized, else one made
         here from the environment (``gloo`` for a CPU model, ``nccl`` for CUDA, objects through a ``gloo`` group)
-        and destroyed at the end. The stored results are those of one process, byte for byte (one process with
-        ``checkpoint=N * checkpoint`` writes the same checkpoints); a stopped job resumes with any number of
+        and destroyed at the end. The stored results are those of one process, byte for byte, for any number of
+        processes, ``batch_size`` and ``checkpoint`` spacing; a stopped job resumes with any number of
         processes. Only process 0 writes into (and locks) ``path``, shows the progress bar, and decides
         ``resume``; every process returns its file list. The processes' configurations (model, weights, dataset
         class and length, layer map, composite, settings, data range, ``batch_size``, ``checkpoint``) are compared
@@ -261,8 +261,7 @@ class FeatureVisualization(ZennitFlow, References):
 
         Jobs without a process group (a job array, separate machines) each run a shard, e.g.
         ``fv.run(composite, data_start, data_end)`` with a ``path`` of their own; ``merge`` writes the store that one
-        run over the whole range writes, byte for byte (up to the manifest's ``generation``, which counts the
-        checkpoints written, as between any two runs with other ``checkpoint`` spacings). The shards are compared
+        run over the whole range writes, byte for byte. The shards are compared
         with each other, not with a model: no model or dataset is needed. Also ``python -m crp merge OUT SHARD...``.
 
         Parameters

@@ -5,8 +5,8 @@ A compact, resumable store, and a reader for the folders written by zennit-crp 0
 Layout of a :class:`ResultStore` at ``path``::
 
     path/manifest.json                      configuration, progress, targets, counts, file list
-    path/results-000007/{layer}.max.npy     (2, R, C): top samples of every concept (RelMax, ActMax)
-    path/results-000007/{layer}.stats.npy   (2, N, C): top samples per target (RelStats, ActStats)
+    path/results-<digest>/{layer}.max.npy     (2, R, C): top samples of every concept (RelMax, ActMax)
+    path/results-<digest>/{layer}.stats.npy   (2, N, C): top samples per target (RelStats, ActStats)
 
 Both hold records of :data:`RECORD` (``index`` int32: dataset index, ``value`` float32: relevance or
 activation, ``neuron`` int32: flat index of the most relevant neuron; -1, NaN, -1 in empty slots). Axis 0 is
@@ -19,6 +19,8 @@ Two files per layer, readable with ``numpy.load`` (no pickle, memory-mappable):
 ``np.load(".../conv1.max.npy")["index"][0]`` are conv1's RelMax samples. Every checkpoint
 writes a new ``results-*`` folder (each file through a temporary file and :func:`os.replace`), then replaces
 the manifest atomically, then deletes the old folder: a process killed at any point leaves a consistent store.
+The folder is named by a digest of the manifest's content, so equal results make equal stores, byte for byte,
+whatever the number of checkpoints, processes or batches that led to them.
 
 zennit-crp 0.6 wrote one ``.npy`` per layer and array (``RelMax_sum_normed/{layer}_data.npy``) and per class
 (``RelStats_sum_normed/{layer}/{class}_data.npy``); :class:`LegacyStore` reads such folders.
@@ -61,7 +63,10 @@ FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
 #: The file crp writes first into every ``results-*`` folder it creates: only such folders are ever deleted.
 GENERATION_MARKER = ".crp-generation"
-_GENERATION = re.compile(r"^results-(\d{6})$")
+#: Hex digits of the content digest that names a ``results-*`` folder.
+DIRECTORY_DIGITS = 16
+# results-<content digest>, or results-<6-digit counter> as earlier versions of this format named them
+_GENERATION = re.compile(r"^results-([0-9a-f]{16}|\d{6})$")
 _LEGACY = re.compile(r"^(Rel|Act)(Max|Stats)_(sum|max)_(normed|unnormed)$")
 
 PathLike = Union[str, os.PathLike]
@@ -352,39 +357,44 @@ class ResultStore(ResultReader):
             if np.shape(arrays["stats"])[:2] != (len(MODES), offsets[-1]):
                 raise ValueError(f"the stats of layer {layer!r} have shape {np.shape(arrays['stats'])}; with these "
                                  f"counts and k they need ({len(MODES)}, {offsets[-1]}, C).")
-        self.path.mkdir(parents=True, exist_ok=True)
-        previous = self._read_manifest() if self.exists() else None
-        generation = 1 + (previous["generation"] if previous else 0)
-        while (self.path / f"results-{generation:06d}").exists() and not _written_by_crp(
-                self.path / f"results-{generation:06d}"):
-            generation += 1  # a folder of that name that crp did not write is left alone
-        directory = f"results-{generation:06d}"
-        folder = self.path / directory
-        if folder.exists():
-            shutil.rmtree(folder)  # an interrupted save's folder (it carries the marker)
-        folder.mkdir()
-        (folder / GENERATION_MARKER).write_text(f"written by crp {crp.__version__}\n")
-        files, layer_entries = [], {}
-        for layer, arrays in layers.items():
-            entries = {}
-            for kind in KINDS:
-                name = f"{layer}.{kind}.npy"
-                array = np.ascontiguousarray(arrays[kind], dtype=RECORD)
-                _atomic_save(folder / name, array)
-                entries[kind] = {"name": name, "shape": list(array.shape), "sha256": _digest(array)}
-                files.append(folder / name)
-            layer_entries[layer] = {"n_concepts": int(arrays["max"].shape[-1]), "files": entries}
+        records = {layer: {kind: np.ascontiguousarray(arrays[kind], dtype=RECORD) for kind in KINDS}
+                   for layer, arrays in layers.items()}
+        layer_entries = {
+            layer: {"n_concepts": int(arrays["max"].shape[-1]),
+                    "files": {kind: {"name": f"{layer}.{kind}.npy", "shape": list(array.shape),
+                                     "sha256": _digest(array)} for kind, array in arrays.items()}}
+            for layer, arrays in records.items()}
         manifest = {
             "format": FORMAT, "format_version": FORMAT_VERSION, "crp_version": crp.__version__,
-            "config": dict(config), "generation": generation, "directory": directory,
-            "next_index": int(next_index), "complete": bool(complete), "k": k, "sample_sizes": sizes,
-            "modes": list(MODES), "record": [list(item) for item in RECORD.descr],
+            "config": dict(config), "next_index": int(next_index), "complete": bool(complete), "k": k,
+            "sample_sizes": sizes, "modes": list(MODES), "record": [list(item) for item in RECORD.descr],
             "axes": {"max": ["mode", "rank", "concept"], "stats": ["mode", "row", "concept"]},
             "targets": [int(t) for t in targets], "counts": {m: [int(c) for c in counts[m]] for m in MODES},
             "stats_offsets": offsets.tolist(),
             "dataset_fingerprint": None if dataset_fingerprint is None else dict(dataset_fingerprint),
             "layers": layer_entries,
         }
+        # the folder is named by its content: the same results give the same store, byte for byte, however many
+        # checkpoints (processes, batches) led to them
+        content = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()[:DIRECTORY_DIGITS]
+        directory = f"results-{content}"
+        manifest = {**manifest, "directory": directory}
+        self.path.mkdir(parents=True, exist_ok=True)
+        folder = self.path / directory
+        current = self._read_manifest()["directory"] if self.exists() else None
+        files = [folder / entry["name"] for entry in
+                 (item for layer in layer_entries.values() for item in layer["files"].values())]
+        if directory != current:
+            if folder.exists() and not _written_by_crp(folder):
+                raise FileExistsError(f"{folder} exists and was not written by crp; nothing was saved. Move it out "
+                                      f"of {self.path} and run again.")
+            if folder.exists():
+                shutil.rmtree(folder)  # an interrupted save's folder (it carries the marker)
+            folder.mkdir()
+            (folder / GENERATION_MARKER).write_text(f"written by crp {crp.__version__}\n")
+            for layer, arrays in records.items():
+                for kind, array in arrays.items():
+                    _atomic_save(folder / f"{layer}.{kind}.npy", array)
         write_atomic(self.path / MANIFEST, lambda temporary: temporary.write_text(json.dumps(manifest, indent=1)))
         self._manifest = manifest
         self.remove_stale()
@@ -602,8 +612,8 @@ def _check_manifest_paths(file: Path, manifest: Mapping[str, Any]) -> None:
     directory = manifest.get("directory")
     if not isinstance(directory, str) or not _GENERATION.match(directory):
         raise CorruptStoreError(f"{file} names the results folder {directory!r}, not one of the form "
-                                f"'results-000001' inside the store; the manifest is corrupt or was edited. Nothing "
-                                f"is read from it; delete the folder and run again.")
+                                f"'results-<16 hex digits>' inside the store; the manifest is corrupt or was edited. "
+                                f"Nothing is read from it; delete the folder and run again.")
     for layer, entry in (manifest.get("layers") or {}).items():
         for kind, item in (entry.get("files") or {}).items():
             name = item.get("name") if isinstance(item, Mapping) else None
