@@ -2,7 +2,7 @@
 
 Usage::
 
-    python benchmarks/bench_distributed.py [--samples 384] [--batch-size 16] [--checkpoint 4] [--repeats 3]
+    python benchmarks/bench_distributed.py [--samples 1536] [--batch-size 16] [--checkpoint 8] [--repeats 3]
 
 Each repeat runs, one after the other, a single process (``torch.set_num_threads(1)``) and a job of 2 processes
 started as torchrun does (``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``, ``MASTER_PORT``; gloo, one thread each) on
@@ -109,9 +109,9 @@ def store_bytes(path: Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--samples", type=int, default=384)
+    parser.add_argument("--samples", type=int, default=1536)
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--checkpoint", type=int, default=4, help="batches per process between checkpoints")
+    parser.add_argument("--checkpoint", type=int, default=8, help="batches per process between checkpoints")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
