@@ -155,6 +155,8 @@ class TokenConcept(Concept):
         if axis == 1:
             return torch.diag_embed(relevance.reshape(*relevance.shape[:2], -1).sum(-1))
         moved = relevance.movedim(axis, -1)
+        if moved.dim() == 3:  # (N, T, C) already: nothing to sum (and no copy)
+            return moved
         return moved.reshape(moved.shape[0], moved.shape[1], -1, moved.shape[-1]).sum(2)
 
     def attribute(self, relevance: torch.Tensor, mask: Optional[torch.Tensor] = None,
