@@ -382,8 +382,7 @@ class ResultStore(ResultReader):
         self.path.mkdir(parents=True, exist_ok=True)
         folder = self.path / directory
         current = self._read_manifest()["directory"] if self.exists() else None
-        files = [folder / entry["name"] for entry in
-                 (item for layer in layer_entries.values() for item in layer["files"].values())]
+        files = [folder / f"{layer}.{kind}.npy" for layer, arrays in records.items() for kind in arrays]
         if directory != current:
             if folder.exists() and not _written_by_crp(folder):
                 raise FileExistsError(f"{folder} exists and was not written by crp; nothing was saved. Move it out "
