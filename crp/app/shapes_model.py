@@ -14,7 +14,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Dict, Iterator, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, Optional, Tuple, Union
 
 import torch
 from torch import nn
@@ -27,7 +27,7 @@ from crp.app.shapes import CLASS_NAMES, DATA_VERSION, ShapesDataset
 
 __all__ = [
     "ShapesNet", "TrainSettings", "TrainInfo", "train_default_model", "evaluate_shortcut", "default_cache_dir",
-    "cache_path", "default_threads", "torch_threads", "MODEL_VERSION",
+    "cache_path", "default_threads", "torch_threads", "fit", "MODEL_VERSION",
 ]
 
 logger = logging.getLogger(__name__)
@@ -167,25 +167,48 @@ def default_threads() -> int:
 
 def _fit(model: nn.Module, train: ShapesDataset, settings: TrainSettings, verbose: bool) -> None:
     """Train ``model`` in place: Adam with a one-cycle learning rate, cross-entropy, seeded batch order."""
+    fit(model, train, settings, lambda parameters: torch.optim.Adam(parameters, lr=settings.lr),
+        description="training ShapesNet", verbose=verbose)
+
+
+def fit(model: nn.Module, train: ShapesDataset, settings: Any, optimizer: Callable[..., torch.optim.Optimizer], *,
+        description: str, verbose: bool) -> None:
+    """Train ``model`` in place on ``train``: one-cycle learning rate, cross-entropy, seeded batch order.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The model to train; left in eval mode.
+    train : ShapesDataset
+        The training images.
+    settings : TrainSettings or similar
+        Its ``epochs``, ``batch_size``, ``lr`` (the one-cycle peak) and ``seed`` (of the batch order) are used.
+    optimizer : callable
+        ``optimizer(model.parameters())`` returns the optimizer.
+    description : str
+        Label of the progress bar.
+    verbose : bool
+        Show a progress bar over the epochs.
+    """
     images, labels = train.tensors()
     if settings.epochs == 0:
         model.eval()
         return
-    optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr)
+    optimizing = optimizer(model.parameters())
     steps = settings.epochs * -(-len(labels) // settings.batch_size)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=settings.lr, total_steps=steps)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizing, max_lr=settings.lr, total_steps=steps)
     generator = torch.Generator().manual_seed(settings.seed)
     model.train()
-    epochs = tqdm(range(settings.epochs), desc="training ShapesNet", unit="epoch", disable=not verbose)
+    epochs = tqdm(range(settings.epochs), desc=description, unit="epoch", disable=not verbose)
     for _ in epochs:
         order = torch.randperm(len(labels), generator=generator)
         total = 0.0
         for start in range(0, len(order), settings.batch_size):
             batch = order[start:start + settings.batch_size]
             loss = nn.functional.cross_entropy(model(images[batch]), labels[batch])
-            optimizer.zero_grad()
+            optimizing.zero_grad()
             loss.backward()
-            optimizer.step()
+            optimizing.step()
             schedule.step()
             total += loss.item() * len(batch)
         epochs.set_postfix(loss=f"{total / len(order):.3f}")

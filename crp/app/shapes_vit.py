@@ -19,7 +19,6 @@ from typing import List, Optional, Tuple
 import torch
 from torch import nn
 from torchvision.models import VisionTransformer
-from tqdm.auto import tqdm
 
 from crp import __version__
 from crp._utils.checks import check_int, check_positive_number, check_type, check_value
@@ -30,6 +29,7 @@ from crp.app.shapes_model import (
     TrainInfo,
     default_cache_dir,
     evaluate_shortcut,
+    fit,
     torch_threads,
 )
 
@@ -116,27 +116,8 @@ def vit_cache_path(settings: ViTSettings, cache_dir: Optional[PathLike] = None) 
 
 def _fit(model: nn.Module, train: ShapesDataset, settings: ViTSettings, verbose: bool) -> None:
     """Train ``model`` in place: AdamW with a one-cycle learning rate, cross-entropy, seeded batch order."""
-    images, labels = train.tensors()
-    if settings.epochs > 0:
-        optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=0.05)
-        steps = settings.epochs * -(-len(labels) // settings.batch_size)
-        schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=settings.lr, total_steps=steps)
-        generator = torch.Generator().manual_seed(settings.seed)
-        model.train()
-        epochs = tqdm(range(settings.epochs), desc="training the shapes ViT", unit="epoch", disable=not verbose)
-        for _ in epochs:
-            order = torch.randperm(len(labels), generator=generator)
-            total = 0.0
-            for start in range(0, len(order), settings.batch_size):
-                batch = order[start:start + settings.batch_size]
-                loss = nn.functional.cross_entropy(model(images[batch]), labels[batch])
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-                schedule.step()
-                total += loss.item() * len(batch)
-            epochs.set_postfix(loss=f"{total / len(order):.3f}")
-    model.eval()
+    fit(model, train, settings, lambda parameters: torch.optim.AdamW(parameters, lr=settings.lr, weight_decay=0.05),
+        description="training the shapes ViT", verbose=verbose)
 
 
 def _train(settings: ViTSettings, verbose: bool) -> VisionTransformer:
