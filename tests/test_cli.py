@@ -543,7 +543,9 @@ def test_ctrl_c_of_python_dash_m_crp_at_any_moment(tmp_path):
         time.sleep(delay)
         run.send_signal(signal.SIGINT)
         out, err = run.communicate(timeout=120)
-        assert run.returncode == 130, err
+        # 130, or ended by SIGINT itself after printing the line: CPython does that when the interrupt landed in
+        # an extension module's import (seen under load); a shell reports both as interrupted
+        assert run.returncode in (130, -signal.SIGINT), err
         assert "Traceback" not in err and len(err.strip().splitlines()) == 1
         assert err.startswith("python -m crp") and "interrupted" in err and out == ""
 
