@@ -27,7 +27,7 @@ from crp.app.shapes import CLASS_NAMES, DATA_VERSION, ShapesDataset
 
 __all__ = [
     "ShapesNet", "TrainSettings", "TrainInfo", "train_default_model", "evaluate_shortcut", "default_cache_dir",
-    "cache_path", "default_threads", "torch_threads", "fit", "MODEL_VERSION",
+    "cache_path", "default_threads", "torch_threads", "fit", "settings_key", "MODEL_VERSION",
 ]
 
 logger = logging.getLogger(__name__)
@@ -99,9 +99,14 @@ class TrainSettings:
 
     def key(self) -> str:
         """Return a hash of the settings and the code versions, used in the cache file name."""
-        payload = {**asdict(self), "data_version": DATA_VERSION, "model_version": MODEL_VERSION,
-                   "crp_version": __version__}
-        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+        return settings_key(self, MODEL_VERSION)
+
+
+def settings_key(settings: Any, model_version: int) -> str:
+    """Return a hash of training ``settings`` (a dataclass), the data and model versions and crp's version."""
+    payload = {**asdict(settings), "data_version": DATA_VERSION, "model_version": model_version,
+               "crp_version": __version__}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
 @dataclass

@@ -8,8 +8,6 @@ file's name holds a hash of every setting, :data:`crp.app.shapes.DATA_VERSION`, 
 version, so weights trained with other settings are never loaded. The mark lies inside the first patch, so one
 token of the model sees it (:func:`mark_tokens`).
 """
-import hashlib
-import json
 import logging
 import time
 from dataclasses import asdict, dataclass, replace
@@ -20,16 +18,16 @@ import torch
 from torch import nn
 from torchvision.models import VisionTransformer
 
-from crp import __version__
 from crp._utils.checks import check_int, check_positive_number, check_type, check_value
 from crp._utils.files import write_atomic
-from crp.app.shapes import ARTIFACT_BOX, CLASS_NAMES, DATA_VERSION, ShapesDataset
+from crp.app.shapes import ARTIFACT_BOX, CLASS_NAMES, ShapesDataset
 from crp.app.shapes_model import (
     PathLike,
     TrainInfo,
     default_cache_dir,
     evaluate_shortcut,
     fit,
+    settings_key,
     torch_threads,
 )
 
@@ -79,9 +77,7 @@ class ViTSettings:
 
     def key(self) -> str:
         """Return a hash of the settings and the code versions, used in the cache file name."""
-        payload = {**asdict(self), "data_version": DATA_VERSION, "model_version": VIT_VERSION,
-                   "crp_version": __version__}
-        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+        return settings_key(self, VIT_VERSION)
 
 
 #: Tiny training for smoke tests: seconds, meaningless accuracies.
