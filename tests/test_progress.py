@@ -1,6 +1,9 @@
 """Progress bars (tqdm.auto) go to stderr when asked for and never otherwise: reference images, the attribution
 graph, and the steps of ``demo`` and ``analyze``."""
 import re
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -21,11 +24,47 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_no_plain_tqdm_anywhere():
-    """Every bar is tqdm.auto: a widget in Jupyter, text in a terminal."""
-    plain = [str(path.relative_to(ROOT)) for folder in ("crp", "benchmarks", "tutorials")
+    """Every bar of crp is crp._utils.progress.tqdm (tqdm.auto: a widget in Jupyter, text in a terminal)."""
+    direct = [str(path.relative_to(ROOT)) for path in (ROOT / "crp").rglob("*.py")
+              if path.name != "progress.py" or path.parent.name != "_utils"
+              if re.search(r"^\s*(from tqdm[\w.]* import|import tqdm)", path.read_text(), flags=re.M)]
+    assert direct == []
+    plain = [str(path.relative_to(ROOT)) for folder in ("benchmarks", "tutorials")
              for path in (ROOT / folder).rglob("*.py")
              if re.search(r"^\s*(from tqdm import|import tqdm\s*$)", path.read_text(), flags=re.M)]
     assert plain == []
+
+
+def test_tqdm_disable_in_the_environment_switches_every_bar_off(fv, capsys, monkeypatch):
+    """TQDM_DISABLE=1 (as tutorials/execute.py sets it) wins over verbose=True, which tqdm alone would not do."""
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    fv.get_max_reference([0, 1], "conv1", "relevance", (0, 2), EpsilonPlusFlat(), plot_fn=None, verbose=True)
+    assert capsys.readouterr().err == ""
+    monkeypatch.setenv("TQDM_DISABLE", "0")
+    fv.get_max_reference([0, 1], "conv1", "relevance", (0, 2), EpsilonPlusFlat(), plot_fn=None, verbose=True)
+    assert re.search(r"references of conv1: 100%.* 2/2 ", capsys.readouterr().err)
+
+
+def test_no_ipywidgets_warning_in_a_notebook_kernel():
+    """In a Jupyter kernel without ipywidgets, tqdm.auto warns "IProgress not found"; crp's bars fall back to text
+    quietly."""
+    script = textwrap.dedent("""
+        import sys, types, warnings
+        sys.modules["ipykernel.zmqshell"] = types.ModuleType("ipykernel.zmqshell")  # what tqdm looks for
+        shell = type("ZMQInteractiveShell", (), {})()
+        sys.modules["IPython"] = types.SimpleNamespace(get_ipython=lambda: shell)
+        sys.modules["ipywidgets"] = None  # not installed
+        with warnings.catch_warnings(record=True) as caught:  # not "error": tqdm.auto catches what it warns
+            warnings.simplefilter("always")
+            from crp._utils.progress import tqdm
+        assert [str(warning.message) for warning in caught] == []
+        from tqdm.notebook import tqdm as widget_bar
+        from tqdm.std import tqdm as text_bar
+        assert issubclass(tqdm, text_bar) and not issubclass(tqdm, widget_bar), tqdm.__mro__
+        print("quiet")
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, check=False)
+    assert (done.returncode, done.stdout.strip(), done.stderr) == (0, "quiet", "")
 
 
 @pytest.fixture(scope="module")

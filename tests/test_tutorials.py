@@ -37,6 +37,8 @@ def test_committed_with_outputs(path):
     assert any(cell.outputs for cell in code), f"{path.name} has no outputs: run `python tutorials/execute.py`"
     errors = [o.ename for cell in code for o in cell.outputs if o.output_type == "error"]
     assert not errors, f"{path.name} has error outputs: {errors}"
+    stderr = [o.text[:80] for cell in code for o in cell.outputs if o.output_type == "stream" and o.name == "stderr"]
+    assert stderr == [], f"{path.name} keeps warnings or progress bars (stderr): {stderr}"
     assert notebook.metadata.kernelspec.name == "python3"
     assert not [cell for cell in notebook.cells if "execution" in cell.metadata], f"{path.name} keeps timings"
 

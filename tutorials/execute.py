@@ -1,10 +1,11 @@
 """Execute the tutorial notebooks in place, so that they are committed with their outputs.
 
 ``python tutorials/execute.py`` (or ``make tutorials``) runs every ``tutorials/*.ipynb`` with this checkout's
-``crp`` first on the path and a fresh model cache in a temporary folder (the default model is trained once and
-shared by the notebooks), then writes each notebook back with its outputs and stable metadata: kernel
-``python3``, no execution timings; PNG figures are re-encoded losslessly (RGB where opaque, optimized), which
-keeps each notebook at a few hundred KiB. The documentation renders these outputs without executing anything.
+``crp`` first on the path, a fresh model cache in a temporary folder (the default model is trained once and
+shared by the notebooks) and the progress bars off (``TQDM_DISABLE=1``: they would be stderr noise in the
+outputs), then writes each notebook back with its outputs and stable metadata: kernel ``python3``, no execution
+timings; PNG figures are re-encoded losslessly (RGB where opaque, optimized), which keeps each notebook at a few
+hundred KiB. The documentation renders these outputs without executing anything.
 Pass notebook paths to execute only those.
 """
 import argparse
@@ -74,6 +75,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="crp-tutorials-") as tmp:
         os.environ["CRP_CACHE"] = str(Path(tmp) / "cache")
+        os.environ["TQDM_DISABLE"] = "1"
         os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
         for path in args.notebooks:
             start = time.perf_counter()

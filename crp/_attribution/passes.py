@@ -13,7 +13,6 @@ from typing import Any, Dict, Iterator, List, Optional, Protocol, Sequence, Tupl
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 from zennit.core import Composite
 
 from crp._attribution.conditions import Condition, Request, layers_of
@@ -26,6 +25,7 @@ from crp._attribution.probes import (
     named_shape_errors,
     probe_hooks,
 )
+from crp._utils.progress import tqdm
 from crp._utils.text import id_list
 
 __all__ = ["attrResult", "Attributor", "Passes", "row_groups", "concat_rows"]

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from typing import Callable, Iterator, Optional, Sequence, Tuple
 
 import torch
-from tqdm.auto import tqdm
+
+from crp._utils.progress import tqdm
 
 from ._checks import check_scores
 from .perturbation import Perturbation

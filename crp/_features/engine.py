@@ -20,7 +20,6 @@ from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Seque
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 from zennit.core import Composite
 
 from crp._attribution.concepts import Concept
@@ -49,6 +48,7 @@ from crp._features.zennit_flow import ZennitFlow
 from crp._utils.checks import check_bool, check_int, check_positive_int
 from crp._utils.lock import FolderLock
 from crp._utils.modules import check_layer_names
+from crp._utils.progress import tqdm
 from crp._utils.transfer import to_device
 
 __all__ = ["FeatureVisualization"]

@@ -11,7 +11,6 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Seque
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 from zennit.core import Composite
 
 from crp._features.base import FeatureVisualizationBase
@@ -19,6 +18,7 @@ from crp._features.cache import Cache, CacheKey, describe
 from crp._features.store import ResultReader, ResultStore, check_mode
 from crp._image.render import vis_img_heatmap, vis_opaque_img
 from crp._utils.checks import check_positive_int
+from crp._utils.progress import tqdm
 
 __all__ = [
     "References", "Range", "PlotFn", "check_plot_fn", "check_range", "rank_rows", "results_fingerprint",

@@ -10,7 +10,6 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 from zennit.composites import NameMapComposite
 from zennit.core import Composite
 
@@ -21,6 +20,7 @@ from crp._features.results_objects import Maximization, Statistics
 from crp._features.store import ResultStore
 from crp._utils.checks import check_positive_int
 from crp._utils.lock import FolderLock
+from crp._utils.progress import tqdm
 
 __all__ = ["ZennitFlow"]
 

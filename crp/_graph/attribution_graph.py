@@ -14,10 +14,10 @@ from collections import namedtuple
 from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import torch
-from tqdm.auto import tqdm
 
 from crp._graph.tracing import ModelGraph
 from crp._utils.checks import check_int, check_kind, check_positive_int
+from crp._utils.progress import tqdm
 
 if TYPE_CHECKING:  # pragma: no cover
     from zennit.core import Composite

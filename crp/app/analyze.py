@@ -790,8 +790,7 @@ def _report_run(options: AnalyzeOptions, setup: AnalysisSetup, analysis: Any, ou
 
 
 def _write_samples(options: AnalyzeOptions, setup: AnalysisSetup, analysis: Any, output: OutputFolder) -> List[Any]:
-    from tqdm.auto import tqdm
-
+    from crp._utils.progress import tqdm
     from crp.app.concept_report import write_sample
 
     dataset = setup.data.dataset

@@ -27,10 +27,10 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple, Un
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 from zennit.composites import EpsilonPlusFlat
 
 from crp._utils.checks import check_int, check_positive_int
+from crp._utils.progress import tqdm
 from crp.app.concept_report import (
     FV_COMPUTED,
     FV_FOLDER,

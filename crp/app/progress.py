@@ -6,7 +6,7 @@ import contextlib
 import logging
 from typing import Iterator, Sequence
 
-from tqdm.auto import tqdm
+from crp._utils.progress import tqdm
 
 __all__ = ["Steps"]
 

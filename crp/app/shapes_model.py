@@ -18,11 +18,11 @@ from typing import Any, Callable, Dict, Iterator, Optional, Tuple, Union
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from crp import __version__
 from crp._utils.checks import check_int, check_positive_int, check_positive_number, check_type, check_value
 from crp._utils.files import write_atomic
+from crp._utils.progress import tqdm
 from crp.app.shapes import CLASS_NAMES, DATA_VERSION, ShapesDataset
 
 __all__ = [
