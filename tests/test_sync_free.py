@@ -60,14 +60,19 @@ def add(accumulator, batch):
 
 
 def assert_mirrors_match(accumulator, added):
-    """Host fill and counts against the device buffers: a slot's first ``fill`` rows hold entries, none after."""
+    """Host bookkeeping against the device pool: a slot's first ``fill`` pool rows hold entries, no two slots
+    share a row, and the empty row 0 stays empty."""
+    held = []
     for label, slot in accumulator._slots.items():
-        filled = (accumulator._keys[slot, :, 0] != EMPTY_KEY).numpy()
-        fill = int(accumulator._fill[slot])
-        assert filled[:fill].all() and not filled[fill:].any(), (label, fill, filled)
-        assert (accumulator._keys[slot, :fill] != EMPTY_KEY).all()
+        fill, n_held = int(accumulator._fill[slot]), int(accumulator._n_held[slot])
+        rows = accumulator._held[slot, :n_held]
+        assert fill <= n_held <= min(accumulator.capacity, added[label]), (label, fill, n_held)
+        assert (rows > 0).all() and (accumulator._held[slot, n_held:] == 0).all()
+        assert (accumulator._keys[torch.from_numpy(rows[:fill])] != EMPTY_KEY).all()
         assert accumulator.count(label) == added[label]
-        assert fill <= accumulator.capacity
+        held.extend(rows.tolist())
+    assert len(held) == len(set(held)) == accumulator._used - 1
+    assert (accumulator._keys[0] == EMPTY_KEY).all() and (accumulator._neurons[0] == 0).all()
 
 
 def assert_equals_naive(accumulator, expected, k):

@@ -106,13 +106,16 @@ def test_empty_slots_are_marked():
     assert np.isnan(arrays["value"][0, 1]).all() and (arrays["neuron"][0, 1] == -1).all()
 
 
-def test_buffers_grow_with_the_largest_group():
+def test_a_group_holds_only_the_rows_it_was_given():
     accumulator = TopK(40, 3)
-    for label in range(100):  # 100 groups of one row each hold 4 slots each, not 40
+    for label in range(100):  # 100 groups of one row each hold one pool row each, not 40 (nor 4)
         accumulator.add(torch.ones(1, 3), torch.tensor([label]), torch.zeros(1, 3), torch.tensor([label]))
-    assert accumulator._keys.shape[1] == 4
+    assert accumulator._used == 1 + 100 and len(accumulator._keys) == 128  # the empty row 0; doubling from 16
     accumulator.add(torch.ones(9, 3), torch.arange(9), torch.zeros(9, 3), torch.zeros(9, dtype=torch.long))
-    assert accumulator._keys.shape[1] == 10 and accumulator.rows() == 10
+    assert accumulator._used == 1 + 100 + 9 and accumulator.rows() == 10  # group 0: 1 + 9 rows
+    for _ in range(10):  # a group holds k + slack rows at most, however many it is given
+        accumulator.add(torch.rand(30, 3), torch.arange(30), torch.zeros(30, 3), torch.zeros(30, dtype=torch.long))
+    assert accumulator._used == 1 + 99 + 40 and accumulator.rows() == 40
 
 
 def test_key_order_and_roundtrip():

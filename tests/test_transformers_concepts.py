@@ -109,3 +109,26 @@ def test_bad_arguments():
         TokenConcept().attribute(torch.ones(2, 3))
     with pytest.raises(ValueError, match="max_target must be one of 'sum', 'max'"):
         TokenConcept().reference_sampling(torch.ones(2, 3, 4), max_target="mean")
+
+
+def test_scores_equal_a_naive_float64_loop_with_padding_ties_and_nan():
+    """The fast scores (one amax, one comparison) against max/sum written out per sample and concept."""
+    generator = torch.Generator().manual_seed(0)
+    relevance = torch.randint(-3, 4, (6, 5, 7), generator=generator).float()  # small ints: many ties
+    relevance[1, 3:] = float("-inf")  # padded tokens, as outputs_to_rank marks them
+    relevance[4, 1:] = float("-inf")
+    relevance[2, 2, 3] = relevance[5, 4, 6] = float("nan")
+    relevance[3, :, 2] = float("-inf")  # a column of padding only
+    for max_target in ("sum", "max"):
+        values, tokens = TokenConcept().scores(relevance, max_target=max_target, abs_norm=False)
+        for n in range(6):
+            for c in range(7):
+                column = [float(value) for value in relevance[n, :, c].double()]
+                nan = any(value != value for value in column)
+                token = 0 if nan else max(range(5), key=lambda t: (column[t], -t))  # NaN: position 0
+                expected = float("nan") if nan else column[token] if max_target == "max" else \
+                    sum(value for value in column if value != float("-inf"))
+                assert int(tokens[n, c]) == token, (n, c)
+                assert float(values[n, c]) == pytest.approx(expected, nan_ok=True), (n, c, max_target)
+    long = torch.randn(2, 300, 3, generator=generator)  # positions beyond uint8: int16
+    assert torch.equal(TokenConcept().scores(long, max_target="max")[1], long.argmax(1))

@@ -248,7 +248,8 @@ class Rankings:
         check_mode(mode)
         if mode not in self.accumulators:
             total, setting = self._total(), self.settings[mode]
-            self.accumulators[mode] = (TopK(setting.k_max, total),
+            # the overall ranking is one group: room for k more rows halves its cut-backs for little memory
+            self.accumulators[mode] = (TopK(setting.k_max, total, slack=setting.k_max),
                                        TopK(setting.k_stats, total, slack=self._slack(mode)))
         return self.accumulators[mode]
 
@@ -259,18 +260,20 @@ class Rankings:
 def _to_host(parts: Dict[str, List[Dict[str, torch.Tensor]]]) -> Dict[str, Fields]:
     """Stack the modes' exported fields of every kind, copied to the host in one transfer (one sync a checkpoint).
 
-    Every field holds 4-byte entries; they travel as one int32 tensor and are split and re-typed on the host.
+    Every field holds 4-byte entries; they travel as one int32 tensor, ordered kind, field, mode, so that each
+    stacked field is a view of the host copy (the modes of a kind export the same shape).
     """
-    tensors = [part[name] for exported in parts.values() for part in exported for name in FIELDS]
+    order = [(kind, name) for kind in parts for name in FIELDS]
+    tensors = [part[name] for kind, name in order for part in parts[kind]]
     device = next((t.device for t in tensors if t.device.type != "cpu"), torch.device("cpu"))
     flat = torch.cat([t.to(device).reshape(-1).view(torch.int32) for t in tensors]).cpu().numpy()
-    pieces = iter(np.split(flat, np.cumsum([t.numel() for t in tensors])[:-1]))
-    host = [{name: next(pieces).view(_FIELD_DTYPES[name]).reshape(tuple(part[name].shape)) for name in FIELDS}
-            for exported in parts.values() for part in exported]
-    joined, at = {}, 0
-    for kind, exported in parts.items():
-        joined[kind] = {name: np.stack([fields[name] for fields in host[at:at + len(exported)]]) for name in FIELDS}
-        at += len(exported)
+    joined: Dict[str, Fields] = {kind: {} for kind in parts}
+    at = 0
+    for kind, name in order:
+        shape = (len(parts[kind]), *parts[kind][0][name].shape)
+        size = int(np.prod(shape))
+        joined[kind][name] = flat[at:at + size].view(_FIELD_DTYPES[name]).reshape(shape)
+        at += size
     return joined
 
 

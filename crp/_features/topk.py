@@ -79,21 +79,22 @@ class TopK:
     """The ``k`` entries of largest value for every group and column, merged batch by batch.
 
     Entries arrive as rows: a row is one sample (dataset index), a value and a neuron index per column
-    (concept), and a group label (e.g. the explained class). Each group keeps a buffer of up to ``k + slack``
-    slots per column; rows are written into free slots and the buffer is cut back to its top ``k`` (one
-    vectorized ``topk`` over all groups that overflow) only when it is full. A larger ``slack`` makes updates of
-    many small groups cheaper at ``(k + slack) / k`` times the memory. The buffers of all groups have the same
-    number of slots, which grows (doubling) with the largest group, so groups with few rows cost little.
+    (concept), and a group label (e.g. the explained class). Each group holds up to ``k + slack`` rows; rows
+    are written into free ones and a group is cut back to its top ``k`` per column (one vectorized ``topk``
+    over all groups that overflow) only when it is full. A larger ``slack`` makes updates cheaper at
+    ``(k + slack) / k`` times the memory.
 
-    The buffers live on the device; which slot a group has and how many of its slots are filled (how a fill
-    evolves follows from the labels alone) are kept on the host. So adding rows never waits for the device:
-    the group labels and indices are host data, and every :meth:`add` issues the same operator calls (one
-    ``index_copy_`` for the rows that fit, one batched ``topk`` for the groups that overflow, each possibly
-    empty), however many groups a batch touches.
+    The rows of all groups live in one pool on the device (an int64 key and an int32 neuron index per column),
+    which grows by doubling; a group takes pool rows as it fills, so a group of one sample holds one row, however
+    large the others are. Which pool rows a group holds and how many of them are filled (how a fill evolves
+    follows from the labels alone) are kept on the host. So adding rows never waits for the device: the group
+    labels and indices are host data, and every :meth:`add` issues the same operator calls (one ``index_copy_``
+    for the rows that fit, one batched ``topk`` for the groups that overflow, each possibly empty), however many
+    groups a batch touches.
 
-    Memory: ``n_groups * rows * n_columns * 12`` bytes (an int64 key and an int32 neuron index per slot), where
-    ``rows <= k + slack`` is at most twice the largest group's row count; it does not grow beyond that with the
-    number of rows added.
+    Memory: ``rows * n_columns * 12`` bytes, where ``rows`` is the number of rows the groups hold (each at most
+    ``min(k + slack, rows added to it)``), up to twice that while the pool grows; it does not grow beyond that
+    with the number of rows added.
 
     Parameters
     ----------
@@ -121,11 +122,15 @@ class TopK:
         self.k, self.n_columns, self.slack = int(k), int(n_columns), int(slack)
         self.device = None if device is None else torch.device(device)
         self._slots: Dict[int, int] = {}
-        self._rows = 0  # slots per group and column in the buffers, grows up to ``capacity``
-        # (groups, rows, columns) buffers, allocated on the first rows
-        self._keys = torch.empty((0, 0, self.n_columns), dtype=torch.int64)
-        self._neurons = torch.empty((0, 0, self.n_columns), dtype=torch.int32)
-        self._fill = np.zeros(0, dtype=np.int64)  # filled rows per slot (the first ones), kept on the host
+        # the pool: (rows, columns) on the device, allocated on the first rows; row 0 stays empty (EMPTY_KEY,
+        # neuron 0) and stands in for missing rows in gathers
+        self._keys = torch.empty((0, self.n_columns), dtype=torch.int64)
+        self._neurons = torch.empty((0, self.n_columns), dtype=torch.int32)
+        self._used = 1  # pool rows handed out so far, the empty row 0 included
+        # on the host, per slot: the pool rows it holds (0 beyond them), how many, and how many are filled
+        self._held = np.zeros((0, self.capacity), dtype=np.int64)
+        self._n_held = np.zeros(0, dtype=np.int64)
+        self._fill = np.zeros(0, dtype=np.int64)
         self._counts: List[int] = []
 
     # ------------------------------------------------------------------------------------------------------
@@ -216,13 +221,11 @@ class TopK:
             return self
         slots = np.asarray([other._slots[int(label)] for label in labels], dtype=np.int64)
         fill = other._fill[slots]
-        rows = int(fill.sum())
-        if rows:  # the filled rows of each slot come first
-            first = np.repeat(slots * other._rows - (np.cumsum(fill) - fill), fill) + np.arange(rows)
-            source = to_device(first, other._keys.device)
+        if int(fill.sum()):  # the filled rows of each slot come first
+            source = to_device(other._pool_rows(slots, fill), other._keys.device)
             device = self._device_for(other._keys)
-            keys = other._keys.view(-1, self.n_columns).index_select(0, source).to(device)
-            neurons = other._neurons.view(-1, self.n_columns).index_select(0, source).to(device)
+            keys = other._keys.index_select(0, source).to(device)
+            neurons = other._neurons.index_select(0, source).to(device)
             self._add_keys(keys, neurons, np.repeat(labels, fill))
         device = self._device_for(other._keys)
         for label, kept in zip(labels.tolist(), fill.tolist()):
@@ -238,24 +241,26 @@ class TopK:
             raise KeyError(f"group {group!r} has no entries; groups are {self.groups}.")
         self.compact()
         slot = self._slots[int(group)]
-        rows = min(self.k, self._counts[slot])
-        values, indices = decode_keys(self._keys[slot, :rows])
-        return indices, values, self._neurons[slot, :rows].to(torch.int64)
+        rows = to_device(self._held[slot, :min(self.k, self._counts[slot])], self._keys.device)
+        values, indices = decode_keys(self._keys.index_select(0, rows))
+        return indices, values, self._neurons.index_select(0, rows).to(torch.int64)
 
     def compact(self) -> None:
         """Cut every group back to its top ``k`` entries, sorted."""
-        if not self._slots:
-            return
         used = len(self._slots)
-        filled = int(self._fill[:used].max())  # slots from a group's fill on are empty
-        keep = min(self.k, filled)
-        if keep == 0:
-            return
-        keys, order = self._keys[:used, :filled].topk(keep, dim=1)
-        self._neurons[:used, :keep] = self._neurons[:used, :filled].gather(1, order)
-        self._keys[:used, :keep] = keys
-        self._keys[:used, keep:] = EMPTY_KEY
-        self._fill[:used] = np.minimum(self._fill[:used], keep)
+        fill = self._fill[:used]
+        # groups of one row are sorted already; the others go by their fill, one batched topk per fill
+        for width in np.unique(fill[fill > 1]).tolist():
+            slots = np.flatnonzero(fill == width)
+            keep = min(self.k, width)
+            rows = to_device(self._held[slots, :width].reshape(-1), self._keys.device)
+            shape = (len(slots), width, self.n_columns)
+            keys, order = self._keys.index_select(0, rows).view(shape).topk(keep, dim=1)
+            neurons = self._neurons.index_select(0, rows).view(shape).gather(1, order)
+            target = to_device(self._held[slots, :keep].reshape(-1), self._keys.device)
+            self._keys.index_copy_(0, target, keys.reshape(-1, self.n_columns))
+            self._neurons.index_copy_(0, target, neurons.reshape(-1, self.n_columns))
+            self._fill[slots] = keep
 
     def rows(self) -> int:
         """Rows of :meth:`to_arrays`: ``min(k, largest row count of a group)``."""
@@ -295,20 +300,22 @@ class TopK:
             raise ValueError(f"labels and rows must have the same length, got {len(labels)} and {len(rows)}.")
         self.compact()
         device = self.device or torch.device("cpu")
-        total = int(sum(rows))
-        keys = torch.full((total, self.n_columns), EMPTY_KEY, dtype=torch.int64, device=device)
-        neurons = torch.full((total, self.n_columns), -1, dtype=torch.int32, device=device)
-        if self._slots and total:
-            # every output row's source (slot, rank), for groups present and ranks inside the buffers, on the host
-            counts = np.asarray([int(r) for r in rows], dtype=np.int64)
+        counts = np.asarray([int(r) for r in rows], dtype=np.int64)
+        total = int(counts.sum())
+        if not self._slots:
+            keys = torch.full((total, self.n_columns), EMPTY_KEY, dtype=torch.int64, device=device)
+            neurons = torch.zeros((total, self.n_columns), dtype=torch.int32, device=device)
+        else:
+            # every output row's pool row, on the host: the group's rank-th row where it has one, else the empty 0
             slots = np.asarray([self._slots.get(int(label), -1) for label in labels], dtype=np.int64)
             slot_of_row = np.repeat(slots, counts)
             rank = np.arange(total) - np.repeat(np.cumsum(counts) - counts, counts)
-            present = (slot_of_row >= 0) & (rank < self._rows)
-            source = to_device(np.where(present, slot_of_row * self._rows + rank, 0), device)
-            present_t = to_device(present, device)[:, None]
-            keys = torch.where(present_t, self._keys.view(-1, self.n_columns).index_select(0, source), keys)
-            neurons = torch.where(present_t, self._neurons.view(-1, self.n_columns).index_select(0, source), neurons)
+            filled = (slot_of_row >= 0) & (rank < np.where(slot_of_row >= 0, self._fill[slot_of_row], 0))
+            source = np.zeros(total, dtype=np.int64)
+            source[filled] = self._held[slot_of_row[filled], rank[filled]]
+            source_t = to_device(source, self._keys.device)
+            keys = self._keys.index_select(0, source_t).to(device)
+            neurons = self._neurons.index_select(0, source_t).to(device)
         values, indices = _decode32(keys)
         return {"index": indices, "value": values, "neuron": torch.where(indices < 0, -1, neurons)}
 
@@ -364,36 +371,53 @@ class TopK:
         return self.device
 
     def _slot_of(self, label: int, device: torch.device) -> int:
-        """Slot of ``label``, allocated (and the state grown) on first use."""
+        """Slot of ``label``, allocated on first use (with no pool rows yet)."""
         slot = self._slots.get(label)
         if slot is not None:
             return slot
+        self._device_for(torch.empty(0, device=device))
         slot = len(self._slots)
-        if slot == len(self._keys):
-            self._grow(max(1, 2 * slot), self._rows, device)
+        if slot == len(self._fill):  # the host tables double
+            grown = max(4, 2 * slot)
+            self._held = np.concatenate([self._held, np.zeros((grown - slot, self.capacity), np.int64)])
+            self._n_held = np.concatenate([self._n_held, np.zeros(grown - slot, np.int64)])
+            self._fill = np.concatenate([self._fill, np.zeros(grown - slot, np.int64)])
         self._slots[label] = slot
         self._counts.append(0)
         return slot
 
-    def _grow(self, n_slots: int, n_rows: int, device: torch.device) -> None:
-        """Enlarge the buffers to ``n_slots`` groups of ``n_rows`` slots, keeping their content."""
-        device = self._device_for(torch.empty(0, device=device))
-        keys = torch.full((n_slots, n_rows, self.n_columns), EMPTY_KEY, dtype=torch.int64, device=device)
-        neurons = torch.zeros((n_slots, n_rows, self.n_columns), dtype=torch.int32, device=device)
-        fill = np.zeros(n_slots, dtype=np.int64)
-        if len(self._keys):
-            old_slots, old_rows = self._keys.shape[:2]
-            keys[:old_slots, :old_rows], neurons[:old_slots, :old_rows] = self._keys, self._neurons
-            fill[:old_slots] = self._fill
-        self._keys, self._neurons, self._fill, self._rows = keys, neurons, fill, n_rows
+    def _hold(self, slots: np.ndarray, rows: np.ndarray) -> None:
+        """Give every slot of ``slots`` pool rows until it holds ``rows`` of them (distinct slots)."""
+        missing = np.maximum(rows - self._n_held[slots], 0)
+        total = int(missing.sum())
+        if not total:
+            return
+        if self._used + total > len(self._keys):
+            self._grow(max(2 * len(self._keys), self._used + total, 16))
+        column = np.repeat(self._n_held[slots], missing) + np.arange(total) - np.repeat(np.cumsum(missing) - missing,
+                                                                                          missing)
+        self._held[np.repeat(slots, missing), column] = self._used + np.arange(total)
+        self._used += total
+        self._n_held[slots] += missing
 
-    def _reserve_rows(self, needed: int) -> None:
-        """Grow the slots per group (doubling, at most ``capacity``) so that ``needed`` rows fit if possible."""
-        if needed > self._rows and self._rows < self.capacity:
-            self._grow(len(self._keys), min(self.capacity, max(needed, 2 * self._rows, 4)), self._keys.device)
+    def _grow(self, n_rows: int) -> None:
+        """Enlarge the pool to ``n_rows`` rows, keeping the rows handed out (the others are never read)."""
+        device = self._device_for(torch.empty(0))
+        keys = torch.empty((n_rows, self.n_columns), dtype=torch.int64, device=device)
+        neurons = torch.empty((n_rows, self.n_columns), dtype=torch.int32, device=device)
+        if len(self._keys):
+            keys[:self._used], neurons[:self._used] = self._keys[:self._used], self._neurons[:self._used]
+        else:
+            keys[0], neurons[0] = EMPTY_KEY, 0
+        self._keys, self._neurons = keys, neurons
+
+    def _pool_rows(self, slots: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """Return the first ``rows[i]`` pool rows of every slot ``slots[i]``, one slot after another."""
+        rank = np.arange(int(rows.sum())) - np.repeat(np.cumsum(rows) - rows, rows)
+        return self._held[np.repeat(slots, rows), rank]
 
     def _add_keys(self, keys: torch.Tensor, neurons: torch.Tensor, labels: np.ndarray) -> None:
-        """Write rows of keys into their groups' buffers; cut back the groups that overflow.
+        """Write rows of keys into their groups' pool rows; cut back the groups that overflow.
 
         Where each row goes is computed on the host from ``labels`` and the host copy of every group's fill:
         the rows of groups that fit are written with one ``index_copy_``, the groups that overflow are cut back
@@ -410,13 +434,14 @@ class TopK:
         rank = np.empty(len(group), dtype=np.int64)  # arrival order of every row inside its group
         rank[order] = np.arange(len(group)) - np.repeat(np.cumsum(per_group) - per_group, per_group)
         fill = self._fill[slots]
-        self._reserve_rows(int((fill + per_group).max()))
-        over = fill + per_group > self._rows
+        over = fill + per_group > self.capacity
+        # an overflowing group is cut back to k rows; one that fits needs rows for all it holds
+        self._hold(slots, np.where(over, self.k, fill + per_group))
         # both steps run for every batch, also with no rows (or no groups) to handle: the same operator calls
         # for every batch, however many groups it touches and whether they overflow
         direct = np.flatnonzero(~over[group])
         g = group[direct]
-        target = slots[g] * self._rows + fill[g] + rank[direct]
+        target = self._held[slots[g], fill[g] + rank[direct]]
         _copy_rows(self._keys, target, keys, direct)
         _copy_rows(self._neurons, target, neurons, direct)
         self._fill[slots[~over]] += per_group[~over]
@@ -424,7 +449,7 @@ class TopK:
                        per_group=per_group, over=over)
 
     def _cut_back(self, keys, neurons, rows, *, group, rank, slots, fill, per_group, over) -> None:
-        """Merge the buffers of overflowing groups with their new rows and keep the top ``k`` of each.
+        """Merge the rows of overflowing groups with their new rows and keep the top ``k`` of each.
 
         One batched ``topk`` over the overflowing groups; their number and the candidates' positions are known
         on the host.
@@ -433,21 +458,24 @@ class TopK:
         over_groups = np.flatnonzero(over)
         local = np.full(len(over), -1, dtype=np.int64)
         local[over_groups] = np.arange(len(over_groups))
-        over_slots = to_device(slots[over_groups], device)
-        # an overflowing group has rows == capacity >= k; with none, keep fits the (possibly smaller) buffers
-        keep = self.k if len(over_groups) else min(self.k, self._rows)
-        width = int(max((fill[over_groups] + per_group[over_groups]).max(initial=0), self._rows))
-        cand_keys = _pad_rows(self._keys.index_select(0, over_slots), width, EMPTY_KEY)
-        cand_neurons = _pad_rows(self._neurons.index_select(0, over_slots), width, 0)
+        width = int(max((fill[over_groups] + per_group[over_groups]).max(initial=0), self.k))
+        # the candidates: every overflowing group's filled rows, then its new rows, then the empty row 0
+        held = np.zeros((len(over_groups), width), dtype=np.int64)
+        held[:, :self.capacity] = self._held[slots[over_groups]][:, :width]
+        held[np.arange(width)[None, :] >= fill[over_groups][:, None]] = 0
+        source = to_device(held.reshape(-1), device)
+        cand_keys = self._keys.index_select(0, source)
+        cand_neurons = self._neurons.index_select(0, source)
         g = group[rows]
         target = local[g] * width + fill[g] + rank[rows]
         _copy_rows(cand_keys, target, keys, rows)
         _copy_rows(cand_neurons, target, neurons, rows)
-        top, chosen = cand_keys.topk(keep, dim=1)
-        kept_keys = _pad_rows(top, self._rows, EMPTY_KEY)
-        kept_neurons = _pad_rows(cand_neurons.gather(1, chosen), self._rows, 0)
-        self._keys.index_copy_(0, over_slots, kept_keys)
-        self._neurons.index_copy_(0, over_slots, kept_neurons)
+        shape = (len(over_groups), width, self.n_columns)
+        top, chosen = cand_keys.view(shape).topk(self.k, dim=1)
+        kept_neurons = cand_neurons.view(shape).gather(1, chosen)
+        kept = to_device(self._held[slots[over_groups], :self.k].reshape(-1), device)
+        self._keys.index_copy_(0, kept, top.reshape(-1, self.n_columns))
+        self._neurons.index_copy_(0, kept, kept_neurons.reshape(-1, self.n_columns))
         self._fill[slots[over_groups]] = self.k
 
 
@@ -456,13 +484,6 @@ def _host_ints(values) -> np.ndarray:
     if isinstance(values, torch.Tensor):
         return values.detach().cpu().numpy()
     return np.asarray(values)
-
-
-def _pad_rows(block: torch.Tensor, rows: int, fill: int) -> torch.Tensor:
-    """``block`` ``(G, r, C)`` followed by ``rows - r`` rows of ``fill``: always the same two operator calls."""
-    padding = torch.full((block.shape[0], rows - block.shape[1], block.shape[2]), fill, dtype=block.dtype,
-                         device=block.device)
-    return torch.cat([block, padding], 1)
 
 
 def _copy_rows(buffer: torch.Tensor, target: np.ndarray, rows: torch.Tensor, chosen: np.ndarray) -> None:

@@ -223,11 +223,11 @@ class TokenConcept(Concept):
         """
         check_choice(max_target, ("sum", "max"), name="max_target")
         per_token = self.per_token(relevance)
-        tokens = per_token.argmax(1)
-        if max_target == "sum":
-            values = per_token.masked_fill(per_token == float("-inf"), 0).sum(1)
+        top, tokens = first_max(per_token)
+        if max_target == "sum":  # -inf (padding) counts 0; NaN and +inf stay what they are
+            values = torch.nan_to_num(per_token, nan=float("nan"), posinf=float("inf"), neginf=0.0).sum(1)
         else:
-            values = per_token.gather(1, tokens.unsqueeze(1)).squeeze(1)
+            values = top
         if abs_norm:
             values = values / (values.abs().sum(-1, keepdim=True) + 1e-10)
         return values, tokens
@@ -237,6 +237,21 @@ class TokenConcept(Concept):
                        ) -> np.ndarray:
         """Return the "neurons" of a concept: the token positions ``0 .. T - 1`` of an output of shape ``(T, ...)``."""
         return np.arange(int(output_shape[0]))
+
+
+def first_max(per_token: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Return the largest value over axis 1 of ``(N, T, C)`` and its first position, each ``(N, C)``.
+
+    ``per_token.max(1)`` without its slow index search on CPU (about twice as fast there): the maximum is one
+    reduction; its first position is the least of ``position + T * (value != maximum)``, a second reduction over
+    small ints. A column holding NaN (whose maximum is NaN) gets position 0.
+    """
+    top = per_token.amax(1, keepdim=True)
+    n_tokens = per_token.shape[1]
+    dtype = torch.uint8 if 2 * n_tokens <= 2 ** 8 else torch.int16 if 2 * n_tokens <= 2 ** 15 else torch.int64
+    positions = torch.arange(n_tokens, device=per_token.device, dtype=dtype).view(1, -1, 1)
+    miss = (per_token != top) & ~top.isnan()
+    return top.squeeze(1), miss.to(dtype).mul_(n_tokens).add_(positions).amin(1).long()
 
 
 class HeadConcept(TokenConcept):
