@@ -40,10 +40,11 @@ def naive_top_k(stream, k):
     return result
 
 
-def random_stream(seed, *, n_columns=3, batches=12):
-    """Batches of random size over random sparse labels; values in float32 with many ties."""
+def random_stream(seed, *, n_columns=3, batches=12, groups=None):
+    """Batches of random size over random sparse labels (``groups`` of them, or 1 to 11); values in float32 with
+    many ties."""
     rng = np.random.default_rng(seed)
-    labels = rng.choice(10_000, size=int(rng.integers(1, 12)), replace=False)
+    labels = rng.choice(10_000, size=groups or int(rng.integers(1, 12)), replace=False)
     start, stream = 0, []
     for _ in range(batches):
         n = int(rng.integers(1, 40))
@@ -101,6 +102,24 @@ def test_host_mirrors_equal_device_state_and_results_equal_naive(seed):
         assert_mirrors_match(accumulator, added)
     assert_equals_naive(accumulator, naive_top_k(stream, k), k)
     assert_mirrors_match(accumulator, added)  # after compact()
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_many_small_groups_share_the_pool_and_equal_naive(seed):
+    """Next-token targets: hundreds of groups of one or two rows (the pool doubles many times), a few large."""
+    k = 3
+    stream = random_stream(300 + seed, batches=20, groups=400)
+    stream.append((np.ones((9, 3), np.float32), np.arange(9) + 200_000, np.zeros((9, 3), np.int64),
+                   np.full(9, stream[0][3][0])))  # one group beyond k + slack
+    accumulator, added = TopK(k, 3, slack=1), {}
+    for batch in stream:
+        add(accumulator, batch)
+        for label in batch[3].tolist():
+            added[label] = added.get(label, 0) + 1
+    assert_mirrors_match(accumulator, added)
+    held = accumulator._used - 1  # a group holds the rows it was given, k + slack at most (k after a cut-back)
+    assert sum(min(count, k) for count in added.values()) <= held <= sum(min(count, k + 1) for count in added.values())
+    assert_equals_naive(accumulator, naive_top_k(stream, k), k)
 
 
 @pytest.mark.parametrize("seed", range(4))
