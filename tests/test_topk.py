@@ -116,6 +116,10 @@ def test_a_group_holds_only_the_rows_it_was_given():
     for _ in range(10):  # a group holds k + slack rows at most, however many it is given
         accumulator.add(torch.rand(30, 3), torch.arange(30), torch.zeros(30, 3), torch.zeros(30, dtype=torch.long))
     assert accumulator._used == 1 + 99 + 40 and accumulator.rows() == 40
+    three = TopK(8, 2, slack=4)  # 3 full groups need 3 * 12 + 1 rows: the pool doubles 16, 32, then stops at
+    for index in range(60):  # what the host's 4 slots can hold, 4 * 12 + 1, not 64
+        three.add(torch.rand(1, 2), torch.tensor([index]), torch.zeros(1, 2), torch.tensor([index % 3]))
+    assert three._used == 1 + 3 * 12 and len(three._keys) == 4 * 12 + 1
 
 
 def test_key_order_and_roundtrip():

@@ -110,6 +110,29 @@ def test_padded_tokens_would_win_without_the_mask(text_fv, text_data):
     assert (mask.gather(1, best) == 0).any()
 
 
+def test_outputs_to_rank_marks_padding_without_asking_the_device(text_fv, monkeypatch):
+    """Zero embeddings (padding) become -inf at every layer, batch with padding or not, and nothing is read back
+    to the host (on a GPU that would make the host wait a batch)."""
+    fv = text_fv["max"]
+    data = torch.randn(3, 4, 5)
+    data[0, 2:] = 0  # two padded tokens in the first sequence only
+    outputs = {"a": torch.randn(3, 4, 6), "b": torch.randn(3, 4, 2, 3)}
+    reads = []
+    for name in ("__bool__", "item", "tolist", "cpu", "numpy"):
+        original = getattr(torch.Tensor, name)
+        monkeypatch.setattr(torch.Tensor, name, lambda tensor, *a, _o=original, _n=name, **k: (reads.append(_n),
+                                                                                                _o(tensor, *a, **k))[1])
+    marked = fv.outputs_to_rank(data, outputs)
+    unpadded = fv.outputs_to_rank(data[1:], {name: output[1:] for name, output in outputs.items()})
+    monkeypatch.undo()
+    assert reads == []
+    for name, output in outputs.items():
+        expected = output.clone()
+        expected[0, 2:] = float("-inf")
+        assert torch.equal(marked[name], expected)
+        assert torch.equal(unpadded[name], output[1:])
+
+
 @pytest.mark.parametrize("rf", [False, True])
 @pytest.mark.parametrize("mode", ["relevance", "activation"])
 def test_windows_equal_the_attribution_called_directly(text_fv, text_data, rf, mode):

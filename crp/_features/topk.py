@@ -93,8 +93,9 @@ class TopK:
     groups a batch touches.
 
     Memory: ``rows * n_columns * 12`` bytes, where ``rows`` is the number of rows the groups hold (each at most
-    ``min(k + slack, rows added to it)``), up to twice that while the pool grows; it does not grow beyond that
-    with the number of rows added.
+    ``min(k + slack, rows added to it)``), up to twice that while the pool grows, and never more than ``k + slack``
+    rows for each group the host tables have room for (a power of two); it does not grow with the number of rows
+    added beyond that.
 
     Parameters
     ----------
@@ -393,7 +394,9 @@ class TopK:
         if not total:
             return
         if self._used + total > len(self._keys):
-            self._grow(max(2 * len(self._keys), self._used + total, 16))
+            # doubling, but never beyond what the slots the host tables have room for can hold (which double too)
+            limit = len(self._fill) * self.capacity + 1
+            self._grow(max(self._used + total, min(max(2 * len(self._keys), 16), limit)))
         column = np.repeat(self._n_held[slots], missing) + np.arange(total) - np.repeat(np.cumsum(missing) - missing,
                                                                                           missing)
         self._held[np.repeat(slots, missing), column] = self._used + np.arange(total)

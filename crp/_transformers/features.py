@@ -224,10 +224,12 @@ class TextFeatureVisualization(FeatureVisualization):
         return data.detach()
 
     def outputs_to_rank(self, data: torch.Tensor, outputs: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-        """Mark padded tokens (zero embeddings in ``data``) with ``-inf``, which the token concepts leave out."""
+        """Mark padded tokens (zero embeddings in ``data``) with ``-inf``, which the token concepts leave out.
+
+        Every batch is marked, also one without padding: asking whether it has any would make the host wait for
+        the device.
+        """
         padded = ~data.ne(0).any(-1)
-        if not padded.any():
-            return outputs
         marked = {}
         for layer, output in outputs.items():
             mask = padded.to(output.device).view(*padded.shape, *([1] * (output.dim() - 2)))
