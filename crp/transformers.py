@@ -6,7 +6,8 @@ inside attention and gated MLPs, LayerNorm and RMSNorm, elementwise nonlineariti
 zennit's convention. :class:`AttnLRP` (or :class:`CPLRP`) is the composite; :class:`TransformerRules` adds the
 rules to any zennit composite. :class:`LanguageModel` and :class:`VisionModel` adapt supported models to CRP,
 :class:`TokenAttribution` explains language models token by token, and :class:`TokenConcept` and
-:class:`HeadConcept` are the concepts of layers with a token axis. :class:`TextFeatureVisualization` finds the
+:class:`HeadConcept` are the concepts of layers with a token axis (:class:`PatchConcept` those of a ViT, ranked
+at its patch tokens). :class:`TextFeatureVisualization` finds the
 reference tokens of such concepts over a dataset of token sequences (:class:`TokenDataset`), as
 :class:`TokenWindow` objects that :func:`text_html` and :func:`plot_text_grid` draw;
 :class:`VisionFeatureVisualization` crops a ViT's reference images to patches. Hugging Face ``transformers`` is
@@ -16,7 +17,7 @@ The implementation lives in :mod:`crp._transformers`.
 """
 from crp._transformers.adapters import LAYER_KINDS, LanguageModel, Tap, VisionModel
 from crp._transformers.attribution import CPLRP, AttnLRP, TokenAttribution
-from crp._transformers.concepts import AxisMask, HeadConcept, TokenConcept, TokenMask
+from crp._transformers.concepts import AxisMask, HeadConcept, PatchConcept, TokenConcept, TokenMask
 from crp._transformers.features import (
     TextFeatureVisualization,
     TokenDataset,
@@ -43,7 +44,7 @@ from crp._transformers.support import ROLES, SUPPORTED_MODELS, TransformerRules,
 
 __all__ = [
     "AttnLRP", "CPLRP", "TransformerRules", "FastEpsilon", "LanguageModel", "VisionModel", "Tap", "LAYER_KINDS",
-    "TokenAttribution", "TokenConcept", "HeadConcept", "AxisMask", "TokenMask",
+    "TokenAttribution", "TokenConcept", "HeadConcept", "PatchConcept", "AxisMask", "TokenMask",
     "softmax", "matmul", "multiply", "add", "affine", "identity", "layer_norm", "GradientOps", "LRPOps", "VARIANTS",
     "ROLES", "SUPPORTED_MODELS", "check_supported",
     "TextFeatureVisualization", "VisionFeatureVisualization", "TokenDataset", "TokenWindow", "split_tokens",

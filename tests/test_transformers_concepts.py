@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from crp.transformers import AxisMask, HeadConcept, TokenConcept, TokenMask
+from crp.transformers import AxisMask, HeadConcept, PatchConcept, TokenConcept, TokenMask
 
 
 def _grad(*shape):
@@ -132,3 +132,25 @@ def test_scores_equal_a_naive_float64_loop_with_padding_ties_and_nan():
                 assert float(values[n, c]) == pytest.approx(expected, nan_ok=True), (n, c, max_target)
     long = torch.randn(2, 300, 3, generator=generator)  # positions beyond uint8: int16
     assert torch.equal(TokenConcept().scores(long, max_target="max")[1], long.argmax(1))
+
+
+def test_patch_concept_ranks_at_the_patch_tokens_only():
+    relevance = torch.arange(24, dtype=torch.float32).reshape(1, 3, 8)  # 3 tokens (class token first), 8 neurons
+    values = PatchConcept().per_token(relevance)
+    assert torch.equal(values[0, 0], torch.zeros(8)) and torch.equal(values[0, 1:], relevance[0, 1:])
+    assert torch.equal(PatchConcept().attribute(relevance, abs_norm=False), relevance[:, 1:].sum(1))
+    order, _, tokens = PatchConcept().reference_sampling(torch.cat([relevance, -relevance]), abs_norm=False)
+    assert order[0].tolist() == [0] * 8 and tokens[0].tolist() == [2] * 8  # the largest patch token: 2, not 0
+    # all patch values negative: a class token counted as 0 would win; left out, the largest patch token does
+    negative = -1.0 - relevance
+    for max_target in ("sum", "max"):
+        values, tokens = PatchConcept().scores(negative, max_target=max_target, abs_norm=False)
+        assert tokens[0].tolist() == [1] * 8
+        expected = negative[0, 1:].sum(0) if max_target == "sum" else negative[0, 1]
+        assert torch.equal(values[0], expected)
+    two = PatchConcept(class_tokens=2)  # e.g. a class token and a register token
+    assert two.scores(negative, max_target="max", abs_norm=False)[1][0].tolist() == [2] * 8
+    with pytest.raises(ValueError, match="none of them a patch after 3 class tokens; give class_tokens"):
+        PatchConcept(class_tokens=3).scores(relevance)
+    with pytest.raises(ValueError, match="axis must be a concept axis other than the token axis 1"):
+        PatchConcept(axis=1)

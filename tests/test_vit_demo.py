@@ -9,7 +9,6 @@ from crp.app.shapes import ShapesDataset
 from crp.app.shapes_model import torch_threads
 from crp.app.shapes_vit import QUICK_VIT_SETTINGS, ViTSettings, mark_tokens, shapes_vit, train_vit_model
 from crp.app.vit_demo import (
-    PatchConcept,
     ViTDemoError,
     _patch_mask,
     _token_parts,
@@ -55,15 +54,6 @@ def test_token_parts_by_hand():
     relevance[:, 2] = 100.0  # another token: not counted
     # at token 1 the neurons sum to 4, -1, 0, 4 over the images; absolute sum 9
     assert torch.allclose(_token_parts(relevance, [1]), torch.tensor([4, -1, 0, 4], dtype=torch.float64) / 9)
-
-
-def test_patch_concept_leaves_out_the_class_token():
-    relevance = torch.arange(24, dtype=torch.float32).reshape(1, 3, 8)  # 3 tokens, 8 neurons
-    values = PatchConcept().per_token(relevance)
-    assert torch.equal(values[0, 0], torch.zeros(8))
-    assert torch.equal(values[0, 1:], relevance[0, 1:])
-    order, _, tokens = PatchConcept().reference_sampling(torch.cat([relevance, -relevance]), abs_norm=False)
-    assert order[0].tolist() == [0] * 8 and tokens[0].tolist() == [2] * 8  # the largest patch token: 2, not 0
 
 
 def test_the_tiny_vit_and_its_cache(tmp_path):

@@ -15,7 +15,7 @@ import torch
 from crp._attribution.concepts import Concept, RowMask
 from crp._utils.checks import check_choice, check_int, check_value
 
-__all__ = ["TokenConcept", "HeadConcept", "AxisMask", "TokenMask"]
+__all__ = ["TokenConcept", "HeadConcept", "PatchConcept", "AxisMask", "TokenMask"]
 
 ConceptIds = Union[int, Sequence[int]]
 TokenMap = Dict[int, Union[int, Sequence[int]]]
@@ -222,7 +222,7 @@ class TokenConcept(Concept):
         value (the first of equal ones). Padded tokens marked with ``-inf`` are left out.
         """
         check_choice(max_target, ("sum", "max"), name="max_target")
-        per_token = self.per_token(relevance)
+        per_token = self._ranked_per_token(relevance)
         top, tokens = first_max(per_token)
         if max_target == "sum":  # -inf (padding) counts 0; NaN and +inf stay what they are
             values = torch.nan_to_num(per_token, nan=float("nan"), posinf=float("inf"), neginf=0.0).sum(1)
@@ -232,11 +232,53 @@ class TokenConcept(Concept):
             values = values / (values.abs().sum(-1, keepdim=True) + 1e-10)
         return values, tokens
 
+    def _ranked_per_token(self, relevance: torch.Tensor) -> torch.Tensor:
+        """:meth:`per_token` as :meth:`scores` ranks it: tokens marked ``-inf`` are left out."""
+        return self.per_token(relevance)
+
     def get_rf_indices(self, output_shape: Sequence[int],
                        layer_name: Optional[str] = None,  # noqa: ARG002 - part of the Concept interface
                        ) -> np.ndarray:
         """Return the "neurons" of a concept: the token positions ``0 .. T - 1`` of an output of shape ``(T, ...)``."""
         return np.arange(int(output_shape[0]))
+
+
+class PatchConcept(TokenConcept):
+    """A :class:`TokenConcept` of a ViT layer, ranked at the patch tokens only: the class token is left out.
+
+    The class token (token 0 of torchvision's ViT) has no place in the image; the patch tokens have, as the
+    positions of a CNN's feature map do. Ranking a neuron's (sample, token) pairs over the patch tokens makes its
+    Relevance Maximization references show where in an image it is used, and :class:`VisionFeatureVisualization`
+    crops them to that patch. A concept's relevance (:meth:`attribute`) is its relevance at the patch tokens.
+    Masks are those of :class:`TokenConcept`: ``mask`` keeps the neuron at every token, ``mask_rf`` at chosen
+    tokens.
+
+    Parameters
+    ----------
+    axis : int
+        The concept axis, as in :class:`TokenConcept`.
+    class_tokens : int
+        The leading tokens that are not patches: 1 for the class token; more for models with register tokens.
+    """
+
+    def __init__(self, axis: int = -1, class_tokens: int = 1) -> None:
+        super().__init__(axis)
+        check_value(axis != 1, axis, name="axis", expected="a concept axis other than the token axis 1")
+        self.class_tokens = check_int(class_tokens, name="class_tokens", minimum=0)
+
+    def per_token(self, relevance: torch.Tensor) -> torch.Tensor:
+        """``(N, T, n_concepts)`` as :meth:`TokenConcept.per_token`, zero at the class tokens."""
+        return self._at_class_tokens(super().per_token(relevance), 0.0)
+
+    def _ranked_per_token(self, relevance: torch.Tensor) -> torch.Tensor:
+        return self._at_class_tokens(super().per_token(relevance), float("-inf"))
+
+    def _at_class_tokens(self, values: torch.Tensor, fill: float) -> torch.Tensor:
+        if values.shape[1] <= self.class_tokens:
+            raise ValueError(f"the layer has {values.shape[1]} tokens, none of them a patch after {self.class_tokens} "
+                             f"class tokens; give class_tokens the number of leading non-patch tokens.")
+        head = torch.full_like(values[:, :self.class_tokens], fill)
+        return torch.cat([head, values[:, self.class_tokens:]], dim=1)
 
 
 def first_max(per_token: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:

@@ -12,7 +12,7 @@ and explains it with AttnLRP (Achtibat et al., ICML 2024) and CRP (Achtibat et a
 - the pixel heatmap of "cross" on these images, and the neuron's conditional heatmaps, at every token and at
   the mark's token only (:meth:`crp.transformers.TokenConcept.mask_rf`);
 - its Relevance Maximization references over the test split (where about half of the images carry the mark), with
-  :class:`crp.visualization.FeatureVisualization` and :class:`PatchConcept` (a
+  :class:`crp.visualization.FeatureVisualization` and :class:`crp.transformers.PatchConcept` (a
   :class:`crp.transformers.TokenConcept` ranked at the patch tokens): the top (sample, patch token) pairs for
   the samples' own classes, drawn with the heatmap of the neuron at its token;
 - ``report.html`` (a page of its own, self-contained), the PNG files and ``summary.json``.
@@ -34,7 +34,7 @@ from crp.app.shapes import ShapesDataset
 from crp.app.shapes_model import TrainInfo, torch_threads
 from crp.app.shapes_vit import QUICK_VIT_SETTINGS, ViTSettings, mark_tokens, shapes_vit, train_vit_model
 from crp.attribution import CondAttribution
-from crp.transformers import AttnLRP, TokenConcept, VisionFeatureVisualization, VisionModel
+from crp.transformers import AttnLRP, PatchConcept, TokenConcept, VisionFeatureVisualization, VisionModel
 from crp.visualization import FeatureVisualization
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -58,22 +58,6 @@ _SHOWN = 6  # images in the figure of the shortcut neuron
 _PNG_SIZE = 96
 
 PathLike = Union[str, os.PathLike]
-
-
-class PatchConcept(TokenConcept):
-    """:class:`crp.transformers.TokenConcept` of a ViT layer ranked at its patch tokens: the class token left out.
-
-    In a ViT the class token (token 0) holds no place in the image; the patch tokens do, as the positions of a
-    CNN's feature map do. Ranking a neuron's (sample, token) pairs over the patch tokens only makes its
-    Relevance Maximization references show where in an image it is used. Masks are those of
-    :class:`~crp.transformers.TokenConcept` (``mask`` keeps the neuron at every token, ``mask_rf`` at chosen
-    tokens).
-    """
-
-    def per_token(self, relevance: torch.Tensor) -> torch.Tensor:
-        """``(N, T, n_concepts)`` as :meth:`TokenConcept.per_token`, zero at the class token."""
-        values = super().per_token(relevance)
-        return torch.cat([torch.zeros_like(values[:, :1]), values[:, 1:]], dim=1)
 
 
 class ViTDemoError(UserError):
