@@ -11,6 +11,7 @@ from crp.transformers import (
     AttnLRP,
     HeadConcept,
     LanguageModel,
+    PatchConcept,
     TextFeatureVisualization,
     TokenAttribution,
     TokenConcept,
@@ -321,6 +322,33 @@ def test_vit_references_are_cropped_to_the_patch_of_their_token(tmp_path):
     sizes = [image.size for image in drawn[0]]
     assert sizes == [(8, 8) if int(t) == 0 else (4, 4) for t in neurons[:3, 7]]
     assert len(drawn[1]) == 3
+
+
+def test_vit_stats_references_are_cropped_to_the_patch_of_their_token(tmp_path):
+    vit = VisionModel(vision_transformer())
+    attribution = CondAttribution(vit)
+    dataset = _Images()
+    fv = VisionFeatureVisualization(attribution, dataset, {"neurons.1": PatchConcept()}, path=tmp_path, top_k=3)
+    fv.run(AttnLRP(), batch_size=5, verbose=False)
+    crops = fv.get_stats_reference(5, "neurons.1", [1, 2], "relevance", (0, 2), AttnLRP(), rf=True, plot_fn=None)
+    assert sorted(crops) == ["5:1", "5:2"]
+    for target in (1, 2):
+        indices, _, neurons = fv.results.statistics("neurons.1", "relevance", target)
+        images, heatmaps = crops[f"5:{target}"]
+        assert len(images) == 2 and all(int(dataset[int(i)][1]) == target for i in indices[:2, 5])
+        for rank, (image, heatmap) in enumerate(zip(images, heatmaps)):
+            index, token = int(indices[rank, 5]), int(neurons[rank, 5])
+            assert token > 0  # PatchConcept: never the class token
+            r0, r1, c0, c1 = patch_box(token, (8, 8), 4)
+            assert image.shape[-2:] == (4, 4) and torch.equal(image, dataset.images[index][:, r0:r1, c0:c1])
+            x = dataset.images[index][None].clone().requires_grad_()
+            full = attribution(x, [{"neurons.1": {5: [token]}}], AttnLRP(), mask_map=TokenConcept().mask_rf,
+                               start_layer="neurons.1", exclude_parallel=False).heatmap[0]
+            torch.testing.assert_close(heatmap, full[r0:r1, c0:c1])
+    drawn = fv.get_stats_reference(5, "neurons.1", 1, "relevance", (0, 2), AttnLRP(), rf=True)["5:1"]
+    assert [image.size for image in drawn[0]] == [(4, 4), (4, 4)] and len(drawn[1]) == 2
+    uncropped = fv.get_stats_reference(5, "neurons.1", 1, "relevance", (0, 2), AttnLRP(), rf=False, plot_fn=None)
+    assert [image.shape[-2:] for image in uncropped["5:1"][0]] == [(8, 8), (8, 8)]
 
 
 def test_vision_feature_visualization_needs_a_vision_model(tmp_path):

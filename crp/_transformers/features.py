@@ -390,11 +390,12 @@ class VisionFeatureVisualization(FeatureVisualization):
 
     The arguments are those of :class:`crp.visualization.FeatureVisualization`; the attribution's model is a
     :class:`crp.transformers.VisionModel`, and the concepts of ``layer_map`` are
-    :class:`crp.transformers.TokenConcept` or :class:`crp.transformers.HeadConcept` (a token is a concept's
-    "neuron"). Everything works as for a CNN, except that :meth:`get_max_reference` with ``rf=True`` crops every
-    reference image (and its heatmap, conditioned on the concept at that token) to the patch of the concept's
-    most relevant token (:func:`patch_box`; the whole image for the class token), instead of to the region where
-    the heatmap is large: in a transformer every token can see every patch.
+    :class:`crp.transformers.PatchConcept` (ranked at the patch tokens only), :class:`crp.transformers.TokenConcept`
+    or :class:`crp.transformers.HeadConcept` (a token is a concept's "neuron"). Everything works as for a CNN,
+    except that :meth:`get_max_reference` and :meth:`get_stats_reference` with ``rf=True`` crop every reference
+    image (and its heatmap, conditioned on the concept at that token) to the patch of the concept's most relevant
+    token (:func:`patch_box`; the whole image for the class token), instead of to the region where the heatmap is
+    large: in a transformer every token can see every patch.
     """
 
     def __init__(self, attribution: Any, dataset: Any, layer_map: Dict[str, Concept], *args: Any,
@@ -432,15 +433,44 @@ class VisionFeatureVisualization(FeatureVisualization):
         rows = rank_rows(indices, r_range, f"{mode} maximization of layer {layer_name!r}")
         raw = super().get_max_reference(ids, layer_name, mode, r_range, composite, True, None, batch_size,
                                         full_backward=full_backward, verbose=verbose)
+        return {concept_id: self._patches(raw[concept_id][0], raw[concept_id][1], neurons[rows, concept_id], plot_fn)
+                for concept_id in ids}
+
+    def get_stats_reference(  # noqa: PLR0917 (FeatureVisualization's positional signature)
+        self, concept_id: int, layer_name: str, targets: Union[int, Sequence[int]], mode: str = "relevance",
+        r_range: Range = (0, 8), composite: Optional[Composite] = None, rf: bool = False,
+        plot_fn: Optional[Callable] = vis_img_heatmap, batch_size: int = 32, *, full_backward: bool = False,
+        overwrite: bool = False, verbose: bool = True,
+    ) -> Dict[str, Any]:
+        """Return the reference images of a concept per target, as the CNN's ``get_stats_reference``.
+
+        See :meth:`crp.visualization.FeatureVisualization.get_stats_reference` for the arguments.
+        With ``rf=True`` (and a composite) every image and heatmap is cropped to the patch of the sample's most
+        relevant (most active) token, as :meth:`get_max_reference` does.
+        """
+        if not rf or composite is None:
+            return super().get_stats_reference(concept_id, layer_name, targets, mode, r_range, composite, rf,
+                                               plot_fn, batch_size, full_backward=full_backward, overwrite=overwrite,
+                                               verbose=verbose)
+        check_plot_fn(plot_fn)
+        r_range = check_range(r_range)
+        raw = super().get_stats_reference(concept_id, layer_name, targets, mode, r_range, composite, True, None,
+                                          batch_size, full_backward=full_backward, verbose=verbose)
         references = {}
-        for concept_id in ids:
-            images, heatmaps = raw[concept_id]
-            crops = []
-            for image, heatmap, token in zip(images, heatmaps, neurons[rows, concept_id].tolist()):
-                r0, r1, c0, c1 = patch_box(int(token), tuple(image.shape[-2:]), self.patch_size)
-                crops.append((image[..., r0:r1, c0:c1], heatmap[..., r0:r1, c0:c1]))
-            if plot_fn is None:
-                references[concept_id] = ([c[0] for c in crops], [c[1] for c in crops])
-            else:
-                references[concept_id] = _join([plot_fn(i[None], h[None], False) for i, h in crops])
+        for stat_id, (images, heatmaps) in raw.items():
+            concept, target = (int(part) for part in stat_id.split(":"))
+            indices, _, neurons = self.results.statistics(layer_name, mode, target)
+            rows = rank_rows(indices, r_range, f"{mode} statistics of layer {layer_name!r}, target {target}")
+            references[stat_id] = self._patches(images, heatmaps, neurons[rows, concept], plot_fn)
         return references
+
+    def _patches(self, images: Sequence[torch.Tensor], heatmaps: Sequence[torch.Tensor], tokens: np.ndarray,
+                 plot_fn: Optional[Callable]) -> Any:
+        """Crop references and their heatmaps to the patches of their tokens; draw them with ``plot_fn`` if given."""
+        crops = []
+        for image, heatmap, token in zip(images, heatmaps, tokens.tolist()):
+            r0, r1, c0, c1 = patch_box(int(token), (int(image.shape[-2]), int(image.shape[-1])), self.patch_size)
+            crops.append((image[..., r0:r1, c0:c1], heatmap[..., r0:r1, c0:c1]))
+        if plot_fn is None:
+            return [c[0] for c in crops], [c[1] for c in crops]
+        return _join([plot_fn(i[None], h[None], False) for i, h in crops])
