@@ -310,7 +310,7 @@ class TopK:
             # every output row's pool row, on the host: the group's rank-th row where it has one, else the empty 0
             slots = np.asarray([self._slots.get(int(label), -1) for label in labels], dtype=np.int64)
             slot_of_row = np.repeat(slots, counts)
-            rank = np.arange(total) - np.repeat(np.cumsum(counts) - counts, counts)
+            rank = _ranks(counts)
             filled = (slot_of_row >= 0) & (rank < np.where(slot_of_row >= 0, self._fill[slot_of_row], 0))
             source = np.zeros(total, dtype=np.int64)
             source[filled] = self._held[slot_of_row[filled], rank[filled]]
@@ -397,8 +397,7 @@ class TopK:
             # doubling, but never beyond what the slots the host tables have room for can hold (which double too)
             limit = len(self._fill) * self.capacity + 1
             self._grow(max(self._used + total, min(max(2 * len(self._keys), 16), limit)))
-        column = np.repeat(self._n_held[slots], missing) + np.arange(total) - np.repeat(np.cumsum(missing) - missing,
-                                                                                          missing)
+        column = np.repeat(self._n_held[slots], missing) + _ranks(missing)
         self._held[np.repeat(slots, missing), column] = self._used + np.arange(total)
         self._used += total
         self._n_held[slots] += missing
@@ -416,8 +415,7 @@ class TopK:
 
     def _pool_rows(self, slots: np.ndarray, rows: np.ndarray) -> np.ndarray:
         """Return the first ``rows[i]`` pool rows of every slot ``slots[i]``, one slot after another."""
-        rank = np.arange(int(rows.sum())) - np.repeat(np.cumsum(rows) - rows, rows)
-        return self._held[np.repeat(slots, rows), rank]
+        return self._held[np.repeat(slots, rows), _ranks(rows)]
 
     def _add_keys(self, keys: torch.Tensor, neurons: torch.Tensor, labels: np.ndarray) -> None:
         """Write rows of keys into their groups' pool rows; cut back the groups that overflow.
@@ -435,7 +433,7 @@ class TopK:
             self._counts[slot] += m
         order = np.argsort(group, kind="stable")
         rank = np.empty(len(group), dtype=np.int64)  # arrival order of every row inside its group
-        rank[order] = np.arange(len(group)) - np.repeat(np.cumsum(per_group) - per_group, per_group)
+        rank[order] = _ranks(per_group)
         fill = self._fill[slots]
         over = fill + per_group > self.capacity
         # an overflowing group is cut back to k rows; one that fits needs rows for all it holds
@@ -480,6 +478,12 @@ class TopK:
         self._keys.index_copy_(0, kept, top.reshape(-1, self.n_columns))
         self._neurons.index_copy_(0, kept, kept_neurons.reshape(-1, self.n_columns))
         self._fill[slots[over_groups]] = self.k
+
+
+def _ranks(counts: np.ndarray) -> np.ndarray:
+    """Position of every item inside its run, for runs of ``counts[i]`` items one after another: 0, 1, .., 0, 1, .."""
+    counts = np.asarray(counts, dtype=np.int64)
+    return np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
 
 
 def _host_ints(values) -> np.ndarray:
